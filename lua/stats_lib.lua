@@ -1,0 +1,118 @@
+-- stats_lib.lua: helpers shared by every script that reads or writes a stats hash.
+--
+-- Not an operation of its own: the client prepends this file to each operation's file
+-- (merge.lua, replace.lua) before loading it, so validation is written once. To run an
+-- operation by hand, print the assembled text with `python -m shared_rewardnorm.scripts NAME`.
+--
+-- Every helper that finds a problem returns nil plus an error reply, never raises, so a script
+-- can stop before it writes anything.
+
+-- The fields of a stats hash, in the order scripts receive and return them.
+local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
+-- Counts above 2^53 cannot be represented exactly in a Lua number (a double).
+local MAX_COUNT = 9007199254740992
+
+-- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): accept only plain
+-- decimal text whose value is finite.
+local function parse_finite(text)
+  if type(text) ~= 'string' or text == '' or string.find(text, '[^0-9eE.+-]') then
+    return nil
+  end
+  local value = tonumber(text)
+  if value == nil or value ~= value or value == math.huge or value == -math.huge then
+    return nil
+  end
+  return value
+end
+
+local function parse_count(text)
+  if type(text) ~= 'string' or not string.find(text, '^[0-9]+$') then
+    return nil
+  end
+  local value = tonumber(text)
+  if value == nil or value > MAX_COUNT then
+    return nil
+  end
+  return value
+end
+
+local function quoted(value)
+  return string.format('%q', tostring(value))
+end
+
+local function error_for(kind, key, detail)
+  return redis.error_reply('REWARDNORM_' .. kind .. ' ' .. key .. ' ' .. detail)
+end
+
+-- Parse five texts (count, mean, m2, min, max) into a stats table. `kind` is INVALID for
+-- arguments and CORRUPT for stored fields; `min_count` is 1 for a batch, 0 for a replacement.
+local function parse_stats(key, texts, kind, min_count)
+  local stats = {}
+  stats.count = parse_count(texts[1])
+  if stats.count == nil or stats.count < min_count then
+    return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
+      .. ' and <= 2^53, got ' .. quoted(texts[1]))
+  end
+  for i = 2, 5 do
+    local value = parse_finite(texts[i])
+    if value == nil then
+      return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
+        .. quoted(texts[i]))
+    end
+    stats[STAT_FIELDS[i]] = value
+  end
+  if stats.m2 < 0 then
+    return nil, error_for(kind, key, 'm2 must be >= 0, got ' .. quoted(texts[3]))
+  end
+  if stats.min > stats.max then
+    return nil, error_for(kind, key, 'min ' .. quoted(texts[4]) .. ' is greater than max '
+      .. quoted(texts[5]))
+  end
+  return stats
+end
+
+-- Refuse to touch a key that holds anything but a hash (or nothing).
+local function check_hash_or_none(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return error_for('WRONGTYPE', key, 'holds a ' .. kind .. ', not a stats hash')
+  end
+  return nil
+end
+
+-- Read a stored stats hash: nil when absent, the parsed table, or nil plus an error reply.
+local function read_stats(key)
+  local stored = redis.call('HMGET', key, 'count', 'mean', 'm2', 'min', 'max')
+  if stored[1] == false and stored[2] == false and stored[3] == false
+      and stored[4] == false and stored[5] == false then
+    return nil
+  end
+  return parse_stats(key, stored, 'CORRUPT', 1)
+end
+
+-- Format as strings (Redis would truncate Lua numbers in a reply to integers, and tostring
+-- keeps only 14 digits), store with a human-readable std, and return the reply table.
+local function write_stats(key, stats)
+  local std = 0
+  if stats.count >= 2 then
+    std = math.sqrt(stats.m2 / stats.count)
+  end
+  local reply = {
+    string.format('%d', stats.count),
+    string.format('%.17g', stats.mean),
+    string.format('%.17g', stats.m2),
+    string.format('%.17g', stats.min),
+    string.format('%.17g', stats.max),
+  }
+  redis.call('HSET', key, 'count', reply[1], 'mean', reply[2], 'm2', reply[3],
+    'min', reply[4], 'max', reply[5], 'std', string.format('%.17g', std))
+  return reply
+end
+
+local function check_arity(name, nkeys, nargs)
+  if #KEYS ~= nkeys or #ARGV ~= nargs then
+    return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. nkeys .. ' key(s) and '
+      .. nargs .. ' arguments, got ' .. #KEYS .. ' and ' .. #ARGV)
+  end
+  return nil
+end

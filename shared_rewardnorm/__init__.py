@@ -1,0 +1,33 @@
+"""shared_rewardnorm: running reward statistics in Redis, shared by every process of a trainer.
+
+Quick start::
+
+    from shared_rewardnorm import SharedRewardNormalizer
+
+    norm = SharedRewardNormalizer("gsm8k", "redis://localhost:6379/0")  # or None: embedded
+    normalized = norm.normalize([1.0, -1.0, 1.0, 1.0])
+"""
+
+from .errors import (
+    CorruptStatsError,
+    InvalidStatsError,
+    RewardNormError,
+    StatsOverflowError,
+    WrongTypeError,
+)
+from .normalizer import SharedRewardNormalizer
+from .stats import RunningStats
+from .store import StatsStore
+
+__all__ = [
+    "RunningStats",
+    "StatsStore",
+    "SharedRewardNormalizer",
+    "RewardNormError",
+    "InvalidStatsError",
+    "CorruptStatsError",
+    "WrongTypeError",
+    "StatsOverflowError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""The library's exceptions, and the one place where script errors become them.
+
+The Lua scripts answer domain errors as ``REWARDNORM_<KIND> <key> <detail>`` replies (see the
+headers of the files in ``lua/``). redis-py raises those as a generic ``ResponseError``; callers
+deserve exceptions they can catch by meaning, that still say which key and which value was wrong.
+Every exception keeps the driver's original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ResponseError
+
+__all__ = [
+    "RewardNormError",
+    "InvalidStatsError",
+    "CorruptStatsError",
+    "WrongTypeError",
+    "StatsOverflowError",
+    "translate_response_error",
+]
+
+ERROR_PREFIX = "REWARDNORM_"
+
+
+class RewardNormError(Exception):
+    """Base class of every error this library raises on its own account."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class InvalidStatsError(RewardNormError, ValueError):
+    """Statistics or script arguments that are not valid (NaN, negative m2, min > max, ...)."""
+
+
+class CorruptStatsError(RewardNormError):
+    """A stored stats hash holds a malformed field; nothing was overwritten.
+
+    ``key`` names the hash and ``field`` the first bad field (``None`` if it could not be told).
+    Fix it by hand (``redis-cli HSET``), or ``reset`` / ``set`` the env.
+    """
+
+    def __init__(self, message: str, key: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, key)
+        self.field = field
+
+
+class WrongTypeError(RewardNormError, TypeError):
+    """The env's key holds something other than a hash (another program uses the name)."""
+
+
+class StatsOverflowError(RewardNormError, ValueError):
+    """Merging would make the statistics non-finite (scores near the float range limit)."""
+
+
+_KINDS: dict[str, type[RewardNormError]] = {
+    "INVALID": InvalidStatsError,
+    "CORRUPT": CorruptStatsError,
+    "WRONGTYPE": WrongTypeError,
+    "OVERFLOW": StatsOverflowError,
+}
+
+_FIELD_NAMES = ("count", "mean", "m2", "min", "max")
+
+
+def translate_response_error(error: ResponseError) -> Exception:
+    """Map a script's ``REWARDNORM_*`` error reply to a library exception.
+
+    Errors that did not come from our scripts are returned unchanged, so callers can always
+    ``raise translate_response_error(exc) from exc``.
+    """
+    message = str(error)
+    start = message.find(ERROR_PREFIX)
+    if start < 0:
+        return error
+    message = message[start:]
+    kind, _, rest = message[len(ERROR_PREFIX):].partition(" ")
+    exc_type = _KINDS.get(kind)
+    if exc_type is None:
+        return error
+    key, _, detail = rest.partition(" ")
+    text = f"{key}: {detail}"
+    if exc_type is CorruptStatsError:
+        field = next((name for name in _FIELD_NAMES if detail.startswith(name + " ")), None)
+        return CorruptStatsError(f"corrupt stats hash {text}", key=key, field=field)
+    return exc_type(text, key=key)

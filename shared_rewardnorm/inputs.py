@@ -1,0 +1,121 @@
+"""Validation of everything a caller hands us: scores, env names, namespaces.
+
+Bad input must fail loudly *before* anything reaches Redis, with an error that names the first
+bad position, so a caller never finds half a batch merged. The checks are on the hot path of
+every ``normalize`` call, so plain lists of floats take a fast path.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "stats_key"]
+
+#: Validated scores: a list of finite Python floats, or a 1-d float64 numpy array.
+Scores = Union[list, np.ndarray]
+
+MAX_NAME_LENGTH = 256
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _coerce_one(position: int, value: Any) -> float:
+    """Turn one element into a finite float, or raise naming its position."""
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"scores[{position}] is a {type(value).__name__} ({_describe(value)}), "
+                        "not a real number")
+    if isinstance(value, numbers.Real):
+        try:
+            result = float(value)
+        except OverflowError:
+            raise ValueError(f"scores[{position}] = {_describe(value)} is too large for a float") from None
+    elif isinstance(value, Iterable):
+        raise TypeError(f"scores[{position}] is a nested {type(value).__name__}; scores must be a "
+                        "flat sequence of real numbers")
+    else:
+        raise TypeError(f"scores[{position}] is a {type(value).__name__} ({_describe(value)}), "
+                        "not a real number")
+    if not math.isfinite(result):
+        raise ValueError(f"scores[{position}] = {_describe(value)} is not finite")
+    return result
+
+
+def _coerce_array(scores: np.ndarray) -> np.ndarray:
+    if scores.ndim != 1:
+        raise TypeError(f"scores must be a 1-d array, got an array of shape {scores.shape}")
+    if scores.dtype.kind not in "fiub":
+        # Object or string arrays: check element by element for a precise message.
+        return np.array([_coerce_one(i, v) for i, v in enumerate(scores.tolist())], dtype=np.float64)
+    values = scores.astype(np.float64, copy=False)
+    finite = np.isfinite(values)
+    if not finite.all():
+        position = int(np.argmin(finite))
+        raise ValueError(f"scores[{position}] = {scores[position]!r} is not finite")
+    return values
+
+
+def coerce_scores(scores: Any) -> Scores:
+    """Validate ``scores`` and return them as finite floats.
+
+    Accepts any flat iterable of real numbers (ints, floats, bools, numpy scalars) and 1-d numpy
+    arrays. Raises ``TypeError`` for a non-iterable, a bare string, or an element that is not a
+    real number (``None``, a string, a nested list), and ``ValueError`` for NaN or +/-inf; the
+    message names the first bad position. numpy scalars become Python floats here because
+    redis-py would otherwise send ``np.float64(0.1)`` as that very text.
+    """
+    if isinstance(scores, np.ndarray):
+        return _coerce_array(scores)
+    if isinstance(scores, (str, bytes, bytearray)):
+        raise TypeError(f"scores must be an iterable of real numbers, not a bare {type(scores).__name__}")
+    if type(scores) is not list:
+        try:
+            scores = list(scores)
+        except TypeError:
+            raise TypeError("scores must be an iterable of real numbers, got "
+                            f"{type(scores).__name__}") from None
+    # Fast path: a list of Python floats, all finite (the common case in a trainer).
+    if all(type(value) is float for value in scores) and all(map(math.isfinite, scores)):
+        return scores
+    return [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
+            for i, value in enumerate(scores)]
+
+
+def _validate_name(what: str, name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+    for position, char in enumerate(name):
+        if char in "{}":
+            raise ValueError(f"{what} {name!r} contains {char!r} at position {position}: braces are "
+                             "reserved for the Redis Cluster hash tag")
+        if ord(char) < 32 or ord(char) == 127:
+            raise ValueError(f"{what} {name!r} contains a control character at position {position}")
+    return name
+
+
+def validate_env(env: Any) -> str:
+    """Check an environment name: a non-empty str of at most 256 characters, without ``{``, ``}``
+    (they would break the hash tag that keeps an env's keys in one cluster slot) or control
+    characters (they make keys unreadable in ``redis-cli``)."""
+    return _validate_name("env name", env)
+
+
+def validate_namespace(namespace: Any) -> str:
+    """Check a key namespace with the same rules as env names."""
+    return _validate_name("namespace", namespace)
+
+
+def stats_key(namespace: str, env: str) -> str:
+    """The key of an env's stats hash: ``<namespace>:{<env>}``; the braces are the cluster hash tag."""
+    return f"{namespace}:{{{env}}}"

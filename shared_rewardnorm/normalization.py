@@ -1,0 +1,84 @@
+"""The normalization math: settings, and turning raw scores into normalized ones.
+
+Pure functions shared by the sync and asyncio normalizers. The behaviour is the reference
+``RewardNormalizer``'s, quirks included (see the README): statistics include the batch being
+normalized; population std with ``std + eps`` in the denominator; zeros when std < eps and 0.5
+when the min-max range < eps; during warmup raw scores are returned, still clipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .inputs import Scores
+from .stats import NUMPY_MIN_BATCH, RunningStats
+
+__all__ = ["MODES", "NormalizerSettings", "normalize_values"]
+
+MODES = ("zscore", "minmax", "none")
+
+
+@dataclass(frozen=True)
+class NormalizerSettings:
+    """Validated normalizer settings, with the reference's conventions applied: a clip of 0 or
+    ``None`` disables clipping (stored as ``None``) and a negative warmup means none."""
+
+    mode: str = "zscore"
+    clip: float | None = 5.0
+    warmup: int = 10
+    eps: float = 1e-8
+
+    @classmethod
+    def create(cls, mode: Any = "zscore", clip: Any = 5.0, warmup: Any = 10, eps: Any = 1e-8) -> NormalizerSettings:
+        """Validate raw settings (from a constructor or a checkpoint) into settings."""
+        if mode not in MODES:
+            raise ValueError(f"invalid normalization mode {mode!r}; must be one of {', '.join(MODES)}")
+        if clip is not None:
+            if isinstance(clip, bool) or not isinstance(clip, (int, float, np.number)) or clip != clip:
+                raise TypeError(f"clip must be a number or None, got {clip!r}")
+            clip = float(clip) if clip > 0 else None
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)):
+            raise TypeError(f"warmup must be an int, got {warmup!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not 0 <= eps < float("inf"):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        return cls(mode=mode, clip=clip, warmup=max(0, int(warmup)), eps=float(eps))
+
+
+def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSettings) -> list[float]:
+    """Normalize validated scores with ``stats`` (which already include them).
+
+    Large batches are computed with numpy; the arithmetic is the same IEEE operations in the
+    same order as the pure-Python path, so both give identical results.
+    """
+    count = len(values)
+    if settings.mode == "none":
+        return [float(value) for value in values]
+    if stats.count < settings.warmup:
+        offset, scale, constant = 0.0, 1.0, None
+    elif settings.mode == "zscore":
+        std = stats.std
+        offset, scale, constant = stats.mean, std + settings.eps, (0.0 if std < settings.eps else None)
+    else:
+        spread = stats.max - stats.min
+        offset, scale, constant = stats.min, spread + settings.eps, (0.5 if spread < settings.eps else None)
+    clip = settings.clip
+    if constant is not None:
+        if clip is not None:
+            constant = max(-clip, min(clip, constant))
+        return [constant] * count
+    warm = stats.count >= settings.warmup
+    if count >= NUMPY_MIN_BATCH or isinstance(values, np.ndarray):
+        array = np.asarray(values, dtype=np.float64)
+        result = (array - offset) / scale if warm else array.copy()
+        if clip is not None:
+            np.clip(result, -clip, clip, out=result)
+        return result.tolist()
+    if warm:
+        values = [(value - offset) / scale for value in values]
+    if clip is None:
+        return list(values)
+    low = -clip
+    return [low if value < low else clip if value > clip else value for value in values]
