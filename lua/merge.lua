@@ -3,7 +3,7 @@
 -- (Loaded after stats_lib.lua, which supplies the helpers used here.)
 --
 -- KEYS[1]  the env's stats hash, e.g. "rewardnorm:{gsm8k}"
--- ARGV[1]  batch count: decimal integer, 1 <= count <= 2^53
+-- ARGV[1]  batch count: decimal integer, 1 <= count < 2^53
 -- ARGV[2]  batch mean: finite decimal float
 -- ARGV[3]  batch m2: finite decimal float >= 0 (sum of squared deviations from the batch mean)
 -- ARGV[4]  batch min: finite decimal float
@@ -45,7 +45,7 @@ if old then
     max = math.max(old.max, batch.max),
   }
   if count > MAX_COUNT then
-    return error_for('OVERFLOW', key, 'count would exceed 2^53')
+    return error_for('OVERFLOW', key, 'count would reach 2^53')
   end
   if merged.mean ~= merged.mean or math.abs(merged.mean) == math.huge
       or merged.m2 ~= merged.m2 or merged.m2 == math.huge then

@@ -2,7 +2,7 @@
 -- (Loaded after stats_lib.lua, which supplies the helpers used here.)
 --
 -- KEYS[1]  the env's stats hash, e.g. "rewardnorm:{gsm8k}"
--- ARGV[1]  count: decimal integer, 0 <= count <= 2^53 (0 deletes the hash: empty statistics)
+-- ARGV[1]  count: decimal integer, 0 <= count < 2^53 (0 deletes the hash: empty statistics)
 -- ARGV[2]  mean, ARGV[3] m2 (>= 0), ARGV[4] min, ARGV[5] max (>= min): finite decimal floats
 --
 -- Returns the stored {count, mean, m2, min, max} as strings; {} when count is 0.

@@ -9,8 +9,9 @@
 
 -- The fields of a stats hash, in the order scripts receive and return them.
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
--- Counts above 2^53 cannot be represented exactly in a Lua number (a double).
-local MAX_COUNT = 9007199254740992
+-- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
+-- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
+local MAX_COUNT = 9007199254740991
 
 -- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): accept only plain
 -- decimal text whose value is finite.
@@ -51,7 +52,7 @@ local function parse_stats(key, texts, kind, min_count)
   stats.count = parse_count(texts[1])
   if stats.count == nil or stats.count < min_count then
     return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
-      .. ' and <= 2^53, got ' .. quoted(texts[1]))
+      .. ' and < 2^53, got ' .. quoted(texts[1]))
   end
   for i = 2, 5 do
     local value = parse_finite(texts[i])

@@ -21,8 +21,8 @@ from .inputs import Scores, coerce_scores
 
 __all__ = ["RunningStats", "summarize"]
 
-#: Counts above 2^53 cannot be stored exactly as a double (the Lua number type).
-MAX_COUNT = 2**53
+#: Counts must stay below 2^53 so every count is exact as a double (the Lua number type).
+MAX_COUNT = 2**53 - 1
 #: Batches at least this long are summarized with numpy; shorter ones are faster in pure Python.
 NUMPY_MIN_BATCH = 64
 
@@ -33,7 +33,7 @@ class RunningStats:
 
     ``RunningStats()`` is the empty summary: every field is zero, which is what the reference's
     empty accumulator reports for mean, min and max. Construction validates the fields (finite
-    floats, integer count in [0, 2^53], m2 >= 0, min <= max), so an instance is always safe to
+    floats, integer count in [0, 2^53), m2 >= 0, min <= max), so an instance is always safe to
     store.
     """
 
@@ -50,7 +50,7 @@ class RunningStats:
                 raise InvalidStatsError(f"count must be an int, got {type(count).__name__}")
             object.__setattr__(self, "count", int(count))
         if not 0 <= self.count <= MAX_COUNT:
-            raise InvalidStatsError(f"count must be in [0, 2**53], got {self.count}")
+            raise InvalidStatsError(f"count must be in [0, 2**53 - 1], got {self.count}")
         for name in ("mean", "m2", "min", "max"):
             value = getattr(self, name)
             if type(value) is not float:

@@ -1,0 +1,213 @@
+"""StatsStore against the embedded store and a real Redis: the same test bodies for both."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+import redis
+
+from shared_rewardnorm import (
+    CorruptStatsError,
+    InvalidStatsError,
+    RunningStats,
+    StatsOverflowError,
+    StatsStore,
+    WrongTypeError,
+)
+from shared_rewardnorm.protocol import encode_stats
+from shared_rewardnorm.scripts import script_source
+
+
+def test_update_get_set_reset(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    assert store.get("gsm8k") == RunningStats()
+    first = store.update("gsm8k", [1.0, -1.0, 1.0])
+    assert first.count == 3 and first.min == -1.0 and first.max == 1.0
+    second = store.update("gsm8k", [1.0])
+    assert second == store.get("gsm8k")
+    assert second.count == 4 and math.isclose(second.mean, 0.5) and math.isclose(second.variance, 0.75)
+    assert store.update("gsm8k", []) == second  # an empty batch changes nothing
+    replaced = store.set("gsm8k", RunningStats(10, 2.0, 5.0, 0.0, 3.0))
+    assert replaced == store.get("gsm8k") == RunningStats(10, 2.0, 5.0, 0.0, 3.0)
+    store.reset("gsm8k")
+    assert store.get("gsm8k") == RunningStats()
+    assert store.set("gsm8k", RunningStats()) == RunningStats()
+
+
+def test_envs_are_independent(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    store.update("a", [1.0, 2.0])
+    store.update("b", [100.0])
+    assert store.get("a").count == 2 and store.get("b").count == 1
+    store.reset("a")
+    assert store.get("a").is_empty and store.get("b").count == 1
+
+
+def test_hash_is_readable_and_exact(backend: Any, namespace: str, raw_client: Any) -> None:
+    """What redis-cli HGETALL shows: every field at full precision, plus std."""
+    store = StatsStore(backend, namespace)
+    values = [0.1, 0.2, 1 / 3, 2.0 / 7.0, 1e-300, 123456789.123456789]
+    stats = store.update("precise", values)
+    stored = {k.decode(): v.decode() for k, v in raw_client.hgetall(f"{namespace}:{{precise}}").items()}
+    assert set(stored) == {"count", "mean", "m2", "min", "max", "std"}
+    assert stored["count"] == "6"
+    local = RunningStats.from_values(values)
+    # Floats survive the trip through Lua exactly: the stored text parses to the same double.
+    assert float(stored["mean"]) == local.mean == stats.mean
+    assert float(stored["m2"]) == local.m2 == stats.m2
+    assert float(stored["min"]) == 1e-300 and float(stored["max"]) == 123456789.123456789
+    assert math.isclose(float(stored["std"]), local.std, rel_tol=1e-15)
+
+
+def test_set_round_trips_every_double_exactly(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    rng = random.Random(7)
+    for _ in range(50):
+        low = rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-20, 20)
+        high = low + abs(rng.gauss(0, 1)) * 10 ** rng.randint(-5, 5)
+        stats = RunningStats(rng.randint(1, 2**53 - 1), rng.uniform(low, high), rng.random() * 10 ** rng.randint(-30, 30),
+                             low, high)
+        assert store.set("exact", stats) == stats
+        assert store.get("exact") == stats
+
+
+def test_bad_stats_are_refused_before_writing(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    store.update("env", [1.0])
+    with pytest.raises(TypeError):
+        store.set("env", {"count": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.merge("env", [1.0])  # type: ignore[arg-type]
+    assert store.get("env").count == 1
+
+
+def script_args_cases() -> list[tuple[list[str], str]]:
+    good = list(encode_stats(RunningStats(2, 1.0, 0.5, 0.5, 1.5)))
+    cases = [
+        ("0", 0, "count"), ("1.5", 0, "count"), ("-1", 0, "count"), ("9007199254740993", 0, "count"),
+        ("nan", 1, "mean"), ("inf", 1, "mean"), ("-inf", 2, "m2"), ("1e400", 1, "mean"), ("0x10", 1, "mean"),
+        (" 1", 3, "min"), ("", 4, "max"), ("abc", 4, "max"), ("-1", 2, "m2"),
+    ]
+    result = []
+    for text, index, field in cases:
+        args = list(good)
+        args[index] = text
+        result.append((args, field))
+    result.append(([good[0], good[1], good[2], "2", "1"], "min"))
+    return result
+
+
+@pytest.mark.parametrize(
+    "operation, args, field",
+    [(operation, args, field) for operation in ("merge", "replace") for args, field in script_args_cases()
+     if not (operation == "replace" and args[0] == "0")],  # count 0 is valid for replace: it empties the env
+)
+def test_scripts_validate_their_own_arguments(raw_client: Any, namespace: str, operation: str,
+                                              args: list[str], field: str) -> None:
+    """What a redis-cli user calling the script directly gets: an error naming key and value."""
+    key = f"{namespace}:{{env}}"
+    raw_client.hset(key, mapping={"count": "1", "mean": "5", "m2": "0", "min": "5", "max": "5", "std": "0"})
+    before = raw_client.hgetall(key)
+    with pytest.raises(redis.ResponseError) as info:
+        raw_client.eval(script_source(operation), 1, key, *args)
+    message = str(info.value)
+    assert message.startswith("REWARDNORM_INVALID") and key in message and field in message
+    assert raw_client.hgetall(key) == before
+
+
+def test_scripts_check_their_arity(raw_client: Any, namespace: str) -> None:
+    with pytest.raises(redis.ResponseError, match="REWARDNORM_INVALID"):
+        raw_client.eval(script_source("merge"), 1, f"{namespace}:{{env}}", "1", "2")
+
+
+@pytest.mark.parametrize(
+    "field, text",
+    [("count", "abc"), ("count", "2.5"), ("count", "0"), ("mean", "nan"), ("mean", "hello"),
+     ("m2", "-3"), ("min", "9"), ("max", "inf")],
+)
+def test_corrupt_fields_are_refused_and_kept(backend: Any, namespace: str, raw_client: Any,
+                                             field: str, text: str) -> None:
+    store = StatsStore(backend, namespace)
+    store.update("env", [1.0, 2.0, 3.0])
+    store.update("other", [1.0])
+    key = store.key("env")
+    raw_client.hset(key, field, text)
+    before = raw_client.hgetall(key)
+    for operation in (lambda: store.update("env", [1.0]), lambda: store.get("env")):
+        with pytest.raises(CorruptStatsError) as info:
+            operation()
+        assert info.value.key == key
+        assert info.value.field == field
+        assert key in str(info.value)
+    assert raw_client.hgetall(key) == before
+    assert store.update("other", [2.0]).count == 2  # other envs keep working
+
+
+def test_wrong_type_key(backend: Any, namespace: str, raw_client: Any) -> None:
+    store = StatsStore(backend, namespace)
+    key = store.key("taken")
+    raw_client.set(key, "somebody else's string")
+    for operation in (lambda: store.update("taken", [1.0]), lambda: store.get("taken"),
+                      lambda: store.set("taken", RunningStats(1, 1.0, 0.0, 1.0, 1.0)), lambda: store.reset("taken")):
+        with pytest.raises(WrongTypeError) as info:
+            operation()
+        assert info.value.key == key
+    assert raw_client.get(key) == b"somebody else's string"
+
+
+def test_overflowing_merge_is_refused(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    store.set("big", RunningStats(2, 1e307, 1.5e308, 1e306, 1e307))
+    with pytest.raises(StatsOverflowError):
+        store.update("big", [-1e308])
+    assert store.get("big") == RunningStats(2, 1e307, 1.5e308, 1e306, 1e307)
+
+
+def test_all_stores_share_one_embedded_server(namespace: str) -> None:
+    StatsStore(namespace=namespace).update("env", [1.0, 2.0])
+    assert StatsStore(namespace=namespace).get("env").count == 2
+    import fakeredis
+
+    from shared_rewardnorm.connection import embedded_server
+
+    fakeredis.FakeRedis(server=embedded_server()).delete(f"{namespace}:{{env}}")
+
+
+@pytest.mark.parametrize("protocol, decode", [(2, False), (2, True), (3, False), (3, True)])
+def test_replies_parse_under_resp2_and_resp3(real_redis_url: str, namespace: str, protocol: int,
+                                             decode: bool) -> None:
+    client = redis.Redis.from_url(real_redis_url, protocol=protocol, decode_responses=decode)
+    try:
+        store = StatsStore(client, namespace)
+        values = [0.1, 0.7, 1 / 3]
+        stats = store.update("env", values)
+        assert stats == store.get("env")
+        assert stats.mean == RunningStats.from_values(values).mean and stats.count == 3
+        assert store.set("env", RunningStats()) == RunningStats()
+    finally:
+        client.delete(f"{namespace}:{{env}}")
+        client.close()
+
+
+def test_script_reloads_after_script_flush(real_client: redis.Redis, namespace: str) -> None:
+    """After SCRIPT FLUSH (as after a restart or a failover) the next call reloads and succeeds."""
+    store = StatsStore(real_client, namespace)
+    store.update("env", [1.0])
+    sha = store._scripts.merge.sha
+    assert real_client.script_exists(sha) == [True]
+    real_client.script_flush()
+    assert real_client.script_exists(sha) == [False]
+    assert store.update("env", [2.0]).count == 2
+    assert real_client.script_exists(sha) == [True]
+
+
+def test_store_accepts_urls(real_redis_url: str, namespace: str) -> None:
+    store = StatsStore(real_redis_url, namespace)
+    try:
+        assert store.update("env", [1.0, 3.0]).mean == 2.0
+    finally:
+        store.reset("env")
+        store.client.close()
