@@ -1,0 +1,50 @@
+"""Many processes merging into one env on a real Redis lose nothing and count nothing twice."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+
+import pytest
+
+from shared_rewardnorm import SharedRewardNormalizer, StatsStore
+
+PROCESSES, BATCHES = 8, 120
+
+
+def worker_batches(worker: int) -> list[list[float]]:
+    rng = random.Random(1000 + worker)
+    return [[rng.gauss(worker * 10.0, 1.0 + worker) for _ in range(rng.randint(1, 40))] for _ in range(BATCHES)]
+
+
+def run_worker(url: str, namespace: str, worker: int, start: multiprocessing.synchronize.Event) -> None:
+    norm = SharedRewardNormalizer("shared", url, namespace=namespace, warmup=0)
+    start.wait(30)
+    for batch in worker_batches(worker):
+        out = norm.normalize(batch)
+        if len(out) != len(batch):
+            raise SystemExit(3)
+
+
+@pytest.mark.real_redis
+def test_processes_merge_exactly(real_redis_url: str, namespace: str, real_client: object) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=run_worker, args=(real_redis_url, namespace, i, start))
+               for i in range(PROCESSES)]
+    for process in workers:
+        process.start()
+    start.set()
+    for process in workers:
+        process.join(120)
+    assert [p.exitcode for p in workers] == [0] * PROCESSES
+
+    everything = [v for worker in range(PROCESSES) for batch in worker_batches(worker) for v in batch]
+    stats = StatsStore(real_redis_url, namespace).get("shared")
+    mean = math.fsum(everything) / len(everything)
+    variance = math.fsum((v - mean) ** 2 for v in everything) / len(everything)
+    assert stats.count == len(everything)
+    assert math.isclose(stats.mean, mean, rel_tol=1e-12)
+    assert math.isclose(stats.variance, variance, rel_tol=1e-12)
+    assert (stats.min, stats.max) == (min(everything), max(everything))
