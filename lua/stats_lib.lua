@@ -13,25 +13,16 @@ local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
 local MAX_COUNT = 9007199254740991
 
--- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): accept only plain
--- decimal text whose value is finite.
+-- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): a number is valid
+-- only if its text is plain decimal (digits, sign, point, exponent) and its value finite.
+local DECIMAL_TEXT_ONLY = '^[0-9eE.+-]+$'
+
 local function parse_finite(text)
-  if type(text) ~= 'string' or text == '' or string.find(text, '[^0-9eE.+-]') then
+  if type(text) ~= 'string' or not string.find(text, DECIMAL_TEXT_ONLY) then
     return nil
   end
   local value = tonumber(text)
   if value == nil or value ~= value or value == math.huge or value == -math.huge then
-    return nil
-  end
-  return value
-end
-
-local function parse_count(text)
-  if type(text) ~= 'string' or not string.find(text, '^[0-9]+$') then
-    return nil
-  end
-  local value = tonumber(text)
-  if value == nil or value > MAX_COUNT then
     return nil
   end
   return value
@@ -47,20 +38,22 @@ end
 
 -- Parse five texts (count, mean, m2, min, max) into a stats table. `kind` is INVALID for
 -- arguments and CORRUPT for stored fields; `min_count` is 1 for a batch, 0 for a replacement.
+-- This runs twice per merge, so it makes few calls: parse_finite per field, and the count's
+-- integrality checked on the number rather than with another pattern.
 local function parse_stats(key, texts, kind, min_count)
   local stats = {}
-  stats.count = parse_count(texts[1])
-  if stats.count == nil or stats.count < min_count then
-    return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
-      .. ' and < 2^53, got ' .. quoted(texts[1]))
-  end
-  for i = 2, 5 do
+  for i = 1, 5 do
     local value = parse_finite(texts[i])
     if value == nil then
       return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
         .. quoted(texts[i]))
     end
     stats[STAT_FIELDS[i]] = value
+  end
+  local count = stats.count
+  if count < min_count or count > MAX_COUNT or count ~= math.floor(count) then
+    return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
+      .. ' and < 2^53, got ' .. quoted(texts[1]))
   end
   if stats.m2 < 0 then
     return nil, error_for(kind, key, 'm2 must be >= 0, got ' .. quoted(texts[3]))
