@@ -1,0 +1,59 @@
+"""The I/O primitives that operations ask a store to perform.
+
+Operations (see ``core.py``) are generators that ``yield`` these requests and receive the raw
+replies; the sync store sends a request and passes back the reply, the asyncio store awaits it.
+Each request knows how to issue itself on a client (the same redis-py call returns a reply on a
+sync client and an awaitable on an asyncio one) and how to translate a server error into a
+library exception, so neither is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+from redis.exceptions import ResponseError
+
+from .errors import WrongTypeError, translate_response_error
+from .protocol import STAT_FIELDS
+from .scripts import ClientScripts
+
+__all__ = ["RunScript", "ReadStats", "Request", "Operation"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RunScript:
+    """EVALSHA one of our scripts on one key (redis-py reloads it on NOSCRIPT)."""
+
+    operation: str
+    key: str
+    args: tuple[str, ...]
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        return getattr(scripts, self.operation)(keys=[self.key], args=self.args)
+
+    def translate(self, error: ResponseError) -> Exception:
+        return translate_response_error(error)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStats:
+    """HMGET the five stats fields of one key (read-only: works for a read-only ACL user)."""
+
+    key: str
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        return client.hmget(self.key, STAT_FIELDS)
+
+    def translate(self, error: ResponseError) -> Exception:
+        if str(error).startswith("WRONGTYPE"):
+            return WrongTypeError(f"{self.key}: holds a non-hash value, not a stats hash", key=self.key)
+        return error
+
+
+Request = Union[RunScript, ReadStats]
+#: An operation: yields requests, receives their replies, returns its result.
+Operation = Generator[Request, Any, T]
