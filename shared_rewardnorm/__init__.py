@@ -8,6 +8,7 @@ Quick start::
     normalized = norm.normalize([1.0, -1.0, 1.0, 1.0])
 """
 
+from .aio import AsyncSharedRewardNormalizer, AsyncStatsStore
 from .errors import (
     CorruptStatsError,
     InvalidStatsError,
@@ -23,6 +24,8 @@ __all__ = [
     "RunningStats",
     "StatsStore",
     "SharedRewardNormalizer",
+    "AsyncStatsStore",
+    "AsyncSharedRewardNormalizer",
     "RewardNormError",
     "InvalidStatsError",
     "CorruptStatsError",

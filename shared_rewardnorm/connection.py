@@ -1,10 +1,11 @@
 """Turning the ``redis=`` argument into a client, and the embedded in-process server.
 
-``redis=`` takes a ready ``redis.Redis`` client (used as is: its pool, retries and protocol are
-the caller's choice), a URL (``redis://``, ``rediss://``, ``unix://``), or ``None``. ``None``
-means the embedded store: fakeredis with Lua, so the library works with no server at all. All
-embedded stores of one process share one embedded server, just as all clients of one real
-server see the same data.
+``redis=`` takes a ready client (used as is: its pool, retries and protocol are the caller's
+choice): ``redis.Redis`` or ``redis.cluster.RedisCluster`` for the sync classes, their
+``redis.asyncio`` twins for the async ones. It also takes a URL (``redis://``, ``rediss://``,
+``unix://``; ``cluster=True`` connects to a Redis Cluster through that seed node), or ``None``:
+the embedded store, fakeredis with Lua, so the library works with no server at all. All
+embedded clients of one process share one embedded server, as clients of a real one do.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import threading
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
-__all__ = ["resolve_client", "embedded_server", "is_embedded"]
+__all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster"]
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None
+
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
+_ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
 
 
 def embedded_server() -> Any:
@@ -31,26 +39,54 @@ def embedded_server() -> Any:
         return _embedded
 
 
-def _embedded_client() -> redis.Redis:
-    import fakeredis
-
-    return fakeredis.FakeRedis(server=embedded_server())
-
-
-def is_embedded(client: Any) -> bool:
-    """True for a client of the embedded server."""
-    return type(client).__module__.startswith("fakeredis")
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client (sync or asyncio)."""
+    return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
 
-def resolve_client(target: Any) -> redis.Redis:
-    """A sync client for ``target``: a ``redis.Redis`` (returned as is), a URL, or ``None``."""
+def _check_url(url: str, cluster: bool) -> None:
+    if not url.startswith(_URL_SCHEMES):
+        raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {url!r}")
+    if cluster and url.startswith("unix://"):
+        raise ValueError("a Redis Cluster is reached over TCP: use a redis:// or rediss:// URL")
+
+
+def _wrong_client(target: Any, expected: str) -> TypeError:
+    return TypeError(f"redis must be {expected}, a redis:// / rediss:// / unix:// URL, or None for the "
+                     f"embedded store; got {type(target).__name__}")
+
+
+def resolve_client(target: Any, *, cluster: bool = False) -> Any:
+    """A sync client for ``target``: a ``redis.Redis`` / ``RedisCluster`` (as is), a URL, or
+    ``None`` (the embedded server)."""
     if target is None:
-        return _embedded_client()
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
-        if not target.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {target!r}")
-        return redis.Redis.from_url(target)
-    if isinstance(target, redis.Redis):
+        _check_url(target, cluster)
+        return redis.cluster.RedisCluster.from_url(target) if cluster else redis.Redis.from_url(target)
+    if isinstance(target, _SYNC_CLIENTS):
         return target
-    raise TypeError("redis must be a redis.Redis client, a redis:// / rediss:// / unix:// URL, "
-                    f"or None for the embedded store; got {type(target).__name__}")
+    if isinstance(target, _ASYNC_CLIENTS):
+        raise TypeError("this is an asyncio client: use AsyncStatsStore / AsyncSharedRewardNormalizer")
+    raise _wrong_client(target, "a redis.Redis or redis.cluster.RedisCluster client")
+
+
+def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
+    """An asyncio client for ``target``: a ``redis.asyncio.Redis`` / ``RedisCluster`` (as is),
+    a URL, or ``None`` (the embedded server)."""
+    if target is None:
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(server=embedded_server())
+    if isinstance(target, str):
+        _check_url(target, cluster)
+        if cluster:
+            return redis.asyncio.cluster.RedisCluster.from_url(target)
+        return redis.asyncio.Redis.from_url(target)
+    if isinstance(target, _ASYNC_CLIENTS):
+        return target
+    if isinstance(target, _SYNC_CLIENTS):
+        raise TypeError("this is a blocking client: use StatsStore / SharedRewardNormalizer")
+    raise _wrong_client(target, "a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster client")

@@ -8,16 +8,32 @@ run those operations with blocking calls and ``AsyncStatsStore`` /
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
-from .inputs import coerce_scores, stats_key, validate_env, validate_namespace
+from redis.exceptions import ResponseError
+
+from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import NormalizerSettings, normalize_values
 from .protocol import decode_reply, decode_stored, encode_stats
-from .requests import Operation, ReadStats, RunScript
+from .requests import Operation, ReadMany, ReadStats, RunScript, ScanKeys
 from .stats import RunningStats, summarize
 
-__all__ = ["StoreCore", "NormalizerCore", "metrics_from_stats", "checkpoint_from", "parse_checkpoint"]
+__all__ = [
+    "StoreCore",
+    "NormalizerCore",
+    "metrics_from_stats",
+    "checkpoint_from",
+    "parse_checkpoint",
+    "SNAPSHOT_FORMAT",
+    "SNAPSHOT_VERSION",
+    "parse_snapshot",
+]
+
+#: Identifies our JSON snapshots (``export()``, ``shared-rewardnorm export``), and their version.
+SNAPSHOT_FORMAT = "shared_rewardnorm.snapshot"
+SNAPSHOT_VERSION = 1
 
 
 def _read(key: str) -> Operation[RunningStats]:
@@ -41,6 +57,34 @@ def _require_stats(stats: Any) -> RunningStats:
     if not isinstance(stats, RunningStats):
         raise TypeError(f"stats must be RunningStats, got {type(stats).__name__}")
     return stats
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def parse_snapshot(snapshot: Any) -> dict[str, RunningStats]:
+    """Validate a snapshot completely (format, version, every env name and every field) and
+    return its statistics; raises ``ValueError``/``TypeError`` naming the first problem."""
+    if not isinstance(snapshot, Mapping):
+        raise TypeError(f"snapshot must be a JSON object, got {type(snapshot).__name__}")
+    if snapshot.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"not a shared_rewardnorm snapshot: format is {snapshot.get('format')!r}, "
+                         f"expected {SNAPSHOT_FORMAT!r}")
+    if snapshot.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported snapshot version {snapshot.get('version')!r}; "
+                         f"this library reads version {SNAPSHOT_VERSION}")
+    envs = snapshot.get("envs")
+    if not isinstance(envs, Mapping):
+        raise ValueError("snapshot has no 'envs' object")
+    parsed = {}
+    for env, state in envs.items():
+        validate_env(env)
+        try:
+            parsed[env] = RunningStats.from_dict(state)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"snapshot env {env!r}: {exc}") from None
+    return parsed
 
 
 class StoreCore:
@@ -75,6 +119,73 @@ class StoreCore:
 
     def _reset_op(self, env: str) -> Operation[RunningStats]:
         return _replace(self.key(env), RunningStats())
+
+    def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
+        if isinstance(envs, str):
+            raise TypeError("envs must be an iterable of env names, not a single str")
+        names = list(dict.fromkeys(envs))
+        keys = tuple(self.key(env) for env in names)
+        if not keys:
+            return {}
+        replies = yield ReadMany(keys)
+        result = {}
+        for env, key, reply in zip(names, keys, replies):
+            if isinstance(reply, ResponseError):
+                raise ReadStats(key).translate(reply) from reply
+            if isinstance(reply, Exception):
+                raise reply
+            result[env] = decode_stored(key, reply)
+        return result
+
+    def _envs_op(self) -> Operation[list[str]]:
+        prefix = f"{self._namespace}:{{"
+        keys = yield ScanKeys(glob_escape(prefix) + "*}")
+        names = set()
+        for key in map(_as_text, keys):
+            env = key[len(prefix):-1]
+            if key.startswith(prefix) and key.endswith("}") and "{" not in env and "}" not in env and env:
+                names.add(env)
+        return sorted(names)
+
+    def _all_op(self) -> Operation[dict[str, RunningStats]]:
+        envs = yield from self._envs_op()
+        found = yield from self._get_many_op(envs)
+        # An env deleted between the SCAN and the read has nothing to report.
+        return {env: stats for env, stats in found.items() if not stats.is_empty}
+
+    def _selected_op(self, envs: Iterable[str] | None) -> Operation[dict[str, RunningStats]]:
+        if envs is None:
+            return (yield from self._all_op())
+        return (yield from self._get_many_op(envs))
+
+    def _aggregate_op(self, envs: Iterable[str] | None = None) -> Operation[RunningStats]:
+        total = RunningStats()
+        for _, stats in sorted((yield from self._selected_op(envs)).items()):
+            total = total.merge(stats)
+        return total
+
+    def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
+        metrics: dict[str, float] = {}
+        for env, stats in sorted((yield from self._selected_op(envs)).items()):
+            metrics.update(metrics_from_stats(stats, prefix=f"reward_norm/{env}"))
+        return metrics
+
+    def _export_op(self) -> Operation[dict[str, Any]]:
+        found = yield from self._all_op()
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "version": SNAPSHOT_VERSION,
+            "namespace": self._namespace,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "envs": {env: stats.to_dict() for env, stats in sorted(found.items())},
+        }
+
+    def _restore_op(self, snapshot: Any) -> Operation[dict[str, RunningStats]]:
+        parsed = parse_snapshot(snapshot)  # everything is checked before the first write
+        restored = {}
+        for env, stats in parsed.items():
+            restored[env] = yield from _replace(self.key(env), stats)
+        return restored
 
 
 def metrics_from_stats(stats: RunningStats, prefix: str = "reward_norm") -> dict[str, float]:

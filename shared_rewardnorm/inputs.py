@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "stats_key"]
+__all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "stats_key", "glob_escape"]
 
 #: Validated scores: a list of finite Python floats, or a 1-d float64 numpy array.
 Scores = Union[list, np.ndarray]
@@ -119,3 +119,8 @@ def validate_namespace(namespace: Any) -> str:
 def stats_key(namespace: str, env: str) -> str:
     """The key of an env's stats hash: ``<namespace>:{<env>}``; the braces are the cluster hash tag."""
     return f"{namespace}:{{{env}}}"
+
+
+def glob_escape(text: str) -> str:
+    """Escape SCAN MATCH's glob characters so a namespace like ``run[1]`` matches literally."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -19,7 +19,7 @@ from .errors import WrongTypeError, translate_response_error
 from .protocol import STAT_FIELDS
 from .scripts import ClientScripts
 
-__all__ = ["RunScript", "ReadStats", "Request", "Operation"]
+__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "Request", "Operation"]
 
 T = TypeVar("T")
 
@@ -54,6 +54,44 @@ class ReadStats:
         return error
 
 
-Request = Union[RunScript, ReadStats]
+@dataclass(frozen=True, slots=True)
+class ReadMany:
+    """HMGET many keys in one pipeline: one round trip per server (a cluster pipeline groups
+    the commands by node). The reply has one entry per key: the HMGET reply, or the error."""
+
+    keys: tuple[str, ...]
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        pipeline = client.pipeline(transaction=False)
+        for key in self.keys:
+            pipeline.hmget(key, STAT_FIELDS)
+        return pipeline.execute(raise_on_error=False)
+
+    def translate(self, error: ResponseError) -> Exception:
+        return error
+
+
+async def _collect(iterator: Any) -> list[Any]:
+    return [item async for item in iterator]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanKeys:
+    """Every key matching a pattern, found with SCAN (never KEYS), on every master of a cluster
+    (redis-py's cluster ``scan_iter`` walks each primary's cursor)."""
+
+    pattern: str
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        found = client.scan_iter(match=self.pattern, count=1000, _type="hash")
+        if hasattr(found, "__aiter__"):
+            return _collect(found)
+        return list(found)
+
+    def translate(self, error: ResponseError) -> Exception:
+        return error
+
+
+Request = Union[RunScript, ReadStats, ReadMany, ScanKeys]
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

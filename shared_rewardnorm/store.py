@@ -8,6 +8,7 @@ The operations themselves live in ``core.py``; this class only runs their reques
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
@@ -27,18 +28,20 @@ class StatsStore(StoreCore):
     """Shared running statistics per environment.
 
     Args:
-        redis: a ``redis.Redis`` client, a ``redis://`` / ``rediss://`` / ``unix://`` URL, or
-            ``None`` for the embedded in-process store (shared by every store in the process).
+        redis: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client, a ``redis://`` /
+            ``rediss://`` / ``unix://`` URL, or ``None`` for the embedded in-process store
+            (shared by every store in the process).
         namespace: prefix of every key this store touches (``<namespace>:{<env>}``).
+        cluster: with a URL, connect to a Redis Cluster through that node.
 
     Errors: bad arguments raise ``TypeError``/``ValueError`` before anything is sent; a
     malformed stored hash raises ``CorruptStatsError`` and a key of another type
     ``WrongTypeError``, and in both cases nothing is overwritten.
     """
 
-    def __init__(self, redis: Any = None, namespace: str = "rewardnorm") -> None:
+    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False) -> None:
         super().__init__(namespace)
-        self._client = resolve_client(redis)
+        self._client = resolve_client(redis, cluster=cluster)
         self._scripts = register_scripts(self._client)
 
     @property
@@ -70,6 +73,36 @@ class StatsStore(StoreCore):
     def reset(self, env: str) -> None:
         """Forget ``env``'s statistics."""
         self._run(self._reset_op(env))
+
+    def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
+        """Statistics of several envs in one round trip per server (empty for absent envs)."""
+        return self._run(self._get_many_op(envs))
+
+    def envs(self) -> list[str]:
+        """Names of the envs with statistics in this namespace (SCAN on every master), sorted."""
+        return self._run(self._envs_op())
+
+    def all(self) -> dict[str, RunningStats]:
+        """Statistics of every env in this namespace."""
+        return self._run(self._all_op())
+
+    def aggregate(self, envs: Iterable[str] | None = None) -> RunningStats:
+        """The exact merge of several envs' statistics (all of them by default): a
+        trainer-wide view."""
+        return self._run(self._aggregate_op(envs))
+
+    def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
+        """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``."""
+        return self._run(self._metrics_op(envs))
+
+    def export(self) -> dict[str, Any]:
+        """A JSON-safe, versioned snapshot of every env in this namespace."""
+        return self._run(self._export_op())
+
+    def restore(self, snapshot: Any) -> dict[str, RunningStats]:
+        """Write a snapshot's envs (replacing their statistics; other envs are untouched).
+        The whole snapshot is validated before anything is written."""
+        return self._run(self._restore_op(snapshot))
 
     def _run(self, operation: Operation[T]) -> T:
         """Drive an operation: send each request it yields, hand back the reply."""

@@ -1,0 +1,149 @@
+"""The asyncio twins: ``AsyncStatsStore`` and ``AsyncSharedRewardNormalizer``.
+
+Same constructor arguments and method names as the sync classes, awaited. They run the same
+operations from ``core.py``; only the loop below, which awaits each request, differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
+
+from .connection import resolve_async_client
+from .core import NormalizerCore, StoreCore
+from .requests import Operation
+from .scripts import register_scripts
+from .stats import RunningStats
+
+__all__ = ["AsyncStatsStore", "AsyncSharedRewardNormalizer"]
+
+T = TypeVar("T")
+
+
+class AsyncStatsStore(StoreCore):
+    """``StatsStore`` for asyncio programs (``redis.asyncio`` clients); every method is awaited.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` client, a URL,
+            or ``None`` for the embedded store (the same embedded server the sync classes use).
+        namespace: prefix of every key this store touches.
+        cluster: with a URL, connect to a Redis Cluster through that node.
+    """
+
+    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False) -> None:
+        super().__init__(namespace)
+        self._client = resolve_async_client(redis, cluster=cluster)
+        self._scripts = register_scripts(self._client)
+
+    @property
+    def client(self) -> Any:
+        """The underlying ``redis.asyncio`` client."""
+        return self._client
+
+    async def update(self, env: str, values: Any) -> RunningStats:
+        """See ``StatsStore.update``."""
+        return await self._run(self._update_op(env, values))
+
+    async def merge(self, env: str, stats: RunningStats) -> RunningStats:
+        """See ``StatsStore.merge``."""
+        return await self._run(self._merge_op(env, stats))
+
+    async def get(self, env: str) -> RunningStats:
+        """See ``StatsStore.get``."""
+        return await self._run(self._get_op(env))
+
+    async def set(self, env: str, stats: RunningStats) -> RunningStats:
+        """See ``StatsStore.set``."""
+        return await self._run(self._set_op(env, stats))
+
+    async def reset(self, env: str) -> None:
+        """See ``StatsStore.reset``."""
+        await self._run(self._reset_op(env))
+
+    async def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
+        """See ``StatsStore.get_many``."""
+        return await self._run(self._get_many_op(envs))
+
+    async def envs(self) -> list[str]:
+        """See ``StatsStore.envs``."""
+        return await self._run(self._envs_op())
+
+    async def all(self) -> dict[str, RunningStats]:
+        """See ``StatsStore.all``."""
+        return await self._run(self._all_op())
+
+    async def aggregate(self, envs: Iterable[str] | None = None) -> RunningStats:
+        """See ``StatsStore.aggregate``."""
+        return await self._run(self._aggregate_op(envs))
+
+    async def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
+        """See ``StatsStore.metrics``."""
+        return await self._run(self._metrics_op(envs))
+
+    async def export(self) -> dict[str, Any]:
+        """See ``StatsStore.export``."""
+        return await self._run(self._export_op())
+
+    async def restore(self, snapshot: Any) -> dict[str, RunningStats]:
+        """See ``StatsStore.restore``."""
+        return await self._run(self._restore_op(snapshot))
+
+    async def aclose(self) -> None:
+        """Close the client's connections (only call it if this store created the client)."""
+        await self._client.aclose()
+
+    async def _run(self, operation: Operation[T]) -> T:
+        """Drive an operation: await each request it yields, hand back the reply."""
+        reply = None
+        while True:
+            try:
+                request = operation.send(reply)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply = await request.issue(self._client, self._scripts)
+            except ResponseError as exc:
+                raise request.translate(exc) from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"
+
+
+class AsyncSharedRewardNormalizer(NormalizerCore):
+    """``SharedRewardNormalizer`` for asyncio programs: the same arguments, awaited methods
+    (``await norm.normalize(scores)``); the properties read the last statistics seen.
+
+    ``redis`` may also be an ``AsyncStatsStore``, to share one client between normalizers.
+    """
+
+    def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm") -> None:
+        self._store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace)
+        super().__init__(env, self._store, mode, clip, warmup, eps)
+
+    @property
+    def store(self) -> AsyncStatsStore:
+        """The store holding the shared statistics."""
+        return self._store
+
+    async def normalize(self, scores: Any) -> list[float]:
+        """See ``SharedRewardNormalizer.normalize``."""
+        return await self._store._run(self._normalize_op(scores))
+
+    async def refresh(self) -> RunningStats:
+        """See ``SharedRewardNormalizer.refresh``."""
+        return await self._store._run(self._refresh_op())
+
+    async def metrics_dict(self) -> dict[str, float]:
+        """See ``SharedRewardNormalizer.metrics_dict``."""
+        return await self._store._run(self._metrics_op())
+
+    async def state_dict(self) -> dict[str, Any]:
+        """See ``SharedRewardNormalizer.state_dict``."""
+        return await self._store._run(self._state_dict_op())
+
+    async def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """See ``SharedRewardNormalizer.load_state_dict``."""
+        await self._store._run(self._load_state_dict_op(state))
