@@ -24,6 +24,10 @@ _embedded_lock = threading.Lock()
 _embedded: Any = None
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Connections of an asyncio client this library creates. Coroutines beyond this many wait for a
+#: free connection (a blocking pool) rather than fail: redis.asyncio's default pool raises
+#: MaxConnectionsError past 100, which breaks ``asyncio.gather`` over a few hundred batches.
+ASYNC_POOL_SIZE = 64
 _SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
 _ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)
 
@@ -79,12 +83,14 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
     if target is None:
         import fakeredis
 
-        return fakeredis.FakeAsyncRedis(server=embedded_server())
+        return fakeredis.FakeAsyncRedis(server=embedded_server(), max_connections=ASYNC_POOL_SIZE,
+                                        connection_pool_class=redis.asyncio.BlockingConnectionPool)
     if isinstance(target, str):
         _check_url(target, cluster)
         if cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(target)
-        return redis.asyncio.Redis.from_url(target)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(target, max_connections=ASYNC_POOL_SIZE, timeout=None)
+        return redis.asyncio.Redis.from_pool(pool)
     if isinstance(target, _ASYNC_CLIENTS):
         return target
     if isinstance(target, _SYNC_CLIENTS):
