@@ -13,14 +13,14 @@
 --
 -- Cost: O(1).
 
-local err = check_arity('replace', 1, 5)
+local err = check_arity('replace', {{1, 5}})
 if err then return err end
 local key = KEYS[1]
 
 local stats
 stats, err = parse_stats(key, ARGV, 'INVALID', 0)
 if err then return err end
-err = check_hash_or_none(key)
+err = check_type(key, 'hash')
 if err then return err end
 
 if stats.count == 0 then

@@ -65,11 +65,11 @@ local function parse_stats(key, texts, kind, min_count)
   return stats
 end
 
--- Refuse to touch a key that holds anything but a hash (or nothing).
-local function check_hash_or_none(key)
+-- Refuse to touch a key that holds anything but `expected` (or nothing).
+local function check_type(key, expected)
   local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'hash' and kind ~= 'none' then
-    return error_for('WRONGTYPE', key, 'holds a ' .. kind .. ', not a stats hash')
+  if kind ~= expected and kind ~= 'none' then
+    return error_for('WRONGTYPE', key, 'holds a ' .. kind .. ', not a ' .. expected)
   end
   return nil
 end
@@ -84,29 +84,42 @@ local function read_stats(key)
   return parse_stats(key, stored, 'CORRUPT', 1)
 end
 
--- Format as strings (Redis would truncate Lua numbers in a reply to integers, and tostring
--- keeps only 14 digits), store with a human-readable std, and return the reply table.
-local function write_stats(key, stats)
-  local std = 0
-  if stats.count >= 2 then
-    std = math.sqrt(stats.m2 / stats.count)
+-- Format stats as reply strings: Redis would truncate Lua numbers in a reply to integers, and
+-- tostring keeps only 14 digits. Absent stats (nil) format as zeros: count 0 means empty.
+local function format_stats(stats)
+  if stats == nil then
+    return {'0', '0', '0', '0', '0'}
   end
-  local reply = {
+  return {
     string.format('%d', stats.count),
     string.format('%.17g', stats.mean),
     string.format('%.17g', stats.m2),
     string.format('%.17g', stats.min),
     string.format('%.17g', stats.max),
   }
+end
+
+-- Store stats with a human-readable std, and return the reply strings.
+local function write_stats(key, stats)
+  local std = 0
+  if stats.count >= 2 then
+    std = math.sqrt(stats.m2 / stats.count)
+  end
+  local reply = format_stats(stats)
   redis.call('HSET', key, 'count', reply[1], 'mean', reply[2], 'm2', reply[3],
     'min', reply[4], 'max', reply[5], 'std', string.format('%.17g', std))
   return reply
 end
 
-local function check_arity(name, nkeys, nargs)
-  if #KEYS ~= nkeys or #ARGV ~= nargs then
-    return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. nkeys .. ' key(s) and '
-      .. nargs .. ' arguments, got ' .. #KEYS .. ' and ' .. #ARGV)
+-- Scripts take a fixed number of keys and arguments; `forms` lists the accepted {keys, args}.
+local function check_arity(name, forms)
+  local accepted = {}
+  for _, form in ipairs(forms) do
+    if #KEYS == form[1] and #ARGV == form[2] then
+      return nil
+    end
+    accepted[#accepted + 1] = form[1] .. ' key(s) and ' .. form[2] .. ' arguments'
   end
-  return nil
+  return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. table.concat(accepted, ' or ')
+    .. ', got ' .. #KEYS .. ' and ' .. #ARGV)
 end

@@ -13,10 +13,12 @@ from .errors import (
     CorruptStatsError,
     InvalidStatsError,
     RewardNormError,
+    StaleBatchError,
     StatsOverflowError,
     WrongTypeError,
 )
 from .normalizer import SharedRewardNormalizer
+from .retry import RetryPolicy
 from .stats import RunningStats
 from .store import StatsStore
 
@@ -31,6 +33,8 @@ __all__ = [
     "CorruptStatsError",
     "WrongTypeError",
     "StatsOverflowError",
+    "StaleBatchError",
+    "RetryPolicy",
 ]
 
 __version__ = "0.1.0"

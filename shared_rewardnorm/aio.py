@@ -6,14 +6,16 @@ operations from ``core.py``; only the loop below, which awaits each request, dif
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
 from .connection import resolve_async_client
-from .core import NormalizerCore, StoreCore
-from .requests import Operation
+from .core import DEFAULT_BATCH_RECORD_TTL, NormalizerCore, StoreCore
+from .requests import Operation, Request
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -30,10 +32,13 @@ class AsyncStatsStore(StoreCore):
             or ``None`` for the embedded store (the same embedded server the sync classes use).
         namespace: prefix of every key this store touches.
         cluster: with a URL, connect to a Redis Cluster through that node.
+        retry, batch_record_ttl: as for ``StatsStore``.
     """
 
-    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False) -> None:
-        super().__init__(namespace)
+    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
+                 retry: RetryPolicy | None = DEFAULT_RETRY,
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+        super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_async_client(redis, cluster=cluster)
         self._scripts = register_scripts(self._client)
 
@@ -102,10 +107,23 @@ class AsyncStatsStore(StoreCore):
                 request = operation.send(reply)
             except StopIteration as done:
                 return done.value
+            reply = await self._issue(request)
+
+    async def _issue(self, request: Request) -> Any:
+        """Send one request, retrying transient failures as the retry policy says."""
+        retry = 0
+        while True:
             try:
-                reply = await request.issue(self._client, self._scripts)
+                return await request.issue(self._client, self._scripts)
             except ResponseError as exc:
                 raise request.translate(exc) from exc
+            except TRANSIENT_ERRORS:
+                delay = self._retry.delay(retry) if self._retry else None
+                if delay is None:
+                    raise
+            retry += 1
+            self.retries += 1
+            await asyncio.sleep(delay)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"

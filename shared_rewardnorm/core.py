@@ -8,7 +8,10 @@ run those operations with blocking calls and ``AsyncStatsStore`` /
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,8 +19,9 @@ from redis.exceptions import ResponseError
 
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import NormalizerSettings, normalize_values
-from .protocol import decode_reply, decode_stored, encode_stats
+from .protocol import batch_record_key, decode_reply, decode_stored, encode_stats, reply_was_merged
 from .requests import Operation, ReadMany, ReadStats, RunScript, ScanKeys
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .stats import RunningStats, summarize
 
 __all__ = [
@@ -41,15 +45,8 @@ def _read(key: str) -> Operation[RunningStats]:
     return decode_stored(key, reply)
 
 
-def _merge(key: str, stats: RunningStats) -> Operation[RunningStats]:
-    if stats.count == 0:
-        return (yield from _read(key))
-    reply = yield RunScript("merge", key, encode_stats(stats))
-    return decode_reply(reply)
-
-
 def _replace(key: str, stats: RunningStats) -> Operation[RunningStats]:
-    reply = yield RunScript("replace", key, encode_stats(stats))
+    reply = yield RunScript("replace", (key,), encode_stats(stats))
     return decode_reply(reply)
 
 
@@ -87,11 +84,73 @@ def parse_snapshot(snapshot: Any) -> dict[str, RunningStats]:
     return parsed
 
 
-class StoreCore:
-    """Namespace, key naming and the store's operations; subclasses add the I/O."""
+#: Seconds a client's batch record for an env lives after its last merge: a retry must come
+#: within this time to be recognized (retries come within seconds; a day is generous).
+DEFAULT_BATCH_RECORD_TTL = 86_400
 
-    def __init__(self, namespace: str) -> None:
+
+class StoreCore:
+    """Namespace, key naming, batch identities, retry settings and the store's operations;
+    subclasses add the I/O.
+
+    Every merge carries a batch identity: this store's client id (random, renewed in a forked
+    child so two processes never share one) and a sequence number per env. The merge script
+    records it, so a batch sent again after a lost reply is never counted twice, whoever sends
+    it again: the store's retries, redis-py's own, or the caller's. For the caller's, a merge
+    whose reply never came is remembered per env, and the next merge of the same summary into
+    that env is taken as its retry and keeps its identity.
+    """
+
+    def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
         self._namespace = validate_namespace(namespace)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+        self._retry = retry
+        if isinstance(batch_record_ttl, bool) or not isinstance(batch_record_ttl, int) or batch_record_ttl < 1:
+            raise ValueError(f"batch_record_ttl must be an int >= 1 (seconds), got {batch_record_ttl!r}")
+        self._record_ttl = str(batch_record_ttl)
+        self._new_identity()
+        #: Requests sent again after a transient failure (for monitoring and benchmarks).
+        self.retries = 0
+        #: Merges the script recognized as already merged (a retry whose first try had landed).
+        self.duplicates = 0
+
+    def _new_identity(self) -> None:
+        self._pid = os.getpid()
+        self._client_id = secrets.token_hex(8)
+        self._sequences: dict[str, Iterator[int]] = {}
+        # Per key, the merge whose reply never came: if the caller sends the same summary again
+        # (its own retry loop), that is the same batch and keeps its identity.
+        self._unacknowledged: dict[str, RunScript] = {}
+
+    @property
+    def client_id(self) -> str:
+        """This store's batch identity prefix (in this process)."""
+        if os.getpid() != self._pid:
+            self._new_identity()
+        return self._client_id
+
+    def _merge_at(self, key: str, stats: RunningStats) -> Operation[RunningStats]:
+        """Merge a summary into the stats at ``key`` exactly once; empty summaries only read."""
+        if stats.count == 0:
+            return (yield from _read(key))
+        client_id = self.client_id
+        encoded = encode_stats(stats)
+        request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
+        if request is None or request.args[:5] != encoded:
+            sequence = self._sequences.get(key)
+            if sequence is None:
+                sequence = self._sequences.setdefault(key, itertools.count(1))
+            request = RunScript("merge", (key, batch_record_key(key, client_id)),
+                                (*encoded, str(next(sequence)), self._record_ttl))
+        self._unacknowledged[key] = request
+        reply = yield request
+        if self._unacknowledged.get(key) is request:
+            del self._unacknowledged[key]
+        if not reply_was_merged(reply):
+            self.duplicates += 1
+        return decode_reply(reply)
 
     @property
     def namespace(self) -> str:
@@ -104,11 +163,11 @@ class StoreCore:
 
     def _update_op(self, env: str, values: Any) -> Operation[RunningStats]:
         key = self.key(env)
-        return _merge(key, RunningStats.from_values(values))
+        return self._merge_at(key, RunningStats.from_values(values))
 
     def _merge_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
         key = self.key(env)
-        return _merge(key, _require_stats(stats))
+        return self._merge_at(key, _require_stats(stats))
 
     def _get_op(self, env: str) -> Operation[RunningStats]:
         return _read(self.key(env))
@@ -232,6 +291,7 @@ class NormalizerCore:
 
     def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any) -> None:
         self._settings = NormalizerSettings.create(mode, clip, warmup, eps)
+        self._store_core = store
         self._key = store.key(env)
         self._env = env
         self._stats = RunningStats()
@@ -291,7 +351,7 @@ class NormalizerCore:
         if len(values) == 0:
             return []
         if self._settings.mode != "none":  # "none" records nothing, as in the reference
-            self._stats = yield from _merge(self._key, summarize(values))
+            self._stats = yield from self._store_core._merge_at(self._key, summarize(values))
         return normalize_values(values, self._stats, self._settings)
 
     def _refresh_op(self) -> Operation[RunningStats]:

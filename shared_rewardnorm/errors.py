@@ -16,6 +16,7 @@ __all__ = [
     "CorruptStatsError",
     "WrongTypeError",
     "StatsOverflowError",
+    "StaleBatchError",
     "translate_response_error",
 ]
 
@@ -54,11 +55,18 @@ class StatsOverflowError(RewardNormError, ValueError):
     """Merging would make the statistics non-finite (scores near the float range limit)."""
 
 
+class StaleBatchError(RewardNormError):
+    """A batch's sequence number is too far behind its client's latest for the merge script to
+    tell whether it was merged (more batches of one client in flight than the script's window);
+    nothing was written."""
+
+
 _KINDS: dict[str, type[RewardNormError]] = {
     "INVALID": InvalidStatsError,
     "CORRUPT": CorruptStatsError,
     "WRONGTYPE": WrongTypeError,
     "OVERFLOW": StatsOverflowError,
+    "STALE": StaleBatchError,
 }
 
 _FIELD_NAMES = ("count", "mean", "m2", "min", "max")

@@ -14,7 +14,7 @@ from typing import Any
 from .errors import CorruptStatsError
 from .stats import MAX_COUNT, RunningStats
 
-__all__ = ["STAT_FIELDS", "encode_stats", "decode_reply", "decode_stored"]
+__all__ = ["STAT_FIELDS", "encode_stats", "decode_reply", "reply_was_merged", "decode_stored", "batch_record_key"]
 
 #: Fields of a stats hash, in the order scripts take and return them. ``std`` is also stored,
 #: for people reading the hash with ``redis-cli``, but never read back.
@@ -33,12 +33,27 @@ def encode_stats(stats: RunningStats) -> tuple[str, str, str, str, str]:
     )
 
 
+def batch_record_key(stats_key: str, client_id: str) -> str:
+    """The key recording which batches of one client were merged into one env: it extends the
+    env's stats key, so it shares the env's hash tag (and cluster slot)."""
+    return f"{stats_key}:batches:{client_id}"
+
+
 def decode_reply(reply: Sequence[Any]) -> RunningStats:
-    """Parse the five strings a script returns (already validated by the script itself)."""
+    """Parse the stats strings a script returns (validated by the script itself). Replies are
+    count, mean, m2, min, max, possibly followed by more fields; no reply or a count of 0 means
+    empty statistics."""
     if not reply:
         return RunningStats()
-    count, mean, m2, low, high = reply
-    return RunningStats(int(count), float(mean), float(m2), float(low), float(high))
+    count = int(reply[0])
+    if count == 0:
+        return RunningStats()
+    return RunningStats(count, float(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
+
+
+def reply_was_merged(reply: Sequence[Any]) -> bool:
+    """Whether a merge reply says this call merged the batch (``False``: merged before)."""
+    return len(reply) < 6 or reply[5] in (b"1", "1", 1)
 
 
 def _as_text(value: Any) -> str:

@@ -26,14 +26,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class RunScript:
-    """EVALSHA one of our scripts on one key (redis-py reloads it on NOSCRIPT)."""
+    """EVALSHA one of our scripts (redis-py reloads it on NOSCRIPT). All keys share one hash
+    tag, so the call stays in one cluster slot. Sending the same request twice is safe: a merge
+    carries its batch identity."""
 
     operation: str
-    key: str
+    keys: tuple[str, ...]
     args: tuple[str, ...]
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        return getattr(scripts, self.operation)(keys=[self.key], args=self.args)
+        return getattr(scripts, self.operation)(keys=self.keys, args=self.args)
 
     def translate(self, error: ResponseError) -> Exception:
         return translate_response_error(error)

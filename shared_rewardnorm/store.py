@@ -8,14 +8,16 @@ The operations themselves live in ``core.py``; this class only runs their reques
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
 from .connection import resolve_client
-from .core import StoreCore
-from .requests import Operation
+from .core import DEFAULT_BATCH_RECORD_TTL, StoreCore
+from .requests import Operation, Request
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -33,14 +35,19 @@ class StatsStore(StoreCore):
             (shared by every store in the process).
         namespace: prefix of every key this store touches (``<namespace>:{<env>}``).
         cluster: with a URL, connect to a Redis Cluster through that node.
+        retry: how to retry transient failures (connection errors, timeouts, a server loading
+            its data); ``None`` never retries. Retrying never merges a batch twice.
+        batch_record_ttl: seconds a client's record of merged batches lives per env.
 
     Errors: bad arguments raise ``TypeError``/``ValueError`` before anything is sent; a
     malformed stored hash raises ``CorruptStatsError`` and a key of another type
     ``WrongTypeError``, and in both cases nothing is overwritten.
     """
 
-    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False) -> None:
-        super().__init__(namespace)
+    def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
+                 retry: RetryPolicy | None = DEFAULT_RETRY,
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+        super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_client(redis, cluster=cluster)
         self._scripts = register_scripts(self._client)
 
@@ -112,10 +119,23 @@ class StatsStore(StoreCore):
                 request = operation.send(reply)
             except StopIteration as done:
                 return done.value
+            reply = self._issue(request)
+
+    def _issue(self, request: Request) -> Any:
+        """Send one request, retrying transient failures as the retry policy says."""
+        retry = 0
+        while True:
             try:
-                reply = request.issue(self._client, self._scripts)
+                return request.issue(self._client, self._scripts)
             except ResponseError as exc:
                 raise request.translate(exc) from exc
+            except TRANSIENT_ERRORS:
+                delay = self._retry.delay(retry) if self._retry else None
+                if delay is None:
+                    raise
+            retry += 1
+            self.retries += 1
+            time.sleep(delay)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"

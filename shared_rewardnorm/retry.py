@@ -1,0 +1,53 @@
+"""Retrying transient failures, and why that is safe here.
+
+A connection error or timeout leaves a caller not knowing whether its merge reached Redis. Every
+merge carries a batch identity (client id and sequence number) that the merge script records
+atomically, so sending the same request again never counts a batch twice: the store retries
+transient failures by itself, with bounded, jittered exponential backoff ("full jitter": a
+random delay up to the exponential bound, so many clients that failed together do not retry in
+lockstep). Reads are idempotent, and a replace writes the same value again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+
+__all__ = ["RetryPolicy", "DEFAULT_RETRY", "NO_RETRY", "TRANSIENT_ERRORS"]
+
+#: Failures worth another try: the network, a timeout, a server still loading its data
+#: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover.
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a request after a transient failure.
+
+    Args:
+        attempts: tries in all, the first included (1 means never retry).
+        base: the bound of the first delay, in seconds; it doubles with every retry...
+        cap: ...up to this many seconds.
+    """
+
+    attempts: int = 8
+    base: float = 0.05
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
+        if not 0 <= self.base <= self.cap:
+            raise ValueError(f"need 0 <= base <= cap, got base={self.base!r} cap={self.cap!r}")
+
+    def delay(self, retry: int) -> float | None:
+        """Seconds to wait before retry number ``retry`` (0-based), or None when out of tries."""
+        if retry + 1 >= self.attempts:
+            return None
+        return random.uniform(0.0, min(self.cap, self.base * 2.0**retry))
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(attempts=1)

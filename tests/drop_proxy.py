@@ -1,0 +1,103 @@
+"""A TCP proxy that loses replies: it forwards a request to Redis, waits until the reply starts
+coming back (so the command has run), then drops the connection instead of forwarding it.
+
+That is the worst case for a retried write: the client cannot tell whether its command ran.
+Used by the exactly-once tests and the soak benchmark; it only listens on loopback.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import threading
+from typing import Optional
+
+
+class DropProxy:
+    """Forward 127.0.0.1:<port> to ``upstream``; drop the reply to a request containing
+    ``trigger`` with probability ``drop_rate`` (seeded, so runs repeat)."""
+
+    def __init__(self, upstream_port: int, drop_rate: float = 0.05, trigger: bytes = b"EVALSHA",
+                 seed: int = 0, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.drop_rate = drop_rate
+        self.trigger = trigger
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.drops = 0
+        self.forwarded = 0
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _should_drop(self) -> bool:
+        with self._lock:
+            return self._random.random() < self.drop_rate
+
+    def _serve(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        drop_next_reply = False
+        try:
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], 0.2)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    if self.trigger in data and self._should_drop():
+                        drop_next_reply = True
+                    upstream.sendall(data)
+                if upstream in readable:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    if drop_next_reply:
+                        with self._lock:
+                            self.drops += 1
+                        return  # the command ran; its reply is lost with the connection
+                    with self._lock:
+                        self.forwarded += 1
+                    client.sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def start(self) -> DropProxy:
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._listener.close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> DropProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,156 @@
+"""An acknowledged batch is counted once, never twice, whoever retries after a lost reply:
+the store's own retries, redis-py's, or the caller's loop."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from drop_proxy import DropProxy
+from reference_oracle import OracleNormalizer
+from shared_rewardnorm import (
+    CorruptStatsError,
+    RetryPolicy,
+    RunningStats,
+    SharedRewardNormalizer,
+    StaleBatchError,
+    StatsStore,
+)
+from shared_rewardnorm.protocol import batch_record_key, encode_stats
+from shared_rewardnorm.scripts import script_source
+
+FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
+
+
+def port_of(url: str) -> int:
+    return redis.connection.parse_url(url)["port"]
+
+
+def batches(seed: int, count: int) -> list[list[float]]:
+    rng = random.Random(seed)
+    return [[rng.gauss(3.0, 2.0) for _ in range(rng.randint(1, 20))] for _ in range(count)]
+
+
+def no_driver_retries(url: str) -> redis.Redis:
+    """A client whose redis-py layer does not retry, so only our layer can."""
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=5)
+
+
+def assert_matches_reference(stats: RunningStats, sent: list[list[float]]) -> None:
+    everything = [v for batch in sent for v in batch]
+    mean = math.fsum(everything) / len(everything)
+    assert stats.count == len(everything)
+    assert math.isclose(stats.mean, mean, rel_tol=1e-12)
+    assert math.isclose(stats.m2, math.fsum((v - mean) ** 2 for v in everything), rel_tol=1e-10)
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("who_retries", ["store", "driver", "caller"])
+def test_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
+                                         who_retries: str) -> None:
+    sent = batches(seed=len(who_retries), count=1500)
+    oracle = OracleNormalizer(warmup=3)
+    with DropProxy(port_of(real_redis_url), drop_rate=0.04, seed=7) as proxy:
+        if who_retries == "store":
+            client, policy = no_driver_retries(proxy.url), FAST_RETRY
+        elif who_retries == "driver":
+            # redis-py's own retry re-sends the very same EVALSHA after a dropped connection.
+            client, policy = redis.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 10)), None
+        else:
+            client, policy = no_driver_retries(proxy.url), None
+        store = StatsStore(client, namespace, retry=policy)
+        norm = SharedRewardNormalizer("env", store, warmup=3)
+        caller_retries = 0
+        for batch in sent:
+            while True:
+                try:
+                    got = norm.normalize(batch)
+                    break
+                except redis.ConnectionError:
+                    assert who_retries == "caller"
+                    caller_retries += 1
+            expected = oracle.normalize(batch)
+            assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        client.close()
+    assert proxy.drops >= 30, "the proxy should have lost some replies"
+    assert store.duplicates >= 30 and store.duplicates <= proxy.drops
+    if who_retries == "store":
+        assert store.retries >= proxy.drops
+    if who_retries == "caller":
+        assert caller_retries == proxy.drops
+    assert_matches_reference(StatsStore(real_client, namespace).get("env"), sent)
+
+
+def test_the_same_batch_twice_is_merged_once(raw_client: Any, namespace: str) -> None:
+    key = f"{namespace}:{{env}}"
+    record = batch_record_key(key, "client-a")
+    args = (*encode_stats(RunningStats.from_values([1.0, 2.0])), "1", "60")
+    first = raw_client.eval(script_source("merge"), 2, key, record, *args)
+    again = raw_client.eval(script_source("merge"), 2, key, record, *args)
+    assert first[:5] == again[:5] and first[5] == b"1" and again[5] == b"0"
+    assert raw_client.hget(key, "count") == b"2"
+    assert 0 < raw_client.ttl(record) <= 60
+
+
+def test_out_of_order_batches_within_the_window(raw_client: Any, namespace: str) -> None:
+    key = f"{namespace}:{{env}}"
+    record = batch_record_key(key, "client-b")
+    one = encode_stats(RunningStats.from_values([1.0]))
+
+    def send(seq: int) -> bytes:
+        return raw_client.eval(script_source("merge"), 2, key, record, *one, str(seq), "60")[5]
+
+    assert [send(5), send(3), send(4), send(3), send(5), send(1)] == [b"1", b"1", b"1", b"0", b"0", b"1"]
+    assert [send(1029), send(6), send(1028), send(1029)] == [b"1", b"1", b"1", b"0"]  # 6: 1024th
+    with pytest.raises(redis.ResponseError, match="REWARDNORM_STALE"):
+        send(5)  # 1025 behind the latest: cannot be judged
+    assert raw_client.hget(key, "count") == b"7"
+
+
+def test_stale_and_corrupt_records_are_library_errors(backend: Any, namespace: str, raw_client: Any) -> None:
+    store = StatsStore(backend, namespace)
+    store.update("env", [1.0])
+    record = batch_record_key(store.key("env"), store.client_id)
+    raw_client.set(record, "999999:1")
+    with pytest.raises(StaleBatchError):
+        store.update("env", [2.0])  # our sequence 2 is far behind the (forged) 999999
+    raw_client.set(record, "garbage")
+    with pytest.raises(CorruptStatsError):
+        store.update("env", [2.0])
+    assert store.get("env").count == 1
+
+
+def test_a_forked_child_gets_its_own_identity(backend: Any, namespace: str) -> None:
+    store = StatsStore(backend, namespace)
+    parent_id = store.client_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write, store.client_id.encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child_id and child_id != parent_id and store.client_id == parent_id
+
+
+def test_caller_retry_of_a_different_batch_is_a_new_batch(real_redis_url: str, namespace: str,
+                                                          real_client: Any) -> None:
+    """Only the same summary is taken as a retry: a different batch after a failure is new."""
+    with DropProxy(port_of(real_redis_url), drop_rate=1.0, seed=1) as proxy:
+        client = no_driver_retries(proxy.url)
+        store = StatsStore(client, namespace, retry=None)
+        with pytest.raises(redis.ConnectionError):
+            store.update("env", [1.0])  # ran on the server; reply lost
+        proxy.drop_rate = 0.0
+        assert store.update("env", [5.0]).count == 2  # a different batch: counted
+        assert store.update("env", [5.0]).count == 3  # same summary, but the last call succeeded
+        client.close()
