@@ -37,10 +37,10 @@ class AsyncStatsStore(StoreCore):
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
         super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_async_client(redis, cluster=cluster)
-        self._scripts = register_scripts(self._client)
+        self._scripts = register_scripts(self._client, functions)
 
     @property
     def client(self) -> Any:
@@ -95,6 +95,10 @@ class AsyncStatsStore(StoreCore):
         """See ``StatsStore.restore``."""
         return await self._run(self._restore_op(snapshot))
 
+    async def load_functions(self) -> str:
+        """See ``StatsStore.load_functions``."""
+        return await self._run(self._load_functions_op())
+
     async def aclose(self) -> None:
         """Close the client's connections (only call it if this store created the client)."""
         await self._client.aclose()
@@ -116,6 +120,8 @@ class AsyncStatsStore(StoreCore):
             try:
                 return await request.issue(self._client, self._scripts)
             except ResponseError as exc:
+                if self._scripts.fall_back(exc):
+                    continue
                 raise request.translate(exc) from exc
             except TRANSIENT_ERRORS:
                 delay = self._retry.delay(retry) if self._retry else None

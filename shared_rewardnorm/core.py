@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import NormalizerSettings, normalize_values
 from .protocol import batch_record_key, decode_reply, decode_stored, encode_stats, reply_was_merged
-from .requests import Operation, ReadMany, ReadStats, RunScript, ScanKeys
+from .requests import LoadFunctions, Operation, ReadMany, ReadStats, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .stats import RunningStats, summarize
 
@@ -238,6 +238,10 @@ class StoreCore:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "envs": {env: stats.to_dict() for env, stats in sorted(found.items())},
         }
+
+    def _load_functions_op(self) -> Operation[str]:
+        reply = yield LoadFunctions()
+        return _as_text(reply[0] if isinstance(reply, list) else reply)
 
     def _restore_op(self, snapshot: Any) -> Operation[dict[str, RunningStats]]:
         parsed = parse_snapshot(snapshot)  # everything is checked before the first write

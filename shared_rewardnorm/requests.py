@@ -17,16 +17,16 @@ from redis.exceptions import ResponseError
 
 from .errors import WrongTypeError, translate_response_error
 from .protocol import STAT_FIELDS
-from .scripts import ClientScripts
+from .scripts import ClientScripts, function_library
 
-__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "Request", "Operation"]
+__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "Request", "Operation"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class RunScript:
-    """EVALSHA one of our scripts (redis-py reloads it on NOSCRIPT). All keys share one hash
+    """FCALL or EVALSHA one of our operations (see ``scripts.ClientScripts``). All keys share one hash
     tag, so the call stays in one cluster slot. Sending the same request twice is safe: a merge
     carries its batch identity."""
 
@@ -35,7 +35,7 @@ class RunScript:
     args: tuple[str, ...]
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        return getattr(scripts, self.operation)(keys=self.keys, args=self.args)
+        return scripts.call(self.operation, self.keys, self.args)
 
     def translate(self, error: ResponseError) -> Exception:
         return translate_response_error(error)
@@ -94,6 +94,18 @@ class ScanKeys:
         return error
 
 
-Request = Union[RunScript, ReadStats, ReadMany, ScanKeys]
+@dataclass(frozen=True, slots=True)
+class LoadFunctions:
+    """FUNCTION LOAD REPLACE the Function library (on every primary of a cluster): an
+    administrator's step, so that trainers can run with FCALL and no right to load Lua."""
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        return client.function_load(function_library(), replace=True)
+
+    def translate(self, error: ResponseError) -> Exception:
+        return error
+
+
+Request = Union[RunScript, ReadStats, ReadMany, ScanKeys, LoadFunctions]
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

@@ -7,20 +7,35 @@ process; the ``Script`` objects are registered per client (redis-py computes the
 sends EVALSHA, and reloads the script on NOSCRIPT after a ``SCRIPT FLUSH``, a restart or a
 failover).
 
-Run ``python -m shared_rewardnorm.scripts merge`` to print an assembled script, for example to
-``SCRIPT LOAD`` it and call it from ``redis-cli`` or another language's client.
+The same code also ships as a Redis 7 Function library (``function_library()``): loaded once
+by an administrator (``FUNCTION LOAD``), it is called with ``FCALL``, survives restarts and
+failovers (functions are part of the data set), and lets trainers run without the right to
+load arbitrary Lua (``SCRIPT LOAD`` / ``EVAL``). Function and library names carry a hash of the
+code, so a client never calls a library of another version by mistake.
+
+Run ``python -m shared_rewardnorm.scripts merge`` to print an assembled script (to
+``SCRIPT LOAD`` it and call it from ``redis-cli`` or another language's client), or
+``python -m shared_rewardnorm.scripts --library`` to print the Function library.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OPERATIONS", "script_source", "ClientScripts", "register_scripts"]
+__all__ = [
+    "OPERATIONS",
+    "script_source",
+    "function_library",
+    "function_name",
+    "library_name",
+    "ClientScripts",
+    "register_scripts",
+]
 
 #: One Lua file per atomic operation.
 OPERATIONS = ("merge", "replace")
@@ -50,24 +65,101 @@ def script_source(operation: str) -> str:
     return _read_lua(_LIBRARY) + "\n" + _read_lua(operation)
 
 
-@dataclass(frozen=True)
+@functools.lru_cache(maxsize=None)
+def _code_version() -> str:
+    code = "\0".join(script_source(name) for name in OPERATIONS)
+    return hashlib.sha1(code.encode("utf-8")).hexdigest()[:12]
+
+
+def library_name() -> str:
+    """The Function library's name, ``shared_rewardnorm_<code hash>``."""
+    return f"shared_rewardnorm_{_code_version()}"
+
+
+def function_name(operation: str) -> str:
+    """The Function that runs ``operation``, ``rewardnorm_<operation>_<code hash>``."""
+    return f"rewardnorm_{operation}_{_code_version()}"
+
+
+@functools.lru_cache(maxsize=None)
+def function_library() -> str:
+    """The Redis 7 Function library: each operation's script as the body of a function whose
+    parameters are named KEYS and ARGV, so the very same text runs as a script and a function."""
+    parts = [f"#!lua name={library_name()}\n"]
+    for name in OPERATIONS:
+        parts.append(f"redis.register_function('{function_name(name)}', function(KEYS, ARGV)\n"
+                     f"{script_source(name)}\nend)\n")
+    return "".join(parts)
+
+
+
+
+def _no_usable_function(error: Exception) -> bool:
+    """Whether a failed FCALL means "no usable Function here": not loaded, an old server or the
+    embedded store ("unknown command 'FCALL'"), or a user allowed EVALSHA but not FCALL. Only
+    FCALL produces these, so a request sent again with EVALSHA cannot loop back here."""
+    text = str(error)
+    return "Function not found" in text or "fcall" in text.lower()
+
+
 class ClientScripts:
-    """The scripts registered on one client (sync, asyncio, or cluster)."""
+    """How one client (sync, asyncio, or cluster) runs our operations: ``FCALL`` of the
+    Function library, or ``EVALSHA`` of the registered scripts (redis-py's ``Script`` reloads
+    them on NOSCRIPT).
 
-    merge: Any
-    replace: Any
+    ``functions``: ``True`` only ever calls the Functions (least privilege: no script loading);
+    ``False`` only ever uses EVALSHA; ``None`` (auto) tries the Functions first and falls back to
+    EVALSHA for good when the server has no such Function.
+    """
+
+    def __init__(self, client: Any, functions: bool | None) -> None:
+        if functions not in (None, True, False):
+            raise TypeError(f"functions must be True, False or None (auto), got {functions!r}")
+        self._client = client
+        self._use_functions = functions is not False
+        self._may_fall_back = functions is None
+        self._scripts = {name: client.register_script(script_source(name)) for name in OPERATIONS}
+        self._functions = {name: function_name(name) for name in OPERATIONS}
+
+    @property
+    def using_functions(self) -> bool:
+        """Whether calls currently go through FCALL."""
+        return self._use_functions
+
+    def script(self, operation: str) -> Any:
+        """The registered ``Script`` object of an operation."""
+        return self._scripts[operation]
+
+    def call(self, operation: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
+        """Run an operation; returns the reply, or an awaitable on an asyncio client."""
+        if self._use_functions:
+            return self._client.fcall(self._functions[operation], len(keys), *keys, *args)
+        return self._scripts[operation](keys=keys, args=args)
+
+    def fall_back(self, error: Exception) -> bool:
+        """After a failed call: switch to EVALSHA if in auto mode and the error says there is no
+        usable Function. True means: send the request again (also for concurrent calls that
+        were already on their way when another one switched)."""
+        if self._may_fall_back and _no_usable_function(error):
+            self._use_functions = False
+            return True
+        return False
 
 
-def register_scripts(client: Any) -> ClientScripts:
-    """Register every operation's script on ``client`` (no round trip: redis-py loads lazily)."""
-    return ClientScripts(**{name: client.register_script(script_source(name)) for name in OPERATIONS})
+def register_scripts(client: Any, functions: bool | None = None) -> ClientScripts:
+    """How ``client`` will run our operations (no round trip: redis-py loads scripts lazily)."""
+    return ClientScripts(client, functions)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the assembled text of the named scripts."""
+    """Print the assembled text of the named scripts, or the Function library."""
     names = sys.argv[1:] if argv is None else argv
+    if names == ["--library"]:
+        sys.stdout.write(function_library())
+        return 0
     if not names or any(name not in OPERATIONS for name in names):
-        print(f"usage: python -m shared_rewardnorm.scripts {{{','.join(OPERATIONS)}}} ...", file=sys.stderr)
+        print(f"usage: python -m shared_rewardnorm.scripts {{{','.join(OPERATIONS)}}} ... | --library",
+              file=sys.stderr)
         return 2
     for name in names:
         sys.stdout.write(script_source(name))

@@ -46,10 +46,10 @@ class StatsStore(StoreCore):
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
         super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_client(redis, cluster=cluster)
-        self._scripts = register_scripts(self._client)
+        self._scripts = register_scripts(self._client, functions)
 
     @property
     def client(self) -> Any:
@@ -111,6 +111,12 @@ class StatsStore(StoreCore):
         The whole snapshot is validated before anything is written."""
         return self._run(self._restore_op(snapshot))
 
+    def load_functions(self) -> str:
+        """Load the Function library (``FUNCTION LOAD REPLACE``; on every primary of a cluster)
+        and return its name. An administrator's step: afterwards trainers can use
+        ``functions=True`` and need no right to load Lua. Needs a server with Functions (7.0+)."""
+        return self._run(self._load_functions_op())
+
     def _run(self, operation: Operation[T]) -> T:
         """Drive an operation: send each request it yields, hand back the reply."""
         reply = None
@@ -128,6 +134,8 @@ class StatsStore(StoreCore):
             try:
                 return request.issue(self._client, self._scripts)
             except ResponseError as exc:
+                if self._scripts.fall_back(exc):
+                    continue
                 raise request.translate(exc) from exc
             except TRANSIENT_ERRORS:
                 delay = self._retry.delay(retry) if self._retry else None

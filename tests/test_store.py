@@ -194,9 +194,9 @@ def test_replies_parse_under_resp2_and_resp3(real_redis_url: str, namespace: str
 
 def test_script_reloads_after_script_flush(real_client: redis.Redis, namespace: str) -> None:
     """After SCRIPT FLUSH (as after a restart or a failover) the next call reloads and succeeds."""
-    store = StatsStore(real_client, namespace)
+    store = StatsStore(real_client, namespace, functions=False)
     store.update("env", [1.0])
-    sha = store._scripts.merge.sha
+    sha = store._scripts.script("merge").sha
     assert real_client.script_exists(sha) == [True]
     real_client.script_flush()
     assert real_client.script_exists(sha) == [False]
