@@ -43,7 +43,8 @@ local record_key = KEYS[2]
 local batch
 batch, err = parse_stats(key, ARGV, 'INVALID', 1)
 if err then return err end
-err = check_type(key, 'hash')
+local old
+old, err = read_stats(key)
 if err then return err end
 
 -- The batch record is "<highest sequence number>:<window>", where character i of the window
@@ -58,9 +59,9 @@ if record_key then
   if not string.find(ARGV[7], '^[0-9]+$') or ttl < 1 then
     return error_for('INVALID', key, 'record lifetime must be an integer >= 1, got ' .. quoted(ARGV[7]))
   end
-  err = check_type(record_key, 'string')
+  local stored
+  stored, err = read_key(record_key, 'string', 'GET')
   if err then return err end
-  local stored = redis.call('GET', record_key)
   local highest, window = 0, ''
   if stored then
     local highest_text
@@ -80,10 +81,7 @@ if record_key then
         .. 'client\'s latest (%d)', seq, WINDOW, highest))
     end
     if string.sub(window, position, position) == '1' then
-      local current
-      current, err = read_stats(key)
-      if err then return err end
-      local reply = format_stats(current)
+      local reply = format_stats(old)
       reply[6] = '0'
       return reply
     end
@@ -94,10 +92,6 @@ if record_key then
       .. string.sub(window, position + 1)
   end
 end
-
-local old
-old, err = read_stats(key)
-if err then return err end
 
 local merged = batch
 if old then

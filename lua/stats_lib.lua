@@ -65,7 +65,8 @@ local function parse_stats(key, texts, kind, min_count)
   return stats
 end
 
--- Refuse to touch a key that holds anything but `expected` (or nothing).
+-- Refuse to touch a key that holds anything but `expected` (or nothing). For writes that
+-- do not read the key first (a replace); reads check through read_key at no extra cost.
 local function check_type(key, expected)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= expected and kind ~= 'none' then
@@ -74,9 +75,26 @@ local function check_type(key, expected)
   return nil
 end
 
+-- Run a read command on `key`: a key of another type becomes a REWARDNORM_WRONGTYPE error
+-- reply (instead of aborting the script with Redis's own error), so no TYPE call is needed.
+local function read_key(key, expected, command, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    local message = tostring(reply.err)  -- fakeredis hands the message over as userdata
+    if string.find(message, 'WRONGTYPE', 1, true) then
+      return nil, check_type(key, expected)
+    end
+    return nil, redis.error_reply(message)
+  end
+  return reply
+end
+
 -- Read a stored stats hash: nil when absent, the parsed table, or nil plus an error reply.
 local function read_stats(key)
-  local stored = redis.call('HMGET', key, 'count', 'mean', 'm2', 'min', 'max')
+  local stored, err = read_key(key, 'hash', 'HMGET', 'count', 'mean', 'm2', 'min', 'max')
+  if err then
+    return nil, err
+  end
   if stored[1] == false and stored[2] == false and stored[3] == false
       and stored[4] == false and stored[5] == false then
     return nil
