@@ -1,27 +1,26 @@
 -- merge.lua: merge one batch summary into an environment's running statistics, atomically,
 -- exactly once, and return the merged statistics in the same round trip.
--- (Loaded after stats_lib.lua, which supplies the helpers used here.)
+-- (Runs after stats_lib.lua, which supplies the helpers used here.)
 --
 -- KEYS[1]  the env's stats hash, e.g. "rewardnorm:{gsm8k}"
--- KEYS[2]  (optional) the sending client's batch record for this env, sharing the env's hash
---          tag, e.g. "rewardnorm:{gsm8k}:batches:<client id>"
--- ARGV[1]  batch count: decimal integer, 1 <= count < 2^53
--- ARGV[2]  batch mean: finite decimal float
--- ARGV[3]  batch m2: finite decimal float >= 0 (sum of squared deviations from the batch mean)
--- ARGV[4]  batch min: finite decimal float
--- ARGV[5]  batch max: finite decimal float >= min
--- ARGV[6]  (with KEYS[2]) the batch's sequence number: an integer >= 1 that this client never
---          reuses for this env; a retry of the same batch sends the same number
--- ARGV[7]  (with KEYS[2]) seconds the batch record lives after its last use (>= 1)
+-- KEYS[2]  (optional) the sending client's batch record for this env; it shares the env's
+--          hash tag: "rewardnorm:{gsm8k}:batches:<client id>"
+-- ARGV[1]  the batch summary, "count mean m2 min max": count an integer 1 <= count < 2^53, the
+--          others finite decimal numbers, m2 >= 0 (squared deviations from the batch mean),
+--          min <= max; e.g. "4 0.5 3 -1 1"
+-- ARGV[2]  (with KEYS[2]) the batch's sequence number: an integer >= 1 that this client never
+--          uses twice for this env; a retry of the same batch sends the same number
+-- ARGV[3]  (with KEYS[2]) seconds the batch record lives after its last use (>= 1)
 --
--- Exactly once: a retried batch (a lost reply, a driver's or a user's retry) whose sequence
--- number is already recorded is not merged again; the reply is then the current statistics.
--- The record keeps the highest sequence number seen and which of the WINDOW numbers below it
--- were merged, so batches may arrive out of order (concurrent calls of one client); a number
--- more than WINDOW below the highest cannot be judged and is refused (REWARDNORM_STALE).
+-- Exactly once: a batch whose sequence number the record shows as merged is not merged again
+-- (a lost reply retried by us, the driver or the caller); the reply then carries the current
+-- statistics. The record is "<highest number seen>" or "<highest>:<gap>,<gap>,...", the gaps
+-- being numbers below the highest not merged yet (batches still in flight: concurrent calls
+-- of one client may arrive out of order). Numbers more than WINDOW below the highest cannot be
+-- judged and are refused (REWARDNORM_STALE). In the usual case, no gaps, it is a few bytes.
 --
--- Returns {count, mean, m2, min, max, merged} as strings ('%d' and '%.17g'); merged is '1' when
--- this call merged the batch and '0' when it had been merged before.
+-- Returns one string, "count mean m2 min max merged" ('%d' and '%.17g'); merged is 1 when this
+-- call merged the batch and 0 when it had been merged before.
 --
 -- Errors (nothing is written when one is raised):
 --   REWARDNORM_INVALID <key> ...    an argument is malformed
@@ -30,68 +29,86 @@
 --   REWARDNORM_OVERFLOW <key> ...   the merged statistics would not be finite
 --   REWARDNORM_STALE <key> ...      the sequence number is too far behind to be judged
 --
--- Cost: O(1) whatever the batch size (the client sends a summary, not the values): at most
--- five commands and string work bounded by WINDOW.
+-- Cost: O(1) whatever the batch size (the client sends a summary, not the values): HMGET,
+-- HSET, and with a record GET and SET; the record holds at most WINDOW gaps.
 
 local WINDOW = 1024
 
-local err = check_arity('merge', {{1, 5}, {2, 7}})
+local err = check_arity('merge', KEYS, ARGV, {{1, 1}, {2, 3}})
 if err then return err end
 local key = KEYS[1]
 local record_key = KEYS[2]
 
 local batch
-batch, err = parse_stats(key, ARGV, 'INVALID', 1)
+batch, err = parse_stats_arg(key, ARGV[1], 1)
 if err then return err end
 local old
 old, err = read_stats(key)
 if err then return err end
 
--- The batch record is "<highest sequence number>:<window>", where character i of the window
--- is '1' if sequence number (highest - i + 1) was merged; missing characters mean '0'.
-local seq, ttl, record
-if record_key then
-  seq = tonumber(ARGV[6])
-  if not string.find(ARGV[6], '^[0-9]+$') or seq < 1 or seq > MAX_COUNT then
-    return error_for('INVALID', key, 'sequence number must be an integer >= 1, got ' .. quoted(ARGV[6]))
-  end
-  ttl = tonumber(ARGV[7])
-  if not string.find(ARGV[7], '^[0-9]+$') or ttl < 1 then
-    return error_for('INVALID', key, 'record lifetime must be an integer >= 1, got ' .. quoted(ARGV[7]))
-  end
+-- Returns the new record, nil for an already merged batch, or nil plus an error reply.
+local function updated_record(seq)
   local stored
   stored, err = read_key(record_key, 'string', 'GET')
-  if err then return err end
-  local highest, window = 0, ''
+  if err then return nil, err end
+  local highest, gaps = 0, ''
   if stored then
-    -- Plain find and sub: a pattern over the whole window would cost more than the merge.
     local colon = string.find(stored, ':', 1, true)
-    local highest_text = colon and string.sub(stored, 1, colon - 1) or ''
-    highest = string.find(highest_text, '^[0-9]+$') and tonumber(highest_text)
-    window = colon and string.sub(stored, colon + 1) or ''
-    if not highest or #window > WINDOW then
-      return error_for('CORRUPT', record_key, 'batch record ' .. quoted(string.sub(stored, 1, 40)))
+    local head = colon and string.sub(stored, 1, colon - 1) or stored
+    highest = string.find(head, '^[0-9]+$') and tonumber(head)
+    gaps = colon and string.sub(stored, colon + 1) or ''
+    if not highest or not string.find(gaps, '^[0-9,]*$') then
+      return nil, error_for('CORRUPT', record_key, 'batch record ' .. quoted(string.sub(stored, 1, 60)))
     end
   end
   if seq > highest then
-    local gap = math.min(seq - highest - 1, WINDOW)
-    record = string.format('%d', seq) .. ':' .. string.sub('1' .. string.rep('0', gap) .. window, 1, WINDOW)
-  else
-    local position = highest - seq + 1
-    if position > WINDOW then
-      return error_for('STALE', key, string.format('batch %d is more than %d batches behind this '
-        .. 'client\'s latest (%d)', seq, WINDOW, highest))
+    -- Keep the gaps still inside the window, and add the numbers skipped on the way to seq.
+    local kept = {}
+    local lowest = seq - WINDOW
+    if gaps ~= '' then
+      for gap in string.gmatch(gaps, '[0-9]+') do
+        if tonumber(gap) > lowest then kept[#kept + 1] = gap end
+      end
     end
-    if string.sub(window, position, position) == '1' then
-      local reply = format_stats(old)
-      reply[6] = '0'
-      return reply
+    for skipped = math.max(highest + 1, lowest + 1), seq - 1 do
+      kept[#kept + 1] = string.format('%d', skipped)
     end
-    if #window < position then
-      window = window .. string.rep('0', position - #window)
-    end
-    record = string.format('%d', highest) .. ':' .. string.sub(window, 1, position - 1) .. '1'
-      .. string.sub(window, position + 1)
+    local record = string.format('%d', seq)
+    if #kept > 0 then record = record .. ':' .. table.concat(kept, ',') end
+    return record
+  end
+  if seq <= highest - WINDOW then
+    return nil, error_for('STALE', key, string.format('batch %d is more than %d batches behind '
+      .. 'this client\'s latest (%d)', seq, WINDOW, highest))
+  end
+  local listed = ',' .. gaps .. ','
+  local needle = ',' .. string.format('%d', seq) .. ','
+  local at = string.find(listed, needle, 1, true)
+  if not at then
+    return nil  -- not a gap: merged before
+  end
+  local remaining = string.sub(listed, 2, at - 1) .. string.sub(listed, at + #needle - 1, -2)
+  remaining = string.gsub(string.gsub(remaining, '^,', ''), ',$', '')
+  if remaining == '' then
+    return string.format('%d', highest)
+  end
+  return string.format('%d', highest) .. ':' .. remaining
+end
+
+local record, ttl
+if record_key then
+  local seq = tonumber(ARGV[2])
+  if not string.find(ARGV[2], '^[0-9]+$') or seq < 1 or seq > MAX_COUNT then
+    return error_for('INVALID', key, 'sequence number must be an integer >= 1, got ' .. quoted(ARGV[2]))
+  end
+  ttl = tonumber(ARGV[3])
+  if not string.find(ARGV[3], '^[0-9]+$') or ttl < 1 then
+    return error_for('INVALID', key, 'record lifetime must be an integer >= 1, got ' .. quoted(ARGV[3]))
+  end
+  record, err = updated_record(seq)
+  if err then return err end
+  if record == nil then
+    return reply_text(format_stats(old), '0')
   end
 end
 
@@ -115,9 +132,7 @@ if old then
     return error_for('OVERFLOW', key, 'merged mean or m2 is not finite')
   end
 end
-if record_key then
+if record then
   redis.call('SET', record_key, record, 'EX', ttl)
 end
-local reply = write_stats(key, merged)
-reply[6] = '1'
-return reply
+return reply_text(write_stats(key, merged), '1')

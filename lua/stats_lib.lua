@@ -1,13 +1,15 @@
--- stats_lib.lua: helpers shared by every script that reads or writes a stats hash.
+-- stats_lib.lua: helpers shared by every operation that reads or writes a stats hash.
 --
--- Not an operation of its own: the client prepends this file to each operation's file
--- (merge.lua, replace.lua) before loading it, so validation is written once. To run an
--- operation by hand, print the assembled text with `python -m shared_rewardnorm.scripts NAME`.
+-- Not an operation of its own. As a script, an operation is this file followed by the
+-- operation's file (merge.lua, replace.lua); in the Redis Function library, this file is the
+-- library's top level and each operation's file the body of a function(KEYS, ARGV). Either
+-- way validation is written once. `python -m shared_rewardnorm.scripts NAME` prints an
+-- assembled script, `--library` the Function library.
 --
--- Every helper that finds a problem returns nil plus an error reply, never raises, so a script
--- can stop before it writes anything.
+-- Helpers that find a problem return nil plus an error reply and never raise, so an operation
+-- stops before it writes anything.
 
--- The fields of a stats hash, in the order scripts receive and return them.
+-- The fields of a stats hash, in the order operations receive and return them.
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
@@ -15,10 +17,8 @@ local MAX_COUNT = 9007199254740991
 
 -- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): a number is valid
 -- only if its text is plain decimal (digits, sign, point, exponent) and its value finite.
-local DECIMAL_TEXT_ONLY = '^[0-9eE.+-]+$'
-
 local function parse_finite(text)
-  if type(text) ~= 'string' or not string.find(text, DECIMAL_TEXT_ONLY) then
+  if type(text) ~= 'string' or not string.find(text, '^[0-9eE.+-]+$') then
     return nil
   end
   local value = tonumber(text)
@@ -38,8 +38,6 @@ end
 
 -- Parse five texts (count, mean, m2, min, max) into a stats table. `kind` is INVALID for
 -- arguments and CORRUPT for stored fields; `min_count` is 1 for a batch, 0 for a replacement.
--- This runs twice per merge, so it makes few calls: parse_finite per field, and the count's
--- integrality checked on the number rather than with another pattern.
 local function parse_stats(key, texts, kind, min_count)
   local stats = {}
   for i = 1, 5 do
@@ -65,8 +63,25 @@ local function parse_stats(key, texts, kind, min_count)
   return stats
 end
 
--- Refuse to touch a key that holds anything but `expected` (or nothing). For writes that
--- do not read the key first (a replace); reads check through read_key at no extra cost.
+-- Parse the stats argument: "count mean m2 min max", five numbers separated by single spaces
+-- (one argument rather than five: fewer arguments make every call cheaper to send).
+local function parse_stats_arg(key, text, min_count)
+  local texts = {}
+  local start = 1
+  for i = 1, 4 do
+    local space = type(text) == 'string' and string.find(text, ' ', start, true)
+    if not space then
+      return nil, error_for('INVALID', key, 'stats must be "count mean m2 min max", got ' .. quoted(text))
+    end
+    texts[i] = string.sub(text, start, space - 1)
+    start = space + 1
+  end
+  texts[5] = string.sub(text, start)
+  return parse_stats(key, texts, 'INVALID', min_count)
+end
+
+-- Refuse to touch a key that holds anything but `expected` (or nothing). For writes that do
+-- not read the key first (a replace); reads check through read_key at no extra cost.
 local function check_type(key, expected)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= expected and kind ~= 'none' then
@@ -76,7 +91,7 @@ local function check_type(key, expected)
 end
 
 -- Run a read command on `key`: a key of another type becomes a REWARDNORM_WRONGTYPE error
--- reply (instead of aborting the script with Redis's own error), so no TYPE call is needed.
+-- reply (instead of aborting with Redis's own error), so no TYPE call is needed.
 local function read_key(key, expected, command, ...)
   local reply = redis.pcall(command, key, ...)
   if type(reply) == 'table' and reply.err then
@@ -102,8 +117,8 @@ local function read_stats(key)
   return parse_stats(key, stored, 'CORRUPT', 1)
 end
 
--- Format stats as reply strings: Redis would truncate Lua numbers in a reply to integers, and
--- tostring keeps only 14 digits. Absent stats (nil) format as zeros: count 0 means empty.
+-- Format stats as text: Redis would truncate Lua numbers in a reply to integers, and tostring
+-- keeps only 14 digits. Absent stats (nil) format as zeros: count 0 means empty.
 local function format_stats(stats)
   if stats == nil then
     return {'0', '0', '0', '0', '0'}
@@ -117,27 +132,37 @@ local function format_stats(stats)
   }
 end
 
--- Store stats with a human-readable std, and return the reply strings.
+-- Store stats with a human-readable std; returns their texts.
 local function write_stats(key, stats)
   local std = 0
   if stats.count >= 2 then
     std = math.sqrt(stats.m2 / stats.count)
   end
-  local reply = format_stats(stats)
-  redis.call('HSET', key, 'count', reply[1], 'mean', reply[2], 'm2', reply[3],
-    'min', reply[4], 'max', reply[5], 'std', string.format('%.17g', std))
+  local texts = format_stats(stats)
+  redis.call('HSET', key, 'count', texts[1], 'mean', texts[2], 'm2', texts[3],
+    'min', texts[4], 'max', texts[5], 'std', string.format('%.17g', std))
+  return texts
+end
+
+-- The reply of an operation: one string, "count mean m2 min max" plus any extra words (one
+-- bulk string parses faster in a client than an array of six).
+local function reply_text(texts, extra)
+  local reply = table.concat(texts, ' ')
+  if extra then
+    reply = reply .. ' ' .. extra
+  end
   return reply
 end
 
--- Scripts take a fixed number of keys and arguments; `forms` lists the accepted {keys, args}.
-local function check_arity(name, forms)
+-- Operations take a fixed number of keys and arguments; `forms` lists the accepted {keys, args}.
+local function check_arity(name, keys, args, forms)
   local accepted = {}
   for _, form in ipairs(forms) do
-    if #KEYS == form[1] and #ARGV == form[2] then
+    if #keys == form[1] and #args == form[2] then
       return nil
     end
-    accepted[#accepted + 1] = form[1] .. ' key(s) and ' .. form[2] .. ' arguments'
+    accepted[#accepted + 1] = form[1] .. ' key(s) and ' .. form[2] .. ' argument(s)'
   end
   return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. table.concat(accepted, ' or ')
-    .. ', got ' .. #KEYS .. ' and ' .. #ARGV)
+    .. ', got ' .. #keys .. ' and ' .. #args)
 end

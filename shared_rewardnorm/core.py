@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import NormalizerSettings, normalize_values
-from .protocol import batch_record_key, decode_reply, decode_stored, encode_stats, reply_was_merged
+from .protocol import batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
 from .requests import LoadFunctions, Operation, ReadMany, ReadStats, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .stats import RunningStats, summarize
@@ -46,8 +46,8 @@ def _read(key: str) -> Operation[RunningStats]:
 
 
 def _replace(key: str, stats: RunningStats) -> Operation[RunningStats]:
-    reply = yield RunScript("replace", (key,), encode_stats(stats))
-    return decode_reply(reply)
+    reply = yield RunScript("replace", (key,), (encode_stats(stats),))
+    return decode_reply(reply)[0]
 
 
 def _require_stats(stats: Any) -> RunningStats:
@@ -138,19 +138,20 @@ class StoreCore:
         client_id = self.client_id
         encoded = encode_stats(stats)
         request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
-        if request is None or request.args[:5] != encoded:
+        if request is None or request.args[0] != encoded:
             sequence = self._sequences.get(key)
             if sequence is None:
                 sequence = self._sequences.setdefault(key, itertools.count(1))
             request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                                (*encoded, str(next(sequence)), self._record_ttl))
+                                (encoded, encode_sequence(next(sequence)), self._record_ttl))
         self._unacknowledged[key] = request
         reply = yield request
         if self._unacknowledged.get(key) is request:
             del self._unacknowledged[key]
-        if not reply_was_merged(reply):
+        stats, merged = decode_reply(reply)
+        if not merged:
             self.duplicates += 1
-        return decode_reply(reply)
+        return stats
 
     @property
     def namespace(self) -> str:

@@ -20,6 +20,9 @@ __all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "sta
 Scores = Union[list, np.ndarray]
 
 MAX_NAME_LENGTH = 256
+#: Batches at least this long are handled as numpy arrays (validated, summarized and normalized
+#: in one array); shorter ones are faster as plain lists.
+NUMPY_MIN_BATCH = 64
 
 
 def _describe(value: Any) -> str:
@@ -82,10 +85,14 @@ def coerce_scores(scores: Any) -> Scores:
             raise TypeError("scores must be an iterable of real numbers, got "
                             f"{type(scores).__name__}") from None
     # Fast path: a list of Python floats, all finite (the common case in a trainer).
-    if all(type(value) is float for value in scores) and all(map(math.isfinite, scores)):
-        return scores
-    return [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
-            for i, value in enumerate(scores)]
+    if all(type(value) is float for value in scores):
+        if len(scores) >= NUMPY_MIN_BATCH:
+            return _coerce_array(np.array(scores, dtype=np.float64))
+        if all(map(math.isfinite, scores)):
+            return scores
+    values = [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
+              for i, value in enumerate(scores)]
+    return np.array(values, dtype=np.float64) if len(values) >= NUMPY_MIN_BATCH else values
 
 
 def _validate_name(what: str, name: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .inputs import Scores
-from .stats import NUMPY_MIN_BATCH, RunningStats
+from .stats import RunningStats
 
 __all__ = ["MODES", "NormalizerSettings", "normalize_values"]
 
@@ -70,9 +70,8 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
             constant = max(-clip, min(clip, constant))
         return [constant] * count
     warm = stats.count >= settings.warmup
-    if count >= NUMPY_MIN_BATCH or isinstance(values, np.ndarray):
-        array = np.asarray(values, dtype=np.float64)
-        result = (array - offset) / scale if warm else array.copy()
+    if isinstance(values, np.ndarray):
+        result = (values - offset) / scale if warm else values.copy()
         if clip is not None:
             np.clip(result, -clip, clip, out=result)
         return result.tolist()

@@ -14,23 +14,23 @@ from typing import Any
 from .errors import CorruptStatsError
 from .stats import MAX_COUNT, RunningStats
 
-__all__ = ["STAT_FIELDS", "encode_stats", "decode_reply", "reply_was_merged", "decode_stored", "batch_record_key"]
+__all__ = ["STAT_FIELDS", "encode_stats", "encode_sequence", "decode_reply", "decode_stored", "batch_record_key"]
 
 #: Fields of a stats hash, in the order scripts take and return them. ``std`` is also stored,
 #: for people reading the hash with ``redis-cli``, but never read back.
 STAT_FIELDS = ("count", "mean", "m2", "min", "max")
 
 
-def encode_stats(stats: RunningStats) -> tuple[str, str, str, str, str]:
-    """Script arguments for ``stats``: fixed-width text, so every merge sends the same bytes
-    whatever the batch size, and 17 significant digits, so every double round-trips exactly."""
-    return (
-        f"{stats.count:016d}",
-        f"{stats.mean:+.16e}",
-        f"{stats.m2:+.16e}",
-        f"{stats.min:+.16e}",
-        f"{stats.max:+.16e}",
-    )
+def encode_stats(stats: RunningStats) -> str:
+    """The stats argument of a script, ``"count mean m2 min max"``: fixed-width text, so every
+    merge sends the same bytes whatever the batch size, with 17 significant digits, so every
+    double round-trips exactly."""
+    return "%016d %+.16e %+.16e %+.16e %+.16e" % (stats.count, stats.mean, stats.m2, stats.min, stats.max)
+
+
+def encode_sequence(sequence: int) -> str:
+    """A batch sequence number, fixed-width like the stats (16 digits hold any count < 2^53)."""
+    return "%016d" % sequence
 
 
 def batch_record_key(stats_key: str, client_id: str) -> str:
@@ -39,21 +39,16 @@ def batch_record_key(stats_key: str, client_id: str) -> str:
     return f"{stats_key}:batches:{client_id}"
 
 
-def decode_reply(reply: Sequence[Any]) -> RunningStats:
-    """Parse the stats strings a script returns (validated by the script itself). Replies are
-    count, mean, m2, min, max, possibly followed by more fields; no reply or a count of 0 means
-    empty statistics."""
-    if not reply:
-        return RunningStats()
-    count = int(reply[0])
+def decode_reply(reply: Any) -> tuple[RunningStats, bool]:
+    """Parse a script's reply, ``"count mean m2 min max [merged]"`` (``bytes`` or ``str``):
+    the statistics (validated by the script itself; a count of 0 means empty) and whether this
+    call merged its batch (``False``: it had been merged before)."""
+    words = reply.split()
+    merged = len(words) < 6 or words[5] in (b"1", "1")
+    count = int(words[0])
     if count == 0:
-        return RunningStats()
-    return RunningStats(count, float(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
-
-
-def reply_was_merged(reply: Sequence[Any]) -> bool:
-    """Whether a merge reply says this call merged the batch (``False``: merged before)."""
-    return len(reply) < 6 or reply[5] in (b"1", "1", 1)
+        return RunningStats(), merged
+    return RunningStats.trusted(count, float(words[1]), float(words[2]), float(words[3]), float(words[4])), merged
 
 
 def _as_text(value: Any) -> str:

@@ -23,8 +23,6 @@ __all__ = ["RunningStats", "summarize"]
 
 #: Counts must stay below 2^53 so every count is exact as a double (the Lua number type).
 MAX_COUNT = 2**53 - 1
-#: Batches at least this long are summarized with numpy; shorter ones are faster in pure Python.
-NUMPY_MIN_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +64,18 @@ class RunningStats:
             raise InvalidStatsError(f"min {self.min!r} is greater than max {self.max!r}")
         if self.count == 0 and (self.mean, self.m2, self.min, self.max) != (0.0, 0.0, 0.0, 0.0):
             raise InvalidStatsError("empty stats (count 0) must have mean, m2, min and max all 0")
+
+    @classmethod
+    def trusted(cls, count: int, mean: float, m2: float, min: float, max: float) -> RunningStats:
+        """Build from fields already known valid (a script's reply, a fresh summary) without
+        validating them again: this is on the hot path of every ``normalize``."""
+        stats = object.__new__(cls)
+        object.__setattr__(stats, "count", count)
+        object.__setattr__(stats, "mean", mean)
+        object.__setattr__(stats, "m2", m2)
+        object.__setattr__(stats, "min", min)
+        object.__setattr__(stats, "max", max)
+        return stats
 
     @property
     def variance(self) -> float:
@@ -144,21 +154,21 @@ class RunningStats:
 def summarize(values: Scores) -> RunningStats:
     """Summarize already-validated finite floats (see ``inputs.coerce_scores``) in two passes.
 
-    Short batches use ``math.fsum`` (correctly rounded sums). Long ones use numpy: a pairwise
-    mean, then the corrected two-pass formula (the mean's residual is folded back in), which is
-    as accurate and several times faster than looping in Python.
+    Short batches come as lists and use ``math.fsum`` (correctly rounded sums). Long ones come
+    as numpy arrays: a pairwise mean, then the corrected two-pass formula (the mean's residual
+    is folded back in), as accurate and several times faster than looping in Python.
     """
     count = len(values)
     if count == 0:
         return RunningStats()
     try:
-        if count < NUMPY_MIN_BATCH and not isinstance(values, np.ndarray):
+        if not isinstance(values, np.ndarray):
             mean = math.fsum(values) / count
             m2 = math.fsum([(value - mean) * (value - mean) for value in values])
             low, high = min(values), max(values)
         else:
             with np.errstate(over="ignore", invalid="ignore"):
-                array = np.asarray(values, dtype=np.float64)
+                array = values
                 mean = float(array.mean())
                 deviations = array - mean
                 residual = float(deviations.sum()) / count
@@ -171,4 +181,4 @@ def summarize(values: Scores) -> RunningStats:
     if not (math.isfinite(mean) and math.isfinite(m2)):
         raise ValueError("scores are too large in magnitude to summarize as floats "
                          "(their squared deviations overflow)")
-    return RunningStats(count, mean, max(m2, 0.0), low, high)
+    return RunningStats.trusted(count, mean, max(m2, 0.0), low, high)

@@ -91,9 +91,9 @@ def test_lost_replies_never_double_count(real_redis_url: str, namespace: str, re
 def test_the_same_batch_twice_is_merged_once(raw_client: Any, namespace: str) -> None:
     key = f"{namespace}:{{env}}"
     record = batch_record_key(key, "client-a")
-    args = (*encode_stats(RunningStats.from_values([1.0, 2.0])), "1", "60")
-    first = raw_client.eval(script_source("merge"), 2, key, record, *args)
-    again = raw_client.eval(script_source("merge"), 2, key, record, *args)
+    args = (encode_stats(RunningStats.from_values([1.0, 2.0])), "1", "60")
+    first = raw_client.eval(script_source("merge"), 2, key, record, *args).split()
+    again = raw_client.eval(script_source("merge"), 2, key, record, *args).split()
     assert first[:5] == again[:5] and first[5] == b"1" and again[5] == b"0"
     assert raw_client.hget(key, "count") == b"2"
     assert 0 < raw_client.ttl(record) <= 60
@@ -105,20 +105,22 @@ def test_out_of_order_batches_within_the_window(raw_client: Any, namespace: str)
     one = encode_stats(RunningStats.from_values([1.0]))
 
     def send(seq: int) -> bytes:
-        return raw_client.eval(script_source("merge"), 2, key, record, *one, str(seq), "60")[5]
+        return raw_client.eval(script_source("merge"), 2, key, record, one, str(seq), "60").split()[5]
 
     assert [send(5), send(3), send(4), send(3), send(5), send(1)] == [b"1", b"1", b"1", b"0", b"0", b"1"]
     assert [send(1029), send(6), send(1028), send(1029)] == [b"1", b"1", b"1", b"0"]  # 6: 1024th
     with pytest.raises(redis.ResponseError, match="REWARDNORM_STALE"):
         send(5)  # 1025 behind the latest: cannot be judged
     assert raw_client.hget(key, "count") == b"7"
+    # The record is compact: the highest number and the numbers below it not merged yet.
+    assert raw_client.get(record) == b"1029:" + b",".join(str(n).encode() for n in range(7, 1028))
 
 
 def test_stale_and_corrupt_records_are_library_errors(backend: Any, namespace: str, raw_client: Any) -> None:
     store = StatsStore(backend, namespace)
     store.update("env", [1.0])
     record = batch_record_key(store.key("env"), store.client_id)
-    raw_client.set(record, "999999:1")
+    raw_client.set(record, "999999")
     with pytest.raises(StaleBatchError):
         store.update("env", [2.0])  # our sequence 2 is far behind the (forged) 999999
     raw_client.set(record, "garbage")

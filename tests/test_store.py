@@ -84,43 +84,55 @@ def test_bad_stats_are_refused_before_writing(backend: Any, namespace: str) -> N
     assert store.get("env").count == 1
 
 
-def script_args_cases() -> list[tuple[list[str], str]]:
-    good = list(encode_stats(RunningStats(2, 1.0, 0.5, 0.5, 1.5)))
+def script_args_cases() -> list[tuple[str, str]]:
+    """A valid stats argument with one field spoiled at a time, and malformed packings."""
+    good = encode_stats(RunningStats(2, 1.0, 0.5, 0.5, 1.5)).split(" ")
     cases = [
         ("0", 0, "count"), ("1.5", 0, "count"), ("-1", 0, "count"), ("9007199254740993", 0, "count"),
         ("nan", 1, "mean"), ("inf", 1, "mean"), ("-inf", 2, "m2"), ("1e400", 1, "mean"), ("0x10", 1, "mean"),
-        (" 1", 3, "min"), ("", 4, "max"), ("abc", 4, "max"), ("-1", 2, "m2"),
+        ("", 3, "min"), ("abc", 4, "max"), ("-1", 2, "m2"),
     ]
     result = []
     for text, index, field in cases:
-        args = list(good)
-        args[index] = text
-        result.append((args, field))
-    result.append(([good[0], good[1], good[2], "2", "1"], "min"))
+        fields = list(good)
+        fields[index] = text
+        result.append((" ".join(fields), field))
+    result.append((" ".join([good[0], good[1], good[2], "2", "1"]), "min"))
+    result += [("1 2 3", "stats"), ("", "stats"), ("2  1 0 1 1", "mean"), ("2 1 0 1 1 7", "max")]
     return result
 
 
 @pytest.mark.parametrize(
-    "operation, args, field",
-    [(operation, args, field) for operation in ("merge", "replace") for args, field in script_args_cases()
-     if not (operation == "replace" and args[0] == "0")],  # count 0 is valid for replace: it empties the env
+    "operation, argument, field",
+    [(operation, argument, field) for operation in ("merge", "replace") for argument, field in script_args_cases()
+     if not (operation == "replace" and argument.startswith("0 "))],  # count 0 empties the env on replace
 )
 def test_scripts_validate_their_own_arguments(raw_client: Any, namespace: str, operation: str,
-                                              args: list[str], field: str) -> None:
+                                              argument: str, field: str) -> None:
     """What a redis-cli user calling the script directly gets: an error naming key and value."""
     key = f"{namespace}:{{env}}"
     raw_client.hset(key, mapping={"count": "1", "mean": "5", "m2": "0", "min": "5", "max": "5", "std": "0"})
     before = raw_client.hgetall(key)
     with pytest.raises(redis.ResponseError) as info:
-        raw_client.eval(script_source(operation), 1, key, *args)
+        raw_client.eval(script_source(operation), 1, key, argument)
     message = str(info.value)
     assert message.startswith("REWARDNORM_INVALID") and key in message and field in message
     assert raw_client.hgetall(key) == before
 
 
+def test_scripts_accept_plain_text_from_redis_cli(raw_client: Any, namespace: str) -> None:
+    key = f"{namespace}:{{env}}"
+    assert raw_client.eval(script_source("merge"), 1, key, "4 0.5 3 -1 1") == b"4 0.5 3 -1 1 1"
+    assert raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1") == b"2 1 0 1 1"
+    assert raw_client.eval(script_source("replace"), 1, key, "0 0 0 0 0") == b"0 0 0 0 0"
+    assert raw_client.exists(key) == 0
+
+
 def test_scripts_check_their_arity(raw_client: Any, namespace: str) -> None:
     with pytest.raises(redis.ResponseError, match="REWARDNORM_INVALID"):
         raw_client.eval(script_source("merge"), 1, f"{namespace}:{{env}}", "1", "2")
+    with pytest.raises(redis.ResponseError, match="REWARDNORM_INVALID"):
+        raw_client.eval(script_source("replace"), 0)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,562 @@
+"""``shared-rewardnorm``: look at, back up and restore the shared statistics from a shell, and
+run the demo.
+
+Global options go before the subcommand (``shared-rewardnorm --url URL stats``). Every failure
+is reported as one ``shared-rewardnorm: error: ...`` line on stderr with exit code 1 (2 for
+usage errors), never a traceback: the people running this are operators looking at a trainer's
+Redis, and a stack trace tells them less than the sentence it buries.
+
+``main(argv)`` returns the exit code, so tests call it in process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import reduce
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.cluster
+from redis.exceptions import RedisClusterException, ResponseError
+
+from .connection import is_cluster
+from .core import parse_snapshot
+from .demo import (DemoConfig, DemoError, DemoObserver, DemoResult, close_client, plot_histograms, require_matplotlib,
+                   run_demo)
+from .errors import RewardNormError
+from .stats import RunningStats
+from .store import StatsStore
+
+__all__ = ["main", "build_parser", "SaveReport", "snapshot_masters"]
+
+PROG = "shared-rewardnorm"
+URL_VARIABLE = "SHARED_REWARDNORM_URL"
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_NAMESPACE = "rewardnorm"
+#: A CLI must not hang for the OS's two-minute TCP timeout on an unreachable host.
+CONNECT_TIMEOUT = 10.0
+SOCKET_TIMEOUT = 30.0
+#: How often ``snapshot`` asks whether a background save has finished.
+SAVE_POLL_SECONDS = 0.1
+_CLEAR_SCREEN = "\033[H\033[2J"
+
+
+class UsageError(Exception):
+    """A command used wrongly (exit code 2), e.g. ``reset`` without ``--yes``."""
+
+
+class CommandFailed(Exception):
+    """A command ran to the end, but what it reports is a failure (exit code 1)."""
+
+
+#: Errors that are the world's fault (server, files, input), reported as one line.
+_FAILURES = (redis.RedisError, RedisClusterException, RewardNormError, DemoError, CommandFailed, ValueError,
+             TypeError, OSError)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """``url`` with its password hidden, so error messages and headers can be pasted safely."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: Sequence[str] | None = None,
+                 left: int = 1) -> str:
+    """A plain-text table: the first ``left`` columns (names, descriptions) left-aligned, the
+    numbers right-aligned, and an optional footer row (a total) under a rule."""
+    lines = [list(header), *map(list, rows)] + ([list(footer)] if footer else [])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+
+    def render(line: Sequence[str]) -> str:
+        cells = [cell.ljust(width) if column < left else cell.rjust(width)
+                 for column, (cell, width) in enumerate(zip(line, widths))]
+        return "  ".join(cells).rstrip()
+
+    text = [render(header), *(render(row) for row in rows)]
+    if footer:
+        text += ["-" * len(render(header)), render(footer)]
+    return "\n".join(text)
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+def _url(args: argparse.Namespace) -> str:
+    return args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+
+
+def connect(url: str, cluster: bool) -> Any:
+    """A client with connect and read timeouts (redis-py's defaults wait forever)."""
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+@contextmanager
+def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
+    """The store the global options name; its connections are closed afterwards."""
+    client = connect(_url(args), args.cluster)
+    try:
+        yield StatsStore(client, args.namespace or DEFAULT_NAMESPACE)
+    finally:
+        close_client(client)
+
+
+# --- stats and watch ----------------------------------------------------------------------------
+
+
+def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, RunningStats]:
+    """The named envs' statistics (empty for absent ones), or every env in the namespace."""
+    return store.get_many(envs) if envs else store.all()
+
+
+def aggregate_of(found: Mapping[str, RunningStats]) -> RunningStats:
+    """The merge of the rows read, in the order ``StatsStore.aggregate`` uses. Merged locally
+    rather than read again, so the total row always sums the rows printed above it."""
+    return reduce(RunningStats.merge, (found[env] for env in sorted(found)), RunningStats())
+
+
+def stats_table(found: Mapping[str, RunningStats]) -> str:
+    """The human-readable table of ``stats`` and ``watch``."""
+    def row(name: str, stats: RunningStats) -> list[str]:
+        return [name, str(stats.count), *map(_number, (stats.mean, stats.std, stats.min, stats.max))]
+
+    rows = [row(env, found[env]) for env in sorted(found)]
+    return format_table(["env", "count", "mean", "std", "min", "max"], rows, row("aggregate", aggregate_of(found)))
+
+
+def stats_json(namespace: str, found: Mapping[str, RunningStats]) -> dict[str, Any]:
+    """``stats --json``: every field of every env, exact (floats round-trip through JSON)."""
+    def fields(stats: RunningStats) -> dict[str, Any]:
+        return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min,
+                "max": stats.max, "m2": stats.m2}
+
+    return {"namespace": namespace, "envs": {env: fields(found[env]) for env in sorted(found)},
+            "aggregate": fields(aggregate_of(found))}
+
+
+def render_stats(store: StatsStore, envs: Sequence[str]) -> str:
+    found = read_stats(store, envs)
+    if not found:
+        return f"no statistics in namespace {store.namespace!r}"
+    return stats_table(found)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the statistics once."""
+    with open_store(args) as store:
+        if args.json:
+            print(json.dumps(stats_json(store.namespace, read_stats(store, args.envs)), indent=2, allow_nan=False))
+        else:
+            print(render_stats(store, args.envs))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print the statistics every ``--interval`` seconds until Ctrl-C (or ``--iterations``)."""
+    clear = sys.stdout.isatty()
+    refreshes = 0
+    with open_store(args) as store:
+        try:
+            while True:
+                table = render_stats(store, args.envs)
+                stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+                sys.stdout.write(_CLEAR_SCREEN if clear else "")
+                print(f"{redact(_url(args))} namespace {store.namespace!r} at {stamp} "
+                      f"(every {args.interval:g} s; Ctrl-C to stop)\n{table}\n", flush=True)
+                refreshes += 1
+                if args.iterations is not None and refreshes >= args.iterations:
+                    return 0
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+# --- export and import --------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a JSON snapshot of every env in the namespace."""
+    with open_store(args) as store:
+        snapshot = store.export()
+    text = json.dumps(snapshot, indent=2, allow_nan=False) + "\n"  # read fully before creating the file
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.file, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"exported {len(snapshot['envs'])} envs of namespace {snapshot['namespace']!r} to {args.file}",
+              file=sys.stderr)
+    return 0
+
+
+def load_snapshot_file(path: str, stdin: TextIO | None = None) -> dict[str, Any]:
+    """Read and completely validate a snapshot file, so a bad one is refused before anything is
+    written (and before connecting)."""
+    name = "stdin" if path == "-" else path
+    try:
+        text = (stdin or sys.stdin).read() if path == "-" else open(path, encoding="utf-8").read()
+        snapshot = json.loads(text)
+    except ValueError as exc:  # bad JSON, or not UTF-8
+        raise ValueError(f"{name}: not a JSON snapshot ({exc}); nothing was written") from None
+    try:
+        parse_snapshot(snapshot)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}; nothing was written") from None
+    return snapshot
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Restore a JSON snapshot's envs into the namespace (other envs are untouched)."""
+    snapshot = load_snapshot_file(args.file)
+    with open_store(args) as store:
+        restored = store.restore(snapshot)
+        origin = snapshot.get("namespace")
+        note = f" (exported from namespace {origin!r})" if origin not in (None, store.namespace) else ""
+        print(f"restored {len(restored)} envs into namespace {store.namespace!r}{note}")
+    return 0
+
+
+# --- reset --------------------------------------------------------------------------------------
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Delete envs' statistics, which every process of the trainer shares: only with --yes."""
+    if not args.yes:
+        raise UsageError(f"reset deletes the shared statistics of {', '.join(args.envs)} for every process "
+                         "that uses them; add --yes to confirm")
+    with open_store(args) as store:
+        keys = [store.key(env) for env in args.envs]  # every name is checked before the first delete
+        for env, key in zip(args.envs, keys):
+            store.reset(env)
+            print(f"reset {env} ({key})")
+    return 0
+
+
+# --- snapshot -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """Where and when one master saved its RDB file, and whether the save succeeded."""
+
+    master: str
+    path: str
+    saved_at: datetime
+    status: str
+
+
+def _address(client: redis.Redis) -> str:
+    options = client.get_connection_kwargs()
+    return options.get("path") or f"{options.get('host')}:{options.get('port')}"
+
+
+def _masters(client: Any) -> list[tuple[str, redis.Redis]]:
+    """Every master as a plain client: the client itself, or one per cluster primary."""
+    if is_cluster(client):
+        return [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
+    return [(_address(client), client)]
+
+
+def _persistence(name: str, master: redis.Redis) -> dict[str, Any]:
+    try:
+        return master.info("persistence")
+    except ResponseError as exc:
+        if "unknown command" in str(exc).lower():
+            raise ValueError(f"{name} does not report INFO persistence, so it cannot snapshot (an embedded "
+                             "fakeredis server keeps everything in memory)") from None
+        raise
+
+
+def _wait_for(name: str, master: redis.Redis, busy_fields: Sequence[str], deadline: float, timeout: float) -> None:
+    """Poll INFO persistence until none of ``busy_fields`` is set."""
+    while any(int(_persistence(name, master).get(busy, 0)) for busy in busy_fields):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: a background save is still running after {timeout:g} s (--timeout)")
+        time.sleep(SAVE_POLL_SECONDS)
+
+
+def _start_bgsave(name: str, master: redis.Redis, deadline: float, timeout: float) -> None:
+    """BGSAVE; if another save (or an AOF rewrite) holds the fork, wait for it, then ours."""
+    while True:
+        try:
+            master.bgsave(schedule=False)
+            return
+        except ResponseError as exc:
+            message = str(exc)
+            if "already in progress" not in message and "Another child process is active" not in message:
+                raise
+        _wait_for(name, master, ("rdb_bgsave_in_progress", "aof_rewrite_in_progress"), deadline, timeout)
+
+
+def _config_value(master: redis.Redis, parameter: str) -> str | None:
+    try:
+        return master.config_get(parameter).get(parameter)
+    except ResponseError:  # CONFIG can be renamed away or denied by an ACL
+        return None
+
+
+def _report(name: str, master: redis.Redis) -> SaveReport:
+    info = _persistence(name, master)
+    directory, filename = _config_value(master, "dir"), _config_value(master, "dbfilename")
+    path = posixpath.join(directory, filename) if directory and filename else "(unknown: CONFIG GET refused)"
+    saved_at = datetime.fromtimestamp(int(info["rdb_last_save_time"])).astimezone()  # = LASTSAVE
+    return SaveReport(name, path, saved_at, str(info.get("rdb_last_bgsave_status", "unknown")))
+
+
+def snapshot_masters(client: Any, timeout: float = 60.0) -> list[SaveReport]:
+    """BGSAVE on every master at once, wait until each has finished (within ``timeout`` seconds
+    in all), and report where and when each saved.
+
+    Our BGSAVE is accepted only when no save is running, and the server marks it in progress
+    before it replies, so the first later ``rdb_bgsave_in_progress:0`` means ours has ended
+    (LASTSAVE alone has one-second resolution and can miss a second save in the same second).
+    """
+    import fakeredis
+
+    if isinstance(client, fakeredis.FakeRedis):
+        raise ValueError("the embedded store lives in this process's memory: there is no file to snapshot")
+    masters = _masters(client)
+    for name, master in masters:
+        _persistence(name, master)  # every master must support it before any of them saves
+    deadline = time.monotonic() + timeout
+    for name, master in masters:
+        _start_bgsave(name, master, deadline, timeout)
+    for name, master in masters:
+        _wait_for(name, master, ("rdb_bgsave_in_progress",), deadline, timeout)
+    return [_report(name, master) for name, master in masters]
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Persist the server's data to its RDB file(s) now, and say where."""
+    with open_store(args) as store:
+        reports = snapshot_masters(store.client, args.timeout)
+    rows = [[r.master, r.status, r.saved_at.isoformat(timespec="seconds"), r.path] for r in reports]
+    print(format_table(["master", "status", "saved at (LASTSAVE)", "file"], rows, left=4))
+    failed = [r.master for r in reports if r.status != "ok"]
+    if failed:
+        raise CommandFailed(f"the background save failed on {', '.join(failed)} (see the server's log)")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+class ProgressLine(DemoObserver):
+    """Shows the running demo: one line rewritten ten times a second on a terminal, a line a
+    second otherwise (a log should not get a thousand lines)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._period = 0.1 if self._tty else 1.0
+        self._last: float | None = None
+
+    def started(self, url: str, namespace: str, embedded: bool) -> None:
+        where = f"embedded Redis-protocol server (fakeredis + Lua) at {url}" if embedded else redact(url)
+        print(f"server: {where}; namespace {namespace!r}", file=self._stream, flush=True)
+
+    def _due(self, done: int, total: int) -> bool:
+        now = time.monotonic()
+        if self._last is None:
+            self._last = now
+        if done < total and now - self._last < self._period:
+            return False
+        self._last = now
+        return True
+
+    def progress(self, done: int, total: int, elapsed: float) -> None:
+        if not self._due(done, total):
+            return
+        rate = done / elapsed if elapsed > 0 else 0.0
+        line = f"batches {done}/{total} ({100 * done // total}%), {rate:.0f} calls/s"
+        end = "\n" if done == total or not self._tty else ""
+        print(("\r" if self._tty else "") + line, end=end, file=self._stream, flush=True)
+
+
+def demo_report(result: DemoResult) -> str:
+    """The demo's table and verdicts."""
+    rows = []
+    for outcome in result.envs:
+        raw, normalized = outcome.raw_mean_std, outcome.normalized_mean_std
+        rows.append([outcome.env.name, outcome.env.rewards, str(outcome.count),
+                     *map(_number, (*raw, *normalized))])
+    table = format_table(["env", "rewards", "count", "raw mean", "raw std", "norm mean", "norm std"], rows, left=2)
+    verdicts = [f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}" for check in result.checks]
+    kept = f"\nkept the statistics in namespace {result.namespace!r}" if result.kept else ""
+    return (f"{result.calls} normalize calls from {result.workers} processes in {result.elapsed:.2f} s "
+            f"({result.calls_per_second:.0f} calls/s)\n\n{table}\n\n" + "\n".join(verdicts) + kept)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 only if every check passes."""
+    try:
+        config = DemoConfig(workers=args.workers, batches=args.batches, batch_size=args.batch_size, seed=args.seed,
+                            warmup=args.warmup, url=args.url, cluster=args.cluster, namespace=args.namespace,
+                            keep=args.keep)
+    except ValueError as exc:
+        raise UsageError(f"demo: {exc} (pass --url to use a real server)") from None
+    if args.plot:
+        require_matplotlib()  # fail before the run, not after it
+    print(f"{PROG} demo: {config.workers} worker processes, {config.batches} batches of {config.batch_size} "
+          f"rewards each, seed {config.seed}", flush=True)
+    result = run_demo(config, ProgressLine(sys.stdout))
+    print(demo_report(result))
+    if args.plot:
+        print(f"histograms: {plot_histograms(result, args.plot)}")
+    return 0 if result.passed else 1
+
+
+# --- the parser ---------------------------------------------------------------------------------
+
+
+def _bounded(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, at least (or above) ``minimum``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _connection_options(after_command: bool) -> argparse.ArgumentParser:
+    """``--url``, ``--cluster`` and ``--namespace``. They belong before the subcommand, and are
+    accepted after it too (``demo --url ...`` is what people type); there their defaults are
+    SUPPRESS, so leaving them out does not overwrite what was given before the subcommand."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection" + (" (also accepted before the command)" if after_command else ""))
+    unset: Any = argparse.SUPPRESS if after_command else None
+    group.add_argument("--url", default=unset,
+                       help=f"Redis URL (default: ${URL_VARIABLE}, else {DEFAULT_URL}; the demo runs an "
+                            "embedded server unless --url is given)")
+    group.add_argument("--cluster", action="store_true", default=unset or False,
+                       help="the URL is a seed node of a Redis Cluster")
+    group.add_argument("--namespace", default=unset,
+                       help=f"key namespace (default {DEFAULT_NAMESPACE!r}; the demo picks a random one)")
+    return options
+
+
+def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], int], help: str,
+             **options: Any) -> argparse.ArgumentParser:
+    """Add a subcommand that also accepts the connection options."""
+    parser = commands.add_parser(name, parents=[_connection_options(after_command=True)], help=help, **options)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_stats_commands(commands: Any) -> None:
+    stats = _command(commands, "stats", cmd_stats, "print count, mean, std, min, max per env")
+    watch = _command(commands, "watch", cmd_watch, "the stats table, refreshed until Ctrl-C")
+    for parser in (stats, watch):
+        parser.add_argument("envs", nargs="*", metavar="ENV", help="envs to show (default: every env)")
+    stats.add_argument("--json", action="store_true", help="machine-readable JSON (exact floats, m2 included)")
+    watch.add_argument("--interval", type=_bounded(float, 0, strict=True), default=2.0,
+                       help="seconds between refreshes (default 2)")
+    watch.add_argument("--iterations", type=_bounded(int, 1), default=None,
+                       help="stop after N refreshes (default: until Ctrl-C)")
+
+
+def _add_admin_commands(commands: Any) -> None:
+    export = _command(commands, "export", cmd_export, "write every env's statistics as a JSON snapshot")
+    export.add_argument("file", metavar="FILE", help="output file, or - for stdout")
+    restore = _command(commands, "import", cmd_import, "restore a JSON snapshot (validated before any write)")
+    restore.add_argument("file", metavar="FILE", help="snapshot file, or - for stdin")
+    reset = _command(commands, "reset", cmd_reset, "delete envs' statistics (needs --yes)")
+    reset.add_argument("envs", nargs="+", metavar="ENV")
+    reset.add_argument("--yes", action="store_true", help="confirm: every process sharing them starts over")
+    snapshot = _command(commands, "snapshot", cmd_snapshot, "BGSAVE on every master and report the RDB files")
+    snapshot.add_argument("--timeout", type=_bounded(float, 0, strict=True), default=60.0,
+                          help="seconds to wait for the saves (default 60)")
+
+
+def _add_demo_command(commands: Any) -> None:
+    demo = _command(
+        commands, "demo", cmd_demo, "worker processes normalize 3 envs' rewards through one store, then check it",
+        description="Without --url, runs an embedded Redis-protocol server (fakeredis with Lua) in this "
+                    f"process; ${URL_VARIABLE} is deliberately ignored. With --url, uses that server, a random "
+                    "namespace unless --namespace is given, and deletes the demo's keys afterwards unless --keep.")
+    demo.add_argument("--workers", type=_bounded(int, 3), default=6,
+                      help="worker processes, at least 3; worker i plays env i mod 3 (default 6)")
+    demo.add_argument("--batches", type=_bounded(int, 1), default=200, help="batches per worker (default 200)")
+    demo.add_argument("--batch-size", type=_bounded(int, 1), default=16, help="rewards per batch (default 16)")
+    demo.add_argument("--seed", type=int, default=0, help="base seed; each worker derives its own (default 0)")
+    demo.add_argument("--warmup", type=_bounded(int, 0), default=10, help="normalizer warmup (default 10)")
+    demo.add_argument("--plot", metavar="FILE.png", help="draw raw vs normalized histograms (needs matplotlib)")
+    demo.add_argument("--keep", action="store_true", help="with --url: leave the demo's statistics in place")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: connection options, then one subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[_connection_options(after_command=False)],
+        description="Inspect, back up and restore shared reward statistics in Redis; run the demo.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_stats_commands(commands)
+    _add_admin_commands(commands)
+    _add_demo_command(commands)
+    return parser
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _describe(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for a failure: what went wrong, with the server named when it is unreachable."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, RedisClusterException)):
+        embedded_demo = args.handler is cmd_demo and args.url is None
+        where = "the embedded server" if embedded_demo else redact(_url(args))
+        return f"cannot reach Redis at {where}: {text}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        _fail(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except _FAILURES as exc:
+        _fail(_describe(exc, args))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
