@@ -11,6 +11,7 @@ Quick start::
 from .aio import AsyncSharedRewardNormalizer, AsyncStatsStore
 from .errors import (
     CorruptStatsError,
+    FunctionsNotLoadedError,
     InvalidStatsError,
     RewardNormError,
     StaleBatchError,
@@ -34,6 +35,7 @@ __all__ = [
     "WrongTypeError",
     "StatsOverflowError",
     "StaleBatchError",
+    "FunctionsNotLoadedError",
     "RetryPolicy",
 ]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from redis.exceptions import ResponseError
 
+from .scripts import library_name
+
 __all__ = [
     "RewardNormError",
     "InvalidStatsError",
@@ -17,6 +19,7 @@ __all__ = [
     "WrongTypeError",
     "StatsOverflowError",
     "StaleBatchError",
+    "FunctionsNotLoadedError",
     "translate_response_error",
 ]
 
@@ -61,6 +64,12 @@ class StaleBatchError(RewardNormError):
     nothing was written."""
 
 
+class FunctionsNotLoadedError(RewardNormError):
+    """``functions=True`` but the server has no Function library of this version: an
+    administrator loads it once with ``StatsStore(...).load_functions()`` (or
+    ``shared-rewardnorm functions load``)."""
+
+
 _KINDS: dict[str, type[RewardNormError]] = {
     "INVALID": InvalidStatsError,
     "CORRUPT": CorruptStatsError,
@@ -79,6 +88,10 @@ def translate_response_error(error: ResponseError) -> Exception:
     ``raise translate_response_error(exc) from exc``.
     """
     message = str(error)
+    if "Function not found" in message:
+        return FunctionsNotLoadedError(f"the server has no Function library {library_name()} (Redis says "
+                                       f"{message!r}); load it once with StatsStore(...).load_functions() "
+                                       "or `shared-rewardnorm functions load`")
     start = message.find(ERROR_PREFIX)
     if start < 0:
         return error

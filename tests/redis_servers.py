@@ -40,6 +40,21 @@ def without_options(args: list[str], names: frozenset[str]) -> list[str]:
     return kept
 
 
+def require_binaries(*names: str) -> None:
+    """Skip the calling test when a Redis binary is missing from PATH (a failure under
+    SHARED_REWARDNORM_REQUIRE_REDIS=1, as everywhere else in the suite)."""
+    import os
+
+    import pytest
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        reason = f"{' and '.join(missing)} not on PATH"
+        if os.environ.get("SHARED_REWARDNORM_REQUIRE_REDIS") == "1":
+            pytest.fail(f"{reason} (SHARED_REWARDNORM_REQUIRE_REDIS=1, so this is a failure)")
+        pytest.skip(reason)
+
+
 class RedisServer:
     """A ``redis-server`` child process; use as a context manager."""
 
@@ -117,6 +132,33 @@ class RedisServer:
                 self.process.wait()
         if self.process is not None and self.process.stdout:
             self.process.stdout.close()
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL (nothing is flushed or saved on the way out) and reap it;
+        safe to call when it is already gone. ``restart()`` brings it back on the same port."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+    def restart(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server again after ``stop()`` or ``kill()``: same port, directory and
+        args, so clients holding the old URL reconnect to it. Waits until it answers PING
+        (after loading its data). Unlike ``start()`` it never moves to another port: if the
+        port stays taken for ``timeout`` seconds it raises."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the server is still running: stop() or kill() it first")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._start_once()
+            except _PortTaken:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"port {self.port} still taken after {timeout} s") from None
+                time.sleep(0.1)
 
     def __enter__(self) -> RedisServer:
         return self.start()
