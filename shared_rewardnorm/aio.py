@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from .connection import resolve_async_client
+from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, NormalizerCore, StoreCore
 from .requests import Operation, Request
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -40,6 +40,14 @@ class AsyncStatsStore(StoreCore):
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
         super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_async_client(redis, cluster=cluster)
+        self._owns_client = self._client is not redis
+        # Requests in flight wait here rather than fail: an asyncio cluster client raises
+        # MaxConnectionsError when a node's pool is exhausted, and a retry after a backoff would
+        # reorder one store's batches. Created on first use, inside the running event loop.
+        self._in_flight: asyncio.Semaphore | None = None
+        # redis-py's asyncio cluster client routes keyed commands sent before it has read the
+        # slot map to random nodes (MOVED storms that close its connections): initialize first.
+        self._cluster_ready = not is_cluster(self._client)
         self._scripts = register_scripts(self._client, functions)
 
     @property
@@ -100,8 +108,16 @@ class AsyncStatsStore(StoreCore):
         return await self._run(self._load_functions_op())
 
     async def aclose(self) -> None:
-        """Close the client's connections (only call it if this store created the client)."""
-        await self._client.aclose()
+        """Close the connections of a client this store created (from a URL or the embedded
+        store); a client passed in is the caller's to close."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncStatsStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def _run(self, operation: Operation[T]) -> T:
         """Drive an operation: await each request it yields, hand back the reply."""
@@ -111,10 +127,23 @@ class AsyncStatsStore(StoreCore):
                 request = operation.send(reply)
             except StopIteration as done:
                 return done.value
-            reply = await self._issue(request)
+            try:
+                reply = await self._issue(request)
+            except Exception as exc:
+                operation.throw(exc)  # the operation may note the failure; it re-raises
+                raise
 
     async def _issue(self, request: Request) -> Any:
         """Send one request, retrying transient failures as the retry policy says."""
+        if self._in_flight is None:
+            self._in_flight = asyncio.Semaphore(ASYNC_POOL_SIZE)
+        async with self._in_flight:
+            if not self._cluster_ready:
+                await self._client.initialize()
+                self._cluster_ready = True
+            return await self._issue_now(request)
+
+    async def _issue_now(self, request: Request) -> Any:
         retry = 0
         while True:
             try:
@@ -123,8 +152,8 @@ class AsyncStatsStore(StoreCore):
                 if self._scripts.fall_back(exc):
                     continue
                 raise request.translate(exc) from exc
-            except TRANSIENT_ERRORS:
-                delay = self._retry.delay(retry) if self._retry else None
+            except TRANSIENT_ERRORS as exc:
+                delay = self._retry.delay(retry) if self._retry and worth_retrying(exc) else None
                 if delay is None:
                     raise
             retry += 1

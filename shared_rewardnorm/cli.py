@@ -1,7 +1,8 @@
 """``shared-rewardnorm``: look at, back up and restore the shared statistics from a shell, and
 run the demo.
 
-Global options go before the subcommand (``shared-rewardnorm --url URL stats``). Every failure
+Connection options go before the subcommand (``shared-rewardnorm --url URL stats``), and are
+accepted after it too (``shared-rewardnorm demo --url URL``). Every failure
 is reported as one ``shared-rewardnorm: error: ...`` line on stderr with exit code 1 (2 for
 usage errors), never a traceback: the people running this are operators looking at a trainer's
 Redis, and a stack trace tells them less than the sentence it buries.
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import reduce
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,11 +30,19 @@ import redis
 import redis.cluster
 from redis.exceptions import RedisClusterException, ResponseError
 
-from .connection import is_cluster
+from .connection import close_client, is_cluster
 from .core import parse_snapshot
-from .demo import (DemoConfig, DemoError, DemoObserver, DemoResult, close_client, plot_histograms, require_matplotlib,
-                   run_demo)
+from .demo import (
+    DemoConfig,
+    DemoError,
+    DemoObserver,
+    DemoResult,
+    plot_histograms,
+    require_matplotlib,
+    run_demo,
+)
 from .errors import RewardNormError
+from .retry import RetryPolicy
 from .stats import RunningStats
 from .store import StatsStore
 
@@ -46,6 +55,10 @@ DEFAULT_NAMESPACE = "rewardnorm"
 #: A CLI must not hang for the OS's two-minute TCP timeout on an unreachable host.
 CONNECT_TIMEOUT = 10.0
 SOCKET_TIMEOUT = 30.0
+#: An operator at a shell would rather hear at once that the server is down than wait out the
+#: library's patient default (meant for trainers riding out a failover); one quick retry still
+#: covers a dropped connection.
+CLI_RETRY = RetryPolicy(attempts=3, base=0.1, cap=0.5)
 #: How often ``snapshot`` asks whether a background save has finished.
 SAVE_POLL_SECONDS = 0.1
 _CLEAR_SCREEN = "\033[H\033[2J"
@@ -90,7 +103,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: S
 
     def render(line: Sequence[str]) -> str:
         cells = [cell.ljust(width) if column < left else cell.rjust(width)
-                 for column, (cell, width) in enumerate(zip(line, widths))]
+                 for column, (cell, width) in enumerate(zip(line, widths, strict=True))]
         return "  ".join(cells).rstrip()
 
     text = [render(header), *(render(row) for row in rows)]
@@ -119,7 +132,7 @@ def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
     """The store the global options name; its connections are closed afterwards."""
     client = connect(_url(args), args.cluster)
     try:
-        yield StatsStore(client, args.namespace or DEFAULT_NAMESPACE)
+        yield StatsStore(client, args.namespace or DEFAULT_NAMESPACE, retry=CLI_RETRY)
     finally:
         close_client(client)
 
@@ -135,7 +148,7 @@ def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, RunningStats
 def aggregate_of(found: Mapping[str, RunningStats]) -> RunningStats:
     """The merge of the rows read, in the order ``StatsStore.aggregate`` uses. Merged locally
     rather than read again, so the total row always sums the rows printed above it."""
-    return reduce(RunningStats.merge, (found[env] for env in sorted(found)), RunningStats())
+    return RunningStats.combine(found[env] for env in sorted(found))
 
 
 def stats_table(found: Mapping[str, RunningStats]) -> str:
@@ -205,19 +218,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.file == "-":
         sys.stdout.write(text)
     else:
-        with open(args.file, "w", encoding="utf-8") as out:
-            out.write(text)
+        Path(args.file).write_text(text, encoding="utf-8")
         print(f"exported {len(snapshot['envs'])} envs of namespace {snapshot['namespace']!r} to {args.file}",
               file=sys.stderr)
     return 0
 
 
-def load_snapshot_file(path: str, stdin: TextIO | None = None) -> dict[str, Any]:
+def load_snapshot_file(path: str) -> dict[str, Any]:
     """Read and completely validate a snapshot file, so a bad one is refused before anything is
     written (and before connecting)."""
     name = "stdin" if path == "-" else path
     try:
-        text = (stdin or sys.stdin).read() if path == "-" else open(path, encoding="utf-8").read()
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         snapshot = json.loads(text)
     except ValueError as exc:  # bad JSON, or not UTF-8
         raise ValueError(f"{name}: not a JSON snapshot ({exc}); nothing was written") from None
@@ -249,7 +261,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
                          "that uses them; add --yes to confirm")
     with open_store(args) as store:
         keys = [store.key(env) for env in args.envs]  # every name is checked before the first delete
-        for env, key in zip(args.envs, keys):
+        for env, key in zip(args.envs, keys, strict=True):
             store.reset(env)
             print(f"reset {env} ({key})")
     return 0
@@ -290,25 +302,40 @@ def _persistence(name: str, master: redis.Redis) -> dict[str, Any]:
         raise
 
 
-def _wait_for(name: str, master: redis.Redis, busy_fields: Sequence[str], deadline: float, timeout: float) -> None:
+@dataclass(frozen=True)
+class _Deadline:
+    """The one ``--timeout`` budget every master's wait shares."""
+
+    timeout: float
+    at: float
+
+    @classmethod
+    def after(cls, timeout: float) -> _Deadline:
+        return cls(timeout, time.monotonic() + timeout)
+
+    def check(self, name: str) -> None:
+        if time.monotonic() > self.at:
+            raise TimeoutError(f"{name}: a background save is still running after {self.timeout:g} s (--timeout)")
+
+
+def _wait_for(name: str, master: redis.Redis, busy_fields: Sequence[str], deadline: _Deadline) -> None:
     """Poll INFO persistence until none of ``busy_fields`` is set."""
     while any(int(_persistence(name, master).get(busy, 0)) for busy in busy_fields):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name}: a background save is still running after {timeout:g} s (--timeout)")
+        deadline.check(name)
         time.sleep(SAVE_POLL_SECONDS)
 
 
-def _start_bgsave(name: str, master: redis.Redis, deadline: float, timeout: float) -> None:
+def _start_bgsave(name: str, master: redis.Redis, deadline: _Deadline) -> None:
     """BGSAVE; if another save (or an AOF rewrite) holds the fork, wait for it, then ours."""
     while True:
         try:
-            master.bgsave(schedule=False)
+            master.bgsave(schedule=False)  # SCHEDULE would answer "scheduled" with nothing running yet
             return
         except ResponseError as exc:
             message = str(exc)
             if "already in progress" not in message and "Another child process is active" not in message:
                 raise
-        _wait_for(name, master, ("rdb_bgsave_in_progress", "aof_rewrite_in_progress"), deadline, timeout)
+        _wait_for(name, master, ("rdb_bgsave_in_progress", "aof_rewrite_in_progress"), deadline)
 
 
 def _config_value(master: redis.Redis, parameter: str) -> str | None:
@@ -337,15 +364,15 @@ def snapshot_masters(client: Any, timeout: float = 60.0) -> list[SaveReport]:
     import fakeredis
 
     if isinstance(client, fakeredis.FakeRedis):
-        raise ValueError("the embedded store lives in this process's memory: there is no file to snapshot")
+        raise TypeError("the embedded store lives in this process's memory: there is no file to snapshot")
     masters = _masters(client)
     for name, master in masters:
         _persistence(name, master)  # every master must support it before any of them saves
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline.after(timeout)
     for name, master in masters:
-        _start_bgsave(name, master, deadline, timeout)
+        _start_bgsave(name, master, deadline)
     for name, master in masters:
-        _wait_for(name, master, ("rdb_bgsave_in_progress",), deadline, timeout)
+        _wait_for(name, master, ("rdb_bgsave_in_progress",), deadline)
     return [_report(name, master) for name, master in masters]
 
 
@@ -417,9 +444,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             warmup=args.warmup, url=args.url, cluster=args.cluster, namespace=args.namespace,
                             keep=args.keep)
     except ValueError as exc:
-        raise UsageError(f"demo: {exc} (pass --url to use a real server)") from None
-    if args.plot:
-        require_matplotlib()  # fail before the run, not after it
+        raise UsageError(f"demo: {exc}") from None
+    if args.plot:  # fail before the run, not after it
+        require_matplotlib()
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise ValueError(f"--plot {args.plot}: the directory does not exist")
     print(f"{PROG} demo: {config.workers} worker processes, {config.batches} batches of {config.batch_size} "
           f"rewards each, seed {config.seed}", flush=True)
     result = run_demo(config, ProgressLine(sys.stdout))

@@ -18,7 +18,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-__all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster"]
+__all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster", "close_client"]
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None
@@ -96,3 +96,14 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
     if isinstance(target, _SYNC_CLIENTS):
         raise TypeError("this is a blocking client: use StatsStore / SharedRewardNormalizer")
     raise _wrong_client(target, "a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster client")
+
+
+def close_client(client: Any) -> None:
+    """Close a sync client's connections now. ``RedisCluster.close()`` alone does not: the
+    per-node clients it builds from a URL keep their pools' sockets open until garbage
+    collection (an unclosed-socket ResourceWarning)."""
+    if is_cluster(client):
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+    client.close()

@@ -21,7 +21,7 @@ from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validat
 from .normalization import NormalizerSettings, normalize_values
 from .protocol import batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
 from .requests import LoadFunctions, Operation, ReadMany, ReadStats, RunScript, ScanKeys
-from .retry import DEFAULT_RETRY, RetryPolicy
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
 from .stats import RunningStats, summarize
 
 __all__ = [
@@ -144,10 +144,14 @@ class StoreCore:
                 sequence = self._sequences.setdefault(key, itertools.count(1))
             request = RunScript("merge", (key, batch_record_key(key, client_id)),
                                 (encoded, encode_sequence(next(sequence)), self._record_ttl))
-        self._unacknowledged[key] = request
-        reply = yield request
-        if self._unacknowledged.get(key) is request:
-            del self._unacknowledged[key]
+        try:
+            reply = yield request
+        except TRANSIENT_ERRORS:
+            # Its fate is unknown (the retries ran out): if the caller sends the same summary
+            # again, that is this batch again. Only a failed merge is remembered, never one in
+            # flight, so a concurrent merge of an identical summary is always a batch of its own.
+            self._unacknowledged[key] = request
+            raise
         stats, merged = decode_reply(reply)
         if not merged:
             self.duplicates += 1
@@ -219,10 +223,8 @@ class StoreCore:
         return (yield from self._get_many_op(envs))
 
     def _aggregate_op(self, envs: Iterable[str] | None = None) -> Operation[RunningStats]:
-        total = RunningStats()
-        for _, stats in sorted((yield from self._selected_op(envs)).items()):
-            total = total.merge(stats)
-        return total
+        found = yield from self._selected_op(envs)
+        return RunningStats.combine(found[env] for env in sorted(found))
 
     def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
         metrics: dict[str, float] = {}
@@ -242,7 +244,12 @@ class StoreCore:
 
     def _load_functions_op(self) -> Operation[str]:
         reply = yield LoadFunctions()
-        return _as_text(reply[0] if isinstance(reply, list) else reply)
+        if isinstance(reply, dict):  # a cluster client answers per primary
+            names = {_as_text(name) for name in reply.values()}
+            if len(names) != 1:
+                raise RuntimeError(f"the primaries answered FUNCTION LOAD differently: {sorted(names)}")
+            return names.pop()
+        return _as_text(reply)
 
     def _restore_op(self, snapshot: Any) -> Operation[dict[str, RunningStats]]:
         parsed = parse_snapshot(snapshot)  # everything is checked before the first write

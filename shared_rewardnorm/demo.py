@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import queue as queue_module
+import signal
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .connection import is_cluster
+from .connection import close_client
 from .inputs import glob_escape
 from .normalizer import SharedRewardNormalizer
 from .stats import RunningStats
@@ -53,7 +54,6 @@ __all__ = [
     "run_demo",
     "require_matplotlib",
     "plot_histograms",
-    "close_client",
 ]
 
 #: Largest allowed |stored mean - exact mean of everything sent|.
@@ -63,6 +63,7 @@ MEAN_TOLERANCE = 1e-9
 STALL_TIMEOUT = 120.0
 #: How often the parent wakes up to check that its workers are still alive.
 _POLL_SECONDS = 0.25
+_LOOPBACK = "127.0.0.1"  # the embedded server is for this machine's processes only
 _PLOT_HINT = "--plot needs matplotlib: pip install 'shared-rewardnorm[plot]'"
 
 
@@ -169,7 +170,6 @@ class _WorkerLog:
 
     task: _WorkerTask
     ready: bool = False
-    batches: int = 0
     raw: list[float] = field(default_factory=list)
     normalized: list[float] = field(default_factory=list)
     final: RunningStats | None = None
@@ -221,7 +221,8 @@ class Check:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """The outcome of ``run_demo``."""
+    """The outcome of ``run_demo``. ``url`` is the server used (an embedded one is gone by the
+    time ``run_demo`` returns); ``elapsed`` covers the normalize phase only, not spawning."""
 
     url: str
     embedded: bool
@@ -242,17 +243,6 @@ class DemoResult:
     def calls_per_second(self) -> float:
         """Normalize calls per second over the whole fleet."""
         return self.calls / self.elapsed if self.elapsed > 0 else 0.0
-
-
-def close_client(client: Any) -> None:
-    """Close a client's connections now. ``RedisCluster.close()`` does not: the per-node clients
-    it builds from a URL are handed their pools, so closing them leaves the sockets open until
-    garbage collection (an unclosed-socket ResourceWarning)."""
-    if is_cluster(client):
-        for node in client.get_nodes():
-            if node.redis_connection is not None:
-                node.redis_connection.connection_pool.disconnect()
-    client.close()
 
 
 # --- the worker process -------------------------------------------------------------------------
@@ -285,9 +275,7 @@ def _worker_main(task: _WorkerTask, messages: Any, start: Any, read_phase: Any) 
     a traceback on the demo's terminal."""
     try:
         _play(task, messages, start, read_phase)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None  # Ctrl-C reaches every process; the parent reports it
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the parent reports it in one line
         messages.put(("error", task.index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
 
@@ -301,12 +289,11 @@ def _embedded_server() -> Iterator[str]:
     yields its URL. Port 0 lets the OS pick the port, so no other process can take it first."""
     import fakeredis
 
-    server = fakeredis.TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    server = fakeredis.TcpFakeServer((_LOOPBACK, 0), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, name="demo-embedded-redis", daemon=True)
     thread.start()
     try:
-        host, port = server.server_address[:2]
-        yield f"redis://{host}:{port}/0"
+        yield f"redis://{_LOOPBACK}:{server.server_address[1]}/0"
     finally:
         server.shutdown()
         server.server_close()
@@ -329,6 +316,24 @@ def _tasks(config: DemoConfig, url: str, namespace: str) -> list[_WorkerTask]:
             for i in range(config.workers)]
 
 
+@contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside inherit an ignored SIGINT (an ignored signal survives exec).
+
+    Ctrl-C goes to the terminal's whole process group; this way only the parent hears it and
+    stops the workers itself, instead of every worker printing a KeyboardInterrupt traceback
+    from wherever it was (often the middle of its imports). Signals can only be set from the
+    main thread; elsewhere workers keep the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Fleet:
     """The worker processes, their message queue and the two phase signals."""
 
@@ -343,8 +348,9 @@ class _Fleet:
                           for task in tasks]
 
     def launch(self) -> None:
-        for process in self.processes:
-            process.start()
+        with _children_ignore_ctrl_c():
+            for process in self.processes:
+                process.start()
 
     def receive_until(self, done: Callable[[], bool], on_batch: Callable[[], None] = lambda: None) -> None:
         """Handle worker messages until ``done()``; raise ``DemoError`` if a worker fails or
@@ -370,14 +376,13 @@ class _Fleet:
             log.ready = True
         elif kind == "batch":
             raw, normalized = payload
-            log.batches += 1
             log.raw.extend(raw)
             log.normalized.extend(normalized)
         elif kind == "final":
             log.final = payload
 
     def _check_alive(self) -> None:
-        for process, log in zip(self.processes, self.logs):
+        for process, log in zip(self.processes, self.logs, strict=True):
             if process.exitcode not in (None, 0):
                 raise DemoError(f"worker {log.task.label} exited with code {process.exitcode}")
 
@@ -509,15 +514,22 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
 # --- the plot -----------------------------------------------------------------------------------
 
 
-def require_matplotlib() -> Any:
-    """Import matplotlib lazily (an optional extra), or raise ``DemoError`` saying how to get it."""
+def require_matplotlib() -> None:
+    """Check that matplotlib (an optional extra) and its Agg backend import, or raise
+    ``DemoError`` saying how to install it; the CLI calls this before a run, not after it."""
     try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-        from matplotlib.figure import Figure  # noqa: F401
+        import matplotlib.backends.backend_agg  # noqa: F401
     except ImportError:
         raise DemoError(_PLOT_HINT) from None
-    return matplotlib
+
+
+def _bins(values: Sequence[float]) -> Any:
+    """One bin per integer for integer rewards (pass counts, +/-1), where 50 equal bins would
+    leave empty gaps between the integers; 50 bins otherwise."""
+    array = np.asarray(values)
+    if array.size and np.all(array == np.round(array)) and array.max() - array.min() <= 200:
+        return np.arange(array.min() - 0.5, array.max() + 1.5)
+    return 50
 
 
 def plot_histograms(result: DemoResult, path: str | Path) -> Path:
@@ -530,12 +542,12 @@ def plot_histograms(result: DemoResult, path: str | Path) -> Path:
     figure = Figure(figsize=(10, 3 * len(result.envs)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(result.envs), 2, squeeze=False)
-    for row, outcome in zip(axes, result.envs):
+    for row, outcome in zip(axes, result.envs, strict=True):
         panels = ((row[0], outcome.raw, "tab:blue", f"{outcome.env.name}: raw, {outcome.env.rewards}"),
                   (row[1], outcome.normalized, "tab:orange", f"{outcome.env.name}: normalized (z-score)"))
         for ax, values, color, title in panels:
             mean, std = mean_std(values)
-            ax.hist(values, bins=50, color=color)
+            ax.hist(values, bins=_bins(values), color=color)
             ax.set_title(f"{title}\nmean {mean:.3g}, std {std:.3g}", fontsize=9)
     figure.suptitle(f"shared-rewardnorm demo: {result.workers} workers, {result.calls} batches")
     target = Path(path)

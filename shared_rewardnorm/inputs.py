@@ -100,6 +100,10 @@ def _validate_name(what: str, name: Any) -> str:
         raise TypeError(f"{what} must be a str, got {type(name).__name__}")
     if not name:
         raise ValueError(f"{what} must not be empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {name!r} cannot be encoded as UTF-8 (a lone surrogate)") from None
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
     for position, char in enumerate(name):

@@ -13,13 +13,24 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+import ssl
 
-__all__ = ["RetryPolicy", "DEFAULT_RETRY", "NO_RETRY", "TRANSIENT_ERRORS"]
+from redis.exceptions import AuthenticationError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
 
-#: Failures worth another try: the network, a timeout, a server still loading its data
+__all__ = ["RetryPolicy", "DEFAULT_RETRY", "NO_RETRY", "TRANSIENT_ERRORS", "worth_retrying"]
+
+#: Failures that may be transient: the network, a timeout, a server still loading its data
 #: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover.
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError)
+
+
+def worth_retrying(error: BaseException) -> bool:
+    """Whether another try may succeed: a transient failure, but not a wrong password or a
+    certificate the client refuses (redis-py raises both as ``ConnectionError``)."""
+    if not isinstance(error, TRANSIENT_ERRORS) or isinstance(error, AuthenticationError):
+        return False
+    cause = error.__cause__ or error.__context__
+    return not isinstance(cause, ssl.SSLCertVerificationError) and "CERTIFICATE_VERIFY_FAILED" not in str(error)
 
 
 @dataclass(frozen=True)

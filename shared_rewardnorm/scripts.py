@@ -126,6 +126,7 @@ class ClientScripts:
         self._scripts = {name: client.register_script(script_source(name)) for name in OPERATIONS}
         self._functions = {name: function_name(name) for name in OPERATIONS}
         self._send_source = False
+        self._cluster = hasattr(client, "get_node_from_key")
 
     @property
     def using_functions(self) -> bool:
@@ -139,6 +140,11 @@ class ClientScripts:
     def call(self, operation: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
         """Run an operation; returns the reply, or an awaitable on an asyncio client."""
         if self._use_functions:
+            if self._cluster:
+                # redis-py cannot see FCALL's keys (they are "movable") and would ask a node
+                # COMMAND GETKEYS before every call: route it to the key's node ourselves.
+                return self._client.execute_command("FCALL", self._functions[operation], len(keys), *keys, *args,
+                                                    target_nodes=self._client.get_node_from_key(keys[0]))
             return self._client.fcall(self._functions[operation], len(keys), *keys, *args)
         script = self._scripts[operation]
         if self._send_source:

@@ -10,7 +10,7 @@ where per-element Welford updates drift (large offsets, many values).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,15 @@ class RunningStats:
             min=min(self.min, other.min),
             max=max(self.max, other.max),
         )
+
+    @classmethod
+    def combine(cls, parts: Iterable[RunningStats]) -> RunningStats:
+        """The merge of several summaries, in the order given (merging is exact in real
+        arithmetic; a fixed order makes the floating-point result repeatable)."""
+        total = cls()
+        for part in parts:
+            total = total.merge(part)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         """The reference accumulator's checkpoint dict (``count``, ``mean``, ``m2``, ``min``,

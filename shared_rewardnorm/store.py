@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from .connection import resolve_client
+from .connection import close_client, resolve_client
 from .core import DEFAULT_BATCH_RECORD_TTL, StoreCore
 from .requests import Operation, Request
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -49,12 +49,25 @@ class StatsStore(StoreCore):
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
         super().__init__(namespace, retry, batch_record_ttl)
         self._client = resolve_client(redis, cluster=cluster)
+        self._owns_client = self._client is not redis
         self._scripts = register_scripts(self._client, functions)
 
     @property
     def client(self) -> Any:
         """The underlying redis-py client."""
         return self._client
+
+    def close(self) -> None:
+        """Close the connections of a client this store created (from a URL or the embedded
+        store); a client passed in is the caller's to close."""
+        if self._owns_client:
+            close_client(self._client)
+
+    def __enter__(self) -> StatsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def update(self, env: str, values: Any) -> RunningStats:
         """Merge ``values`` into ``env``'s statistics and return the statistics right after.
@@ -125,7 +138,11 @@ class StatsStore(StoreCore):
                 request = operation.send(reply)
             except StopIteration as done:
                 return done.value
-            reply = self._issue(request)
+            try:
+                reply = self._issue(request)
+            except Exception as exc:
+                operation.throw(exc)  # the operation may note the failure; it re-raises
+                raise
 
     def _issue(self, request: Request) -> Any:
         """Send one request, retrying transient failures as the retry policy says."""
@@ -137,8 +154,8 @@ class StatsStore(StoreCore):
                 if self._scripts.fall_back(exc):
                     continue
                 raise request.translate(exc) from exc
-            except TRANSIENT_ERRORS:
-                delay = self._retry.delay(retry) if self._retry else None
+            except TRANSIENT_ERRORS as exc:
+                delay = self._retry.delay(retry) if self._retry and worth_retrying(exc) else None
                 if delay is None:
                     raise
             retry += 1
