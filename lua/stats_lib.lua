@@ -3,8 +3,8 @@
 -- Not an operation of its own. As a script, an operation is this file followed by the
 -- operation's file (merge.lua, replace.lua); in the Redis Function library, this file is the
 -- library's top level and each operation's file the body of a function(KEYS, ARGV). Either
--- way validation is written once. `python -m shared_rewardnorm.scripts NAME` prints an
--- assembled script, `--library` the Function library.
+-- way validation is written once. `shared-rewardnorm lua NAME` prints an assembled script,
+-- `shared-rewardnorm lua library` the Function library.
 --
 -- Helpers that find a problem return nil plus an error reply and never raise, so an operation
 -- stops before it writes anything.

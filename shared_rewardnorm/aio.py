@@ -172,8 +172,8 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
     """
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm") -> None:
-        self._store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace)
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+        self._store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace, cluster=cluster)
         super().__init__(env, self._store, mode, clip, warmup, eps)
 
     @property

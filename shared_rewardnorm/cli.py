@@ -43,6 +43,7 @@ from .demo import (
 )
 from .errors import RewardNormError
 from .retry import RetryPolicy
+from .scripts import OPERATIONS, function_library, script_source
 from .stats import RunningStats
 from .store import StatsStore
 
@@ -388,6 +389,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load_functions(args: argparse.Namespace) -> int:
+    """Load the Function library on every master (an administrator's step)."""
+    with open_store(args) as store:
+        name = store.load_functions()
+    print(f"loaded Function library {name}: trainers can now use functions=True (FCALL only)")
+    return 0
+
+
+def cmd_lua(args: argparse.Namespace) -> int:
+    """Print an assembled script or the Function library, for redis-cli and other clients."""
+    sys.stdout.write(function_library() if args.what == "library" else script_source(args.what))
+    return 0
+
+
 # --- demo ---------------------------------------------------------------------------------------
 
 
@@ -523,6 +538,13 @@ def _add_admin_commands(commands: Any) -> None:
     snapshot = _command(commands, "snapshot", cmd_snapshot, "BGSAVE on every master and report the RDB files")
     snapshot.add_argument("--timeout", type=_bounded(float, 0, strict=True), default=60.0,
                           help="seconds to wait for the saves (default 60)")
+    _command(commands, "load-functions", cmd_load_functions,
+             "FUNCTION LOAD the library on every master, so trainers can run with FCALL only")
+    lua = commands.add_parser("lua", help="print an assembled script or the Function library (no server needed)",
+                              description="Print the Lua a client runs: 'merge' or 'replace' as one script "
+                                          "(SCRIPT LOAD it, then EVALSHA), or 'library' for FUNCTION LOAD.")
+    lua.add_argument("what", choices=[*OPERATIONS, "library"])
+    lua.set_defaults(handler=cmd_lua)
 
 
 def _add_demo_command(commands: Any) -> None:

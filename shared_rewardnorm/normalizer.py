@@ -34,6 +34,7 @@ class SharedRewardNormalizer(NormalizerCore):
         eps: added to the denominator; below it, std or range count as zero.
         namespace: key prefix shared by the processes that should see the same statistics
             (ignored when ``redis`` is a ``StatsStore``).
+        cluster: with a URL, connect to a Redis Cluster through that node.
 
     The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
     returned by this normalizer's latest round trip and never touch the network; call
@@ -41,8 +42,8 @@ class SharedRewardNormalizer(NormalizerCore):
     """
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm") -> None:
-        self._store = redis if isinstance(redis, StatsStore) else StatsStore(redis, namespace)
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+        self._store = redis if isinstance(redis, StatsStore) else StatsStore(redis, namespace, cluster=cluster)
         super().__init__(env, self._store, mode, clip, warmup, eps)
 
     @property

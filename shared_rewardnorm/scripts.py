@@ -13,16 +13,15 @@ failovers (functions are part of the data set), and lets trainers run without th
 load arbitrary Lua (``SCRIPT LOAD`` / ``EVAL``). Function and library names carry a hash of the
 code, so a client never calls a library of another version by mistake.
 
-Run ``python -m shared_rewardnorm.scripts merge`` to print an assembled script (to
-``SCRIPT LOAD`` it and call it from ``redis-cli`` or another language's client), or
-``python -m shared_rewardnorm.scripts --library`` to print the Function library.
+Run ``shared-rewardnorm lua merge`` to print an assembled script (to ``SCRIPT LOAD`` it and
+call it from ``redis-cli`` or another language's client), or ``shared-rewardnorm lua library``
+to print the Function library.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -169,22 +168,3 @@ class ClientScripts:
 def register_scripts(client: Any, functions: bool | None = None) -> ClientScripts:
     """How ``client`` will run our operations (no round trip: redis-py loads scripts lazily)."""
     return ClientScripts(client, functions)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the assembled text of the named scripts, or the Function library."""
-    names = sys.argv[1:] if argv is None else argv
-    if names == ["--library"]:
-        sys.stdout.write(function_library())
-        return 0
-    if not names or any(name not in OPERATIONS for name in names):
-        print(f"usage: python -m shared_rewardnorm.scripts {{{','.join(OPERATIONS)}}} ... | --library",
-              file=sys.stderr)
-        return 2
-    for name in names:
-        sys.stdout.write(script_source(name))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -244,7 +244,7 @@ def test_functions_survive_script_flush(server: RedisServer, inspector: redis.Re
 def test_the_printed_library_loads_with_redis_cli(server: RedisServer, inspector: redis.Redis, namespace: str,
                                                   tmp_path: Path) -> None:
     require_binaries("redis-cli")
-    printed = subprocess.run([sys.executable, "-m", "shared_rewardnorm.scripts", "--library"],
+    printed = subprocess.run([sys.executable, "-m", "shared_rewardnorm", "lua", "library"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
     assert printed == function_library()
     library_file = tmp_path / "library.lua"

@@ -1,0 +1,454 @@
+"""The ``shared-rewardnorm`` command line: what it prints matches the store, snapshots round-trip
+exactly, bad input and unreachable servers give one line and no write, snapshot really saves.
+
+Most tests call ``main([...])`` in process; a few run the installed console script, as a user
+would."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+
+from redis_servers import RedisServer, free_port
+from shared_rewardnorm import RunningStats, StatsStore
+from shared_rewardnorm.cli import main, redact, snapshot_masters
+from shared_rewardnorm.connection import close_client
+
+PROG = "shared-rewardnorm"
+SEED_VALUES = {
+    "gsm8k": [1.0, -1.0, 1.0, 1.0, -1.0, 1.0],
+    "tool_use": [0.125, 0.5, 0.875, 0.3333333333333333],
+    "code": [12.0, 40.0, 100.0, 0.0, 57.0],
+}
+
+
+def cli_command() -> list[str]:
+    """The installed console script, or the module if the script is not installed."""
+    script = Path(sys.executable).with_name(PROG)
+    if script.exists():
+        return [str(script)]
+    found = shutil.which(PROG)
+    return [found] if found else [sys.executable, "-m", "shared_rewardnorm.cli"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{PROG}: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def namespace_keys(client: redis.Redis, namespace: str) -> dict[bytes, Any]:
+    """Every key of the namespace with its content, to show that nothing changed."""
+    return {key: client.hgetall(key) if client.type(key) == b"hash" else client.type(key)
+            for key in sorted(client.scan_iter(match=f"{namespace}:*", count=1000))}
+
+
+@pytest.fixture
+def seeded(real_client: redis.Redis, namespace: str) -> StatsStore:
+    """The test's namespace with three envs of statistics."""
+    store = StatsStore(real_client, namespace)
+    for env, values in SEED_VALUES.items():
+        store.update(env, values)
+    return store
+
+
+@pytest.fixture
+def cli(real_redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``main`` with the real server and the test's namespace given before the command."""
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        return run(capsys, "--url", real_redis_url, "--namespace", namespace, *argv)
+    return invoke
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line and not line.startswith("-")}
+
+
+# --- stats and watch ----------------------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_stats_table_matches_store(cli: Any, seeded: StatsStore) -> None:
+    code, out, err = cli("stats")
+    assert (code, err) == (0, "")
+    rows = table_rows(out)
+    expected = {**seeded.all(), "aggregate": seeded.aggregate()}
+    assert set(rows) == set(expected)
+    for name, stats in expected.items():
+        assert rows[name] == [str(stats.count)] + [f"{v:.6g}" for v in (stats.mean, stats.std, stats.min, stats.max)]
+
+
+def stats_fields(stats: RunningStats) -> dict[str, Any]:
+    return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
+            "m2": stats.m2}
+
+
+@pytest.mark.real_redis
+def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> None:
+    code, out, _ = cli("stats", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "namespace": namespace,
+        "envs": {env: stats_fields(stats) for env, stats in seeded.all().items()},
+        "aggregate": stats_fields(seeded.aggregate()),
+    }
+
+
+@pytest.mark.real_redis
+def test_stats_of_named_envs_includes_absent_ones(cli: Any, seeded: StatsStore) -> None:
+    code, out, _ = cli("stats", "gsm8k", "absent", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["envs"]["gsm8k"] == stats_fields(seeded.get("gsm8k"))
+    assert shown["envs"]["absent"]["count"] == 0
+    assert shown["aggregate"] == stats_fields(seeded.aggregate(["gsm8k"]))
+
+
+@pytest.mark.real_redis
+def test_stats_of_empty_namespace(cli: Any, real_client: redis.Redis, namespace: str) -> None:
+    code, out, _ = cli("stats")
+    assert code == 0
+    assert f"no statistics in namespace {namespace!r}" in out
+
+
+@pytest.mark.real_redis
+def test_options_after_the_command(real_redis_url: str, namespace: str, seeded: StatsStore,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "stats", "--url", real_redis_url, "--namespace", namespace, "--json")
+    assert code == 0
+    assert json.loads(out)["aggregate"]["count"] == seeded.aggregate().count
+
+
+@pytest.mark.real_redis
+def test_watch_refreshes_then_stops(cli: Any, seeded: StatsStore) -> None:
+    code, out, _ = cli("watch", "--iterations", "2", "--interval", "0.05")
+    assert code == 0
+    assert out.count("Ctrl-C to stop") == 2
+    assert out.count("aggregate") == 2
+    assert "\033[2J" not in out  # not a terminal: no screen clearing
+
+
+@pytest.mark.real_redis
+def test_watch_ctrl_c_exits_cleanly(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupt)
+    code, out, err = cli("watch")
+    assert (code, err) == (0, "")
+    assert out.count("Ctrl-C to stop") == 1
+
+
+# --- export and import --------------------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_export_import_round_trip_is_exact(cli: Any, seeded: StatsStore, real_client: redis.Redis,
+                                           real_redis_url: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "snapshot.json"
+    code, _, err = cli("export", str(target))
+    assert code == 0 and "exported 3 envs" in err
+    other = seeded.namespace + "-copy"
+    try:
+        code, out, _ = run(capsys, "--url", real_redis_url, "--namespace", other, "import", str(target))
+        assert code == 0 and "restored 3 envs" in out
+        assert StatsStore(real_client, other).all() == seeded.all()  # bit for bit
+    finally:
+        for key in real_client.scan_iter(match=f"{other}:*"):
+            real_client.delete(key)
+
+
+@pytest.mark.real_redis
+def test_export_to_stdout_and_import_from_stdin(cli: Any, seeded: StatsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = cli("export", "-")
+    assert code == 0
+    exported = json.loads(out)
+    assert exported["envs"] == {env: stats.to_dict() for env, stats in seeded.all().items()}
+    before = seeded.all()
+    for env in before:
+        seeded.reset(env)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(out))
+    code, _, _ = cli("import", "-")
+    assert code == 0
+    assert seeded.all() == before
+
+
+def snapshot_text(envs: dict[str, Any], **top: Any) -> str:
+    return json.dumps({"format": "shared_rewardnorm.snapshot", "version": 1, "namespace": "x", "envs": envs, **top})
+
+
+GOOD_ENV = {"count": 2, "mean": 0.5, "m2": 0.5, "min": 0.0, "max": 1.0}
+MALFORMED = {
+    "bad JSON": ('{"format": "shared_rewardnorm.snapshot", "envs": {', "not a JSON snapshot"),
+    "not an object": ("[1, 2]", "must be a JSON object"),
+    "wrong format": (snapshot_text({}, format="something.else"), "not a shared_rewardnorm snapshot"),
+    "wrong version": (snapshot_text({}, version=99), "unsupported snapshot version 99"),
+    "negative m2": (snapshot_text({"new": GOOD_ENV, "gsm8k": {**GOOD_ENV, "m2": -1.0}}), "m2 must be >= 0"),
+    "env name with braces": (snapshot_text({"new": GOOD_ENV, "a{b}": GOOD_ENV}), "braces are reserved"),
+    "NaN mean": (snapshot_text({"new": GOOD_ENV}).replace('"mean": 0.5', '"mean": NaN'), "must be finite"),
+}
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_import_refuses_malformed_files_before_writing(case: str, cli: Any, seeded: StatsStore,
+                                                       real_client: redis.Redis, namespace: str,
+                                                       tmp_path: Path) -> None:
+    text, message = MALFORMED[case]
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    before = namespace_keys(real_client, namespace)
+    code, out, err = cli("import", str(path))
+    assert code == 1 and out == ""
+    assert_one_error_line(err, str(path), message, "nothing was written")
+    assert namespace_keys(real_client, namespace) == before
+
+
+def test_import_of_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "--url", f"redis://127.0.0.1:{free_port()}/0", "import", str(tmp_path / "nope.json"))
+    assert code == 1
+    assert_one_error_line(err, "nope.json")
+
+
+# --- reset --------------------------------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_reset_needs_yes(cli: Any, seeded: StatsStore) -> None:
+    code, out, err = cli("reset", "gsm8k")
+    assert code == 2 and out == ""
+    assert_one_error_line(err, "--yes")
+    assert seeded.get("gsm8k").count == len(SEED_VALUES["gsm8k"])
+
+    code, out, _ = cli("reset", "gsm8k", "code", "--yes")
+    assert code == 0 and "reset gsm8k" in out
+    assert set(seeded.all()) == {"tool_use"}
+
+
+@pytest.mark.real_redis
+def test_reset_checks_every_name_before_deleting(cli: Any, seeded: StatsStore) -> None:
+    code, _, err = cli("reset", "gsm8k", "bad{name}", "--yes")
+    assert code == 1
+    assert_one_error_line(err, "bad{name}")
+    assert seeded.get("gsm8k").count == len(SEED_VALUES["gsm8k"])
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["stats"], ["stats", "--json"], ["watch", "--iterations", "1"],
+                                  ["export", "-"], ["reset", "x", "--yes"], ["snapshot"]])
+def test_no_server_is_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    code, _, err = run(capsys, "--url", url, *argv)
+    assert code == 1
+    assert_one_error_line(err, f"cannot reach Redis at {url}")
+
+
+def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", url)
+    code, _, err = run(capsys, "stats")
+    assert code == 1
+    assert_one_error_line(err, url)
+
+
+@pytest.mark.real_redis
+def test_wrong_type_at_a_key(cli: Any, real_client: redis.Redis, namespace: str) -> None:
+    real_client.set(f"{namespace}:{{gsm8k}}", "not a hash")
+    code, _, err = cli("stats", "gsm8k")
+    assert code == 1
+    assert_one_error_line(err, f"{namespace}:{{gsm8k}}", "non-hash")
+
+
+@pytest.mark.real_redis
+def test_corrupt_hash(cli: Any, real_client: redis.Redis, namespace: str) -> None:
+    real_client.hset(f"{namespace}:{{gsm8k}}", mapping={"count": "3", "mean": "zero", "m2": "0", "min": "0",
+                                                       "max": "0"})
+    code, _, err = cli("stats", "gsm8k")
+    assert code == 1
+    assert_one_error_line(err, "corrupt", "mean")
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "required"),
+    (["watch", "--interval", "0"], "must be > 0"),
+    (["demo", "--workers", "2"], "must be >= 3"),
+    (["bogus"], "invalid choice"),
+])
+def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+# --- the installed command ----------------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_console_script(real_redis_url: str, namespace: str, seeded: StatsStore) -> None:
+    result = subprocess.run([*cli_command(), "--url", real_redis_url, "--namespace", namespace, "stats", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["aggregate"] == stats_fields(seeded.aggregate())
+
+
+def test_console_script_without_server() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    result = subprocess.run([*cli_command(), "--url", url, "stats"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr, "cannot reach Redis", "Connection refused")
+    assert "hunter2" not in result.stderr
+
+
+def test_python_dash_m() -> None:
+    result = subprocess.run([sys.executable, "-m", "shared_rewardnorm", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "snapshot" in result.stdout
+
+
+# --- snapshot -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, with its data dir in tmp_path."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    with RedisServer(tmp_path, ["--save", "", "--appendonly", "no"]) as server:
+        yield server
+
+
+@pytest.mark.own_server
+def test_snapshot_writes_the_rdb_file(private_server: RedisServer, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    store = StatsStore(private_server.url)
+    store.update("gsm8k", [1.0, -1.0])
+    store.client.close()
+    code, out, err = run(capsys, "--url", private_server.url, "snapshot")
+    assert (code, err) == (0, "")
+    assert (tmp_path / "dump.rdb").exists()
+    assert str(tmp_path / "dump.rdb") in out
+    assert f"127.0.0.1:{private_server.port}" in out and " ok " in out
+
+
+def slow_saves(server: RedisServer, keys: int, delay_us: int) -> redis.Redis:
+    """A client of ``server`` whose background saves take about keys * delay_us microseconds."""
+    client = redis.Redis.from_url(server.url)
+    client.config_set("rdb-key-save-delay", delay_us)
+    client.mset({f"k{i}": i for i in range(keys)})
+    return client
+
+
+@pytest.mark.own_server
+def test_snapshot_waits_for_a_save_already_running(private_server: RedisServer, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    client = slow_saves(private_server, keys=5, delay_us=100_000)  # each save takes about 0.5 s
+    try:
+        client.bgsave(schedule=False)
+        started = time.monotonic()
+        code, _, err = run(capsys, "--url", private_server.url, "snapshot")
+        assert (code, err) == (0, "")
+        assert time.monotonic() - started > 0.7  # the running save, then ours
+        info = client.info("persistence")
+        assert info["rdb_bgsave_in_progress"] == 0 and info["rdb_last_bgsave_status"] == "ok"
+        assert (tmp_path / "dump.rdb").exists()
+    finally:
+        client.config_set("rdb-key-save-delay", 0)
+        client.close()
+
+
+@pytest.mark.own_server
+def test_snapshot_timeout(private_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    client = slow_saves(private_server, keys=5, delay_us=200_000)
+    try:
+        code, _, err = run(capsys, "--url", private_server.url, "snapshot", "--timeout", "0.2")
+        assert code == 1
+        assert_one_error_line(err, "still running after 0.2 s")
+    finally:
+        client.config_set("rdb-key-save-delay", 0)
+        client.close()
+
+
+def test_embedded_store_cannot_snapshot() -> None:
+    store = StatsStore(None, "snapshot-test")
+    with pytest.raises(TypeError, match="embedded store"):
+        snapshot_masters(store.client)
+
+
+@contextmanager
+def one_master_cluster() -> Iterator[Any]:
+    """A private single-master Redis Cluster (skipped without redis-server and redis-cli)."""
+    from redis_cluster import RedisCluster, cluster_tools_missing
+
+    reason = cluster_tools_missing()
+    if reason:
+        pytest.skip(reason)
+    with RedisCluster(masters=1) as cluster:
+        yield cluster
+
+
+@pytest.mark.own_server
+@pytest.mark.slow
+def test_cluster_stats_and_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
+    with one_master_cluster() as cluster:
+        client = redis.cluster.RedisCluster.from_url(cluster.url)
+        try:
+            StatsStore(client, "cli").update("gsm8k", [1.0, -1.0, 1.0])
+        finally:
+            close_client(client)  # RedisCluster.close() alone leaves the node sockets open
+        code, out, _ = run(capsys, "--url", cluster.url, "--cluster", "--namespace", "cli", "stats", "--json")
+        assert code == 0
+        assert json.loads(out)["envs"]["gsm8k"]["count"] == 3
+        code, out, err = run(capsys, "--url", cluster.url, "--cluster", "snapshot")
+        assert (code, err) == (0, "")
+        assert all(f"127.0.0.1:{port}" in out for port in cluster.ports)
+        assert "dump.rdb" in out
+
+
+def test_lua_prints_what_clients_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from shared_rewardnorm.scripts import function_library, script_source
+
+    for what, expected in (("merge", script_source("merge")), ("replace", script_source("replace")),
+                           ("library", function_library())):
+        assert main(["lua", what]) == 0
+        assert capsys.readouterr().out == expected
+
+
+@pytest.mark.own_server
+def test_load_functions_lets_a_functions_only_store_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shared_rewardnorm.scripts import library_name
+
+    with RedisServer(tmp_path, ["--save", ""]) as server:
+        assert main(["--url", server.url, "load-functions"]) == 0
+        assert library_name() in capsys.readouterr().out
+        with StatsStore(server.url, "fn", functions=True) as store:
+            assert store.update("env", [1.0, 3.0]).mean == 2.0
