@@ -10,12 +10,10 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from redis.exceptions import ResponseError
-
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
-from .core import DEFAULT_BATCH_RECORD_TTL, NormalizerCore, StoreCore
+from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
 from .requests import Operation, Request
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -144,21 +142,14 @@ class AsyncStatsStore(StoreCore):
             return await self._issue_now(request)
 
     async def _issue_now(self, request: Request) -> Any:
-        retry = 0
+        attempt = 0
         while True:
             try:
                 return await request.issue(self._client, self._scripts)
-            except ResponseError as exc:
-                if self._scripts.fall_back(exc):
-                    continue
-                raise request.translate(exc) from exc
-            except TRANSIENT_ERRORS as exc:
-                delay = self._retry.delay(retry) if self._retry and worth_retrying(exc) else None
-                if delay is None:
-                    raise
-            retry += 1
-            self.retries += 1
-            await asyncio.sleep(delay)
+            except SEND_FAILURES as exc:
+                pause = self._pause_before_resending(request, exc, attempt)
+            attempt += 1
+            await asyncio.sleep(pause)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"
@@ -173,7 +164,8 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
-        self._store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace, cluster=cluster)
+        store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace, cluster=cluster)
+        self._store = store
         super().__init__(env, self._store, mode, clip, warmup, eps)
 
     @property

@@ -20,8 +20,9 @@ from redis.exceptions import ResponseError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import NormalizerSettings, normalize_values
 from .protocol import batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
-from .requests import LoadFunctions, Operation, ReadMany, ReadStats, RunScript, ScanKeys
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy
+from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
+from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
+from .scripts import ClientScripts
 from .stats import RunningStats, summarize
 
 __all__ = [
@@ -84,6 +85,9 @@ def parse_snapshot(snapshot: Any) -> dict[str, RunningStats]:
     return parsed
 
 
+#: What sending a request can fail with that ``StoreCore._pause_before_resending`` judges.
+SEND_FAILURES = (ResponseError, *TRANSIENT_ERRORS)
+
 #: Seconds a client's batch record for an env lives after its last merge: a retry must come
 #: within this time to be recognized (retries come within seconds; a day is generous).
 DEFAULT_BATCH_RECORD_TTL = 86_400
@@ -101,6 +105,10 @@ class StoreCore:
     that env is taken as its retry and keeps its identity.
     """
 
+    #: Set by the sync and asyncio subclasses: their redis-py client and how it runs scripts.
+    _client: Any
+    _scripts: ClientScripts
+
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
         self._namespace = validate_namespace(namespace)
@@ -115,6 +123,21 @@ class StoreCore:
         self.retries = 0
         #: Merges the script recognized as already merged (a retry whose first try had landed).
         self.duplicates = 0
+
+    def _pause_before_resending(self, request: Request, error: Exception, attempt: int) -> float:
+        """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0): the seconds
+        to wait before sending it again (0: at once, after NOSCRIPT or a fallback from FCALL to
+        EVALSHA), or raise what the caller should see. The sync and asyncio stores share this
+        decision; they differ only in how they wait."""
+        if isinstance(error, ResponseError):
+            if self._scripts.fall_back(error):
+                return 0.0
+            raise request.translate(error) from error
+        delay = self._retry.delay(attempt) if self._retry is not None and worth_retrying(error) else None
+        if delay is None:
+            raise error
+        self.retries += 1
+        return delay
 
     def _new_identity(self) -> None:
         self._pid = os.getpid()
@@ -193,7 +216,7 @@ class StoreCore:
             return {}
         replies = yield ReadMany(keys)
         result = {}
-        for env, key, reply in zip(names, keys, replies):
+        for env, key, reply in zip(names, keys, replies, strict=True):
             if isinstance(reply, ResponseError):
                 raise ReadStats(key).translate(reply) from reply
             if isinstance(reply, Exception):

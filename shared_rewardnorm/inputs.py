@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 __all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "stats_key", "glob_escape"]
 
 #: Validated scores: a list of finite Python floats, or a 1-d float64 numpy array.
-Scores = Union[list, np.ndarray]
+Scores = list | np.ndarray
 
 MAX_NAME_LENGTH = 256
 #: Batches at least this long are handled as numpy arrays (validated, summarized and normalized

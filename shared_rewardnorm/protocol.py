@@ -66,7 +66,7 @@ def decode_stored(key: str, values: Sequence[Any]) -> RunningStats:
         return RunningStats()
     texts = [None if value is None else _as_text(value) for value in values]
     parsed: list[Any] = []
-    for field, text in zip(STAT_FIELDS, texts):
+    for field, text in zip(STAT_FIELDS, texts, strict=True):
         number = _parse_field(field, text)
         if number is None:
             raise CorruptStatsError(f"corrupt stats hash {key}: {field} is {text!r}", key=key, field=field)

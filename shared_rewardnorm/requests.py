@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -106,6 +106,6 @@ class LoadFunctions:
         return error
 
 
-Request = Union[RunScript, ReadStats, ReadMany, ScanKeys, LoadFunctions]
+Request = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

@@ -11,9 +11,8 @@ lockstep). Reads are idempotent, and a replace writes the same value again.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-
 import ssl
+from dataclasses import dataclass
 
 from redis.exceptions import AuthenticationError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
 

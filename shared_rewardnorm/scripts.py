@@ -58,7 +58,7 @@ def _read_lua(name: str) -> str:
     raise FileNotFoundError(f"Lua script {name}.lua is missing from the shared_rewardnorm install")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def script_source(operation: str) -> str:
     """The full text of one operation's script: the shared helpers, then the operation."""
     if operation not in OPERATIONS:
@@ -66,7 +66,7 @@ def script_source(operation: str) -> str:
     return _read_lua(_LIBRARY) + "\n" + _read_lua(operation)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_version() -> str:
     code = "\0".join(script_source(name) for name in OPERATIONS)
     return hashlib.sha1(code.encode("utf-8")).hexdigest()[:12]
@@ -82,7 +82,7 @@ def function_name(operation: str) -> str:
     return f"rewardnorm_{operation}_{_code_version()}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def function_library() -> str:
     """The Redis 7 Function library: the shared helpers at the top level (built once, when the
     library loads), and each operation's file as the body of a function whose parameters are

@@ -12,12 +12,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from redis.exceptions import ResponseError
-
 from .connection import close_client, resolve_client
-from .core import DEFAULT_BATCH_RECORD_TTL, StoreCore
+from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, StoreCore
 from .requests import Operation, Request
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
 from .stats import RunningStats
 
@@ -145,22 +143,15 @@ class StatsStore(StoreCore):
                 raise
 
     def _issue(self, request: Request) -> Any:
-        """Send one request, retrying transient failures as the retry policy says."""
-        retry = 0
+        """Send one request, sending it again after failures the retry policy allows."""
+        attempt = 0
         while True:
             try:
                 return request.issue(self._client, self._scripts)
-            except ResponseError as exc:
-                if self._scripts.fall_back(exc):
-                    continue
-                raise request.translate(exc) from exc
-            except TRANSIENT_ERRORS as exc:
-                delay = self._retry.delay(retry) if self._retry and worth_retrying(exc) else None
-                if delay is None:
-                    raise
-            retry += 1
-            self.retries += 1
-            time.sleep(delay)
+            except SEND_FAILURES as exc:
+                pause = self._pause_before_resending(request, exc, attempt)
+            attempt += 1
+            time.sleep(pause)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"
