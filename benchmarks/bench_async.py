@@ -19,7 +19,6 @@ import asyncio
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import redis
@@ -27,7 +26,7 @@ import redis
 from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, SharedRewardNormalizer, StatsStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Printer, drop_namespace, fmt_rate, machine_rows, make_batches, progress  # noqa: E402
+from common import Printer, fmt_rate, machine_rows, make_batches, progress, scratch_namespace  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -72,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     calls, rounds = (400, 2) if args.quick else (2000, 4)
     out = Printer(args.markdown)
     client = redis.Redis.from_url(args.url)
-    ns = f"bench-{uuid.uuid4().hex[:12]}"
     batches = make_batches(16, calls, seed=3)
-    try:
+    with scratch_namespace(client) as ns:
         out.heading("Machine")
         out.table(["what", "value"], machine_rows(client, args.url))
         out.heading("asyncio store (many coroutines, one process) vs sync store, batch 16")
@@ -104,10 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         out.note("the asyncio client gains by overlapping network waits; on loopback a call is mostly CPU in "
                  "this one Python process (and redis-server shares the 2 cores), so the gain levels off after a "
                  "few coroutines; with real network latency between trainer and Redis it grows")
-    finally:
-        dropped = drop_namespace(client, ns)
-        progress(f"deleted {dropped} keys under {ns}:*")
-        client.close()
     return 0
 
 

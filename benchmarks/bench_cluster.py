@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from redis_cluster import RedisCluster, cluster_tools_missing  # noqa: E402
+from worker_processes import stop_workers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import Printer, cpu_model, nproc, progress  # noqa: E402
@@ -165,14 +166,7 @@ def run_round(cluster: RedisCluster, plan: Plan) -> Round:
     except queue.Empty:
         raise RuntimeError("a worker did not report in time") from None
     finally:
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for q in (ready, results):
-            q.close()
-            q.join_thread()
+        stop_workers(procs, ready, results)
     errors = [r[5] for r in reports if r[5]]
     if errors:
         raise RuntimeError("worker failed:\n" + "\n".join(errors))

@@ -36,7 +36,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +50,6 @@ from shared_rewardnorm.protocol import encode_sequence, encode_stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Printer,
-    drop_namespace,
     fmt_rate,
     fmt_ratio,
     machine_rows,
@@ -59,6 +57,7 @@ from common import (  # noqa: E402
     nproc,
     progress,
     quartiles,
+    scratch_namespace,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -660,9 +659,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = redis.Redis.from_url(args.url)
     client.ping()
-    ns = f"bench-{uuid.uuid4().hex[:12]}"
-    started = time.perf_counter()
-    try:
+    with scratch_namespace(client) as ns:
         section_machine(out, client, args.url, plan, args.quick)
         if 1 in sections:
             section_ping(out, client, ns, plan)
@@ -674,10 +671,6 @@ def main(argv: list[str] | None = None) -> int:
             section_processes(out, client, args.url, ns, plan)
         if 5 in sections:
             section_variance(out, client, ns, plan, args.reference)
-    finally:
-        dropped = drop_namespace(client, ns)
-        progress(f"deleted {dropped} keys under {ns}:*; total {time.perf_counter() - started:.0f} s")
-        client.close()
     return 0
 
 

@@ -10,6 +10,10 @@ import platform
 import random
 import statistics
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -121,9 +125,25 @@ def make_batches(size: int, count: int, seed: int, loc: float = 0.0, scale: floa
 
 
 def drop_namespace(client: redis.Redis, ns: str) -> int:
+    """Delete every key under ``ns:``; returns how many there were."""
     keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
     if keys:
         client.delete(*keys)
     return len(keys)
+
+
+@contextmanager
+def scratch_namespace(client: redis.Redis, prefix: str = "bench") -> Iterator[str]:
+    """A fresh random key namespace ``<prefix>-<12 hex digits>`` for one run. On the way out,
+    an error included, its keys are deleted through ``client``, which is then closed, and the
+    cleanup and the run's total time are reported on stderr."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    try:
+        yield ns
+    finally:
+        dropped = drop_namespace(client, ns)
+        progress(f"deleted {dropped} keys under {ns}:*; total {time.perf_counter() - started:.0f} s")
+        client.close()
 
 

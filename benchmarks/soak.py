@@ -22,7 +22,6 @@ import multiprocessing
 import random
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from shared_rewardnorm import RetryPolicy, SharedRewardNormalizer, StatsStore
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import Printer, drop_namespace, fmt_rate, machine_rows, progress  # noqa: E402
+from common import Printer, fmt_rate, machine_rows, progress, scratch_namespace  # noqa: E402
 from drop_proxy import DropProxy  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -79,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Printer(args.markdown)
     client = redis.Redis.from_url(args.url)
-    ns = f"soak-{uuid.uuid4().hex[:12]}"
     port = redis.connection.parse_url(args.url).get("port", 6379)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    try:
+    with scratch_namespace(client, "soak") as ns:
         out.heading("Machine")
         out.table(["what", "value"], machine_rows(client, args.url))
         with DropProxy(port, drop_rate=0.0, seed=1) as proxy:
@@ -143,10 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                  "good to about 1e-9 at these scales, hence the looser bound on it)")
         out.note("RESULT: " + ("nothing lost, nothing counted twice, no errors" if exact
                                else "MISMATCH or errors: see the tables above"))
-    finally:
-        dropped = drop_namespace(client, ns)
-        progress(f"deleted {dropped} keys under {ns}:*")
-        client.close()
     return 0
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: one backend parameter (embedded and real Redis) for the behavioural tests,
-and a random key namespace per test so runs never collide on a shared server."""
+a random key namespace per test so runs never collide on a shared server, and a private
+``redis-server`` (with a client to inspect it) for the tests that need their own."""
 
 from __future__ import annotations
 
@@ -15,16 +16,11 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import drop_namespace, require_binaries, unavailable  # noqa: E402
+from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 from shared_rewardnorm.connection import embedded_server  # noqa: E402
 
 REAL_REDIS_URL = os.environ.get("SHARED_REWARDNORM_TEST_URL", "redis://127.0.0.1:6379/0")
-REQUIRE_REDIS = os.environ.get("SHARED_REWARDNORM_REQUIRE_REDIS") == "1"
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (SHARED_REWARDNORM_REQUIRE_REDIS=1, so this is a failure)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +30,7 @@ def real_redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        _unavailable(f"no Redis answers at {REAL_REDIS_URL}: {exc}")
+        unavailable(f"no Redis answers at {REAL_REDIS_URL}: {exc}")
     finally:
         client.close()
     return REAL_REDIS_URL
@@ -46,18 +42,12 @@ def namespace() -> str:
     return f"srn-test-{uuid.uuid4().hex[:12]}"
 
 
-def _drop_namespace(client: Any, namespace: str) -> None:
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
 @pytest.fixture
 def real_client(real_redis_url: str, namespace: str) -> Iterator[redis.Redis]:
     """A client of the real server; the test's namespace is deleted afterwards."""
     client = redis.Redis.from_url(real_redis_url)
     yield client
-    _drop_namespace(client, namespace)
+    drop_namespace(client, namespace)
     client.close()
 
 
@@ -68,7 +58,7 @@ def backend(request: pytest.FixtureRequest, namespace: str) -> Iterator[Any]:
         yield None
         import fakeredis
 
-        _drop_namespace(fakeredis.FakeRedis(server=embedded_server()), namespace)
+        drop_namespace(fakeredis.FakeRedis(server=embedded_server()), namespace)
     else:
         yield request.getfixturevalue("real_client")
 
@@ -81,3 +71,19 @@ def raw_client(backend: Any) -> Any:
 
         return fakeredis.FakeRedis(server=embedded_server())
     return backend
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test's own, without persistence, in ``tmp_path``."""
+    require_binaries("redis-server")
+    with RedisServer(tmp_path, NO_PERSISTENCE) as running:
+        yield running
+
+
+@pytest.fixture
+def inspector(server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of ``server``, for SCRIPT / FUNCTION commands and INFO."""
+    client = redis.Redis(port=server.port, socket_timeout=10)
+    yield client
+    client.close()

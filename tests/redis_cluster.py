@@ -10,7 +10,9 @@ MEET``. ``start()`` returns once every node reports ``cluster_state:ok``, knows 
 node, and maps all 16384 slots exactly as every other node does, so a client built from any
 seed sees the final topology. Everything is torn down on exit (processes stopped, dirs removed).
 
-Self-contained on purpose (it does not import ``redis_servers``): only the stdlib and redis-py.
+The nodes share ``redis_servers``' process plumbing (free ports, waiting for PING, stopping);
+like it, this needs only the stdlib and redis-py (no pytest): ``benchmarks/bench_cluster.py``
+imports it too.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any
 
 import redis
 
+from redis_servers import free_port, start_on_a_free_port, stop_process, wait_until_answering
+
 __all__ = ["RedisCluster", "ClusterNode", "cluster_tools_missing", "SLOTS"]
 
 SLOTS = 16384
 #: Options every node gets (on top of port, bind, dir, logfile).
 NODE_OPTIONS = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "5000", "--appendonly", "no", "--save", ""]
-_START_ATTEMPTS = 3
 
 
 def cluster_tools_missing() -> str | None:
@@ -50,12 +53,6 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _server_major_version() -> int:
     out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=True).stdout
     # "Redis server v=7.0.15 sha=..."
@@ -70,20 +67,16 @@ def _pick_ports(explicit_bus_port: bool) -> tuple[int, int]:
     port + 10000 for the bus, so we look for a port whose +10000 twin is free too.
     """
     if explicit_bus_port:
-        port = _free_port()
-        bus = _free_port()
+        port = free_port()
+        bus = free_port()
         while bus == port:
-            bus = _free_port()
+            bus = free_port()
         return port, bus
     for _ in range(1000):
         port = random.randint(20000, 55000)
         if _port_free(port) and _port_free(port + 10000):
             return port, port + 10000
     raise RuntimeError("found no free port pair (p, p + 10000)")
-
-
-class _PortTaken(Exception):
-    """The node could not bind a port that looked free a moment ago."""
 
 
 class ClusterNode:
@@ -113,15 +106,11 @@ class ClusterNode:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=5, **kwargs)
 
     def start(self) -> None:
-        for attempt in range(_START_ATTEMPTS):
-            try:
-                self._start_once()
-                return
-            except _PortTaken:
-                if attempt == _START_ATTEMPTS - 1:
-                    raise RuntimeError(f"no free port after {_START_ATTEMPTS} attempts") from None
-                self.port, self.bus_port = _pick_ports(self.explicit_bus_port)
-        raise AssertionError("unreachable")
+        """Start the node and wait until it answers PING (at most 10 s)."""
+        start_on_a_free_port(self._start_once, self._move)
+
+    def _move(self) -> None:
+        self.port, self.bus_port = _pick_ports(self.explicit_bus_port)
 
     def _start_once(self) -> None:
         # A fresh node each attempt: a half-started one may have written nodes.conf.
@@ -129,26 +118,9 @@ class ClusterNode:
             (self.directory / stale).unlink(missing_ok=True)
         self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
-            while True:
-                if self.process.poll() is not None:
-                    detail = self.output()
-                    self.stop()
-                    if "Address already in use" in detail:
-                        raise _PortTaken()
-                    raise RuntimeError(f"redis-server on {self.port} exited with {self.process.returncode}: "
-                                       f"{detail[-2000:]}")
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server on {self.port} did not answer PING within 10 s")
-                time.sleep(0.05)
+            wait_until_answering(self.process, client, self.output, name=f"redis-server on {self.port}")
         finally:
             client.close()
 
@@ -163,17 +135,7 @@ class ClusterNode:
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL after 10 s, reap; safe to call twice."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+        stop_process(self.process)
 
 
 class RedisCluster:

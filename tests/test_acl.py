@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
-from redis_servers import RedisServer
+from redis_servers import NO_PERSISTENCE, RedisServer
 
 from shared_rewardnorm import (
     AsyncStatsStore,
@@ -106,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A private server; the default user creates the users of the doc with ``ACL SETUSER``,
     then gets a password (``requirepass``, as ``--requirepass`` would set at start)."""
     users = doc_users(_SETUSER)
-    with RedisServer(tmp_path_factory.mktemp("acl"), ["--save", "", "--appendonly", "no"]) as process:
+    with RedisServer(tmp_path_factory.mktemp("acl"), NO_PERSISTENCE) as process:
         admin = redis.Redis(port=process.port)
         try:
             for user in users.values():

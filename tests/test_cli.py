@@ -338,26 +338,17 @@ def test_python_dash_m() -> None:
 # --- snapshot -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, with its data dir in tmp_path."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
-    with RedisServer(tmp_path, ["--save", "", "--appendonly", "no"]) as server:
-        yield server
-
-
 @pytest.mark.own_server
-def test_snapshot_writes_the_rdb_file(private_server: RedisServer, tmp_path: Path,
+def test_snapshot_writes_the_rdb_file(server: RedisServer, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    store = StatsStore(private_server.url)
+    store = StatsStore(server.url)
     store.update("gsm8k", [1.0, -1.0])
     store.client.close()
-    code, out, err = run(capsys, "--url", private_server.url, "snapshot")
+    code, out, err = run(capsys, "--url", server.url, "snapshot")
     assert (code, err) == (0, "")
     assert (tmp_path / "dump.rdb").exists()
     assert str(tmp_path / "dump.rdb") in out
-    assert f"127.0.0.1:{private_server.port}" in out and " ok " in out
+    assert f"127.0.0.1:{server.port}" in out and " ok " in out
 
 
 def slow_saves(server: RedisServer, keys: int, delay_us: int) -> redis.Redis:
@@ -369,13 +360,13 @@ def slow_saves(server: RedisServer, keys: int, delay_us: int) -> redis.Redis:
 
 
 @pytest.mark.own_server
-def test_snapshot_waits_for_a_save_already_running(private_server: RedisServer, tmp_path: Path,
+def test_snapshot_waits_for_a_save_already_running(server: RedisServer, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    client = slow_saves(private_server, keys=5, delay_us=100_000)  # each save takes about 0.5 s
+    client = slow_saves(server, keys=5, delay_us=100_000)  # each save takes about 0.5 s
     try:
         client.bgsave(schedule=False)
         started = time.monotonic()
-        code, _, err = run(capsys, "--url", private_server.url, "snapshot")
+        code, _, err = run(capsys, "--url", server.url, "snapshot")
         assert (code, err) == (0, "")
         assert time.monotonic() - started > 0.7  # the running save, then ours
         info = client.info("persistence")
@@ -387,10 +378,10 @@ def test_snapshot_waits_for_a_save_already_running(private_server: RedisServer, 
 
 
 @pytest.mark.own_server
-def test_snapshot_timeout(private_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
-    client = slow_saves(private_server, keys=5, delay_us=200_000)
+def test_snapshot_timeout(server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    client = slow_saves(server, keys=5, delay_us=200_000)
     try:
-        code, _, err = run(capsys, "--url", private_server.url, "snapshot", "--timeout", "0.2")
+        code, _, err = run(capsys, "--url", server.url, "snapshot", "--timeout", "0.2")
         assert code == 1
         assert_one_error_line(err, "still running after 0.2 s")
     finally:

@@ -11,7 +11,6 @@ import inspect
 import json
 import math
 import multiprocessing
-import os
 import queue
 import random
 import traceback
@@ -25,6 +24,7 @@ import redis.connection
 from redis.asyncio.cluster import RedisCluster as AsyncClusterClient
 from redis.cluster import RedisCluster as ClusterClient
 
+from helpers import assert_summarizes, unavailable
 from redis_cluster import RedisCluster, cluster_tools_missing
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
@@ -34,10 +34,10 @@ from shared_rewardnorm import (
     StatsStore,
 )
 from shared_rewardnorm.scripts import script_source
+from worker_processes import stop_workers
 
 pytestmark = pytest.mark.own_server
 
-REQUIRE_REDIS = os.environ.get("SHARED_REWARDNORM_REQUIRE_REDIS") == "1"
 STATS = ("count", "mean", "std", "min", "max")
 
 #: 122 envs: enough that every master owns many, plus names with glob characters, a space, a
@@ -57,9 +57,7 @@ def cluster() -> Iterator[RedisCluster]:
     fail instead under SHARED_REWARDNORM_REQUIRE_REDIS=1)."""
     reason = cluster_tools_missing()
     if reason:
-        if REQUIRE_REDIS:
-            pytest.fail(f"{reason} (SHARED_REWARDNORM_REQUIRE_REDIS=1, so this is a failure)")
-        pytest.skip(reason)
+        unavailable(reason)
     with RedisCluster(masters=3) as started:
         yield started
 
@@ -113,13 +111,7 @@ def sent_to(env_index: int) -> list[float]:
 def assert_exact(stats: RunningStats, values: list[float]) -> None:
     """``stats`` equal the two-pass statistics of ``values``: count exact, mean and variance to
     1e-12 relative, min and max exact."""
-    count = len(values)
-    mean = math.fsum(values) / count
-    variance = math.fsum((v - mean) ** 2 for v in values) / count
-    assert stats.count == count
-    assert math.isclose(stats.mean, mean, rel_tol=1e-12), (stats.mean, mean)
-    assert math.isclose(stats.variance, variance, rel_tol=1e-12), (stats.variance, variance)
-    assert (stats.min, stats.max) == (min(values), max(values))
+    assert_summarizes(stats, values, variance_rel_tol=1e-12)
 
 
 def keys_by_node(cluster: RedisCluster, pattern: str) -> dict[int, list[str]]:
@@ -226,13 +218,7 @@ def filled(cluster: RedisCluster) -> str:
             except queue.Empty:
                 pytest.fail(f"workers did not report within 120 s; got {reports}")
     finally:
-        for process in workers:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        results.close()
-        results.join_thread()
+        stop_workers(workers, results)
     errors = [error for *_, error in reports if error]
     assert not errors, "\n".join(errors)
     assert sorted(r[0] for r in reports) == list(range(WORKERS))

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ import pytest
 import redis
 import yaml
 
+from helpers import require_binaries, wait_for
 from redis_servers import RedisServer
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
-REQUIRE_REDIS = os.environ.get("SHARED_REWARDNORM_REQUIRE_REDIS") == "1"
 
 
 # --- reading the compose file -------------------------------------------------------------------
@@ -144,24 +143,7 @@ def test_restarts_by_itself(service: dict[str, Any]) -> None:
 @pytest.fixture
 def redis_binaries() -> None:
     """Skip without redis-server and redis-cli (fail under SHARED_REWARDNORM_REQUIRE_REDIS=1)."""
-    missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
-    if missing:
-        reason = f"{' and '.join(missing)} not on PATH"
-        if REQUIRE_REDIS:
-            pytest.fail(f"{reason} (SHARED_REWARDNORM_REQUIRE_REDIS=1, so this is a failure)")
-        pytest.skip(reason)
-
-
-def wait_for(condition: Any, what: str, timeout: float = 10.0) -> Any:
-    """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    require_binaries("redis-server", "redis-cli")
 
 
 def aof_files(directory: Path, appenddirname: str) -> dict[str, Path]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import random
 
 import pytest
 
+from helpers import assert_summarizes
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 
 PROCESSES, BATCHES = 8, 120
@@ -42,9 +42,4 @@ def test_processes_merge_exactly(real_redis_url: str, namespace: str, real_clien
 
     everything = [v for worker in range(PROCESSES) for batch in worker_batches(worker) for v in batch]
     stats = StatsStore(real_redis_url, namespace).get("shared")
-    mean = math.fsum(everything) / len(everything)
-    variance = math.fsum((v - mean) ** 2 for v in everything) / len(everything)
-    assert stats.count == len(everything)
-    assert math.isclose(stats.mean, mean, rel_tol=1e-12)
-    assert math.isclose(stats.variance, variance, rel_tol=1e-12)
-    assert (stats.min, stats.max) == (min(everything), max(everything))
+    assert_summarizes(stats, everything, variance_rel_tol=1e-12)

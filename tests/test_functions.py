@@ -10,17 +10,18 @@ Every test runs its own ``redis-server`` (``tests/redis_servers.py``); the share
 from __future__ import annotations
 
 import asyncio
-import math
+import functools
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from redis_servers import RedisServer, require_binaries
+import helpers
+from helpers import require_binaries
+from redis_servers import RedisServer
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -33,7 +34,6 @@ from shared_rewardnorm.scripts import OPERATIONS, function_library, function_nam
 
 pytestmark = pytest.mark.own_server
 
-NO_PERSISTENCE = ["--save", "", "--appendonly", "no"]
 AOF_ALWAYS = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
 
 
@@ -42,29 +42,8 @@ def batches(seed: int, count: int = 12) -> list[list[float]]:
     return [[rng.gauss(-4.0, 2.5) for _ in range(rng.randint(1, 30))] for _ in range(count)]
 
 
-def assert_summarizes(stats: RunningStats, values: list[float]) -> None:
-    """Count, min and max exact; mean and variance against a two-pass fsum reference."""
-    mean = math.fsum(values) / len(values)
-    variance = math.fsum((v - mean) ** 2 for v in values) / len(values)
-    assert stats.count == len(values)
-    assert math.isclose(stats.mean, mean, rel_tol=1e-12), (stats.mean, mean)
-    assert math.isclose(stats.variance, variance, rel_tol=1e-10, abs_tol=1e-300), (stats.variance, variance)
-    assert (stats.min, stats.max) == (min(values), max(values))
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_binaries("redis-server")
-    with RedisServer(tmp_path, NO_PERSISTENCE) as running:
-        yield running
-
-
-@pytest.fixture
-def inspector(server: RedisServer) -> Iterator[redis.Redis]:
-    """A plain client of ``server``, for FUNCTION / SCRIPT commands and INFO."""
-    client = redis.Redis(port=server.port, socket_timeout=10)
-    yield client
-    client.close()
+#: Count, min and max exact; mean and variance against a two-pass fsum reference.
+assert_summarizes = functools.partial(helpers.assert_summarizes, variance_abs_tol=1e-300)
 
 
 def calls(client: redis.Redis, command: str) -> int:

@@ -9,7 +9,6 @@ it with SIGKILL; the shared server on 6379 is never touched.
 from __future__ import annotations
 
 import itertools
-import math
 import multiprocessing
 import queue
 import random
@@ -23,11 +22,13 @@ from typing import Any
 import pytest
 import redis
 
-from redis_servers import RedisServer, require_binaries
+from helpers import assert_summarizes, require_binaries, wait_for
+from redis_servers import RedisServer
 from shared_rewardnorm import RetryPolicy, RunningStats, StatsStore
 from shared_rewardnorm.core import DEFAULT_BATCH_RECORD_TTL
 from shared_rewardnorm.protocol import batch_record_key, decode_reply
 from shared_rewardnorm.scripts import script_source
+from worker_processes import stop_workers
 
 pytestmark = pytest.mark.own_server
 
@@ -141,45 +142,17 @@ class WorkerReports:
             self.errors.append(f"worker {worker}:\n{rest[0]}")
 
 
-def stop_workers(workers: list[Any], reports: Any, timeout: float = 30.0) -> None:
-    """Join the workers (killing any still alive after ``timeout`` seconds), reading the
-    queue meanwhile: a child does not exit before its queued reports are read."""
-    deadline = time.monotonic() + timeout
-    while any(process.is_alive() for process in workers) and time.monotonic() < deadline:
-        try:
-            reports.get(timeout=0.1)
-        except queue.Empty:
-            pass
-    for process in workers:
-        if process.is_alive():
-            process.kill()
-        process.join()
-    reports.close()
-    reports.join_thread()
-
-
 def first_batches(batches: dict[int, list[list[float]]], lengths: dict[int, int] | tuple[int, ...]) -> list[float]:
     """The values of each worker ``w``'s first ``lengths[w]`` batches."""
     return [value for w in range(WORKERS) for batch in batches[w][:lengths[w]] for value in batch]
 
 
-def assert_exact(stats: RunningStats, values: list[float]) -> None:
-    """``stats`` summarize exactly ``values``: count, min and max exact; mean and variance
-    against a two-pass ``math.fsum`` reference."""
-    assert stats.count == len(values)
-    mean = math.fsum(values) / len(values)
-    variance = math.fsum((v - mean) ** 2 for v in values) / len(values)
-    assert math.isclose(stats.mean, mean, rel_tol=1e-12), (stats.mean, mean)
-    assert math.isclose(stats.variance, variance, rel_tol=1e-10), (stats.variance, variance)
-    assert (stats.min, stats.max) == (min(values), max(values))
-
-
 def summarizes(stats: RunningStats, values: list[float]) -> bool:
-    """Whether ``stats`` could be the exact summary of ``values`` (see ``assert_exact``)."""
+    """Whether ``stats`` could be the exact summary of ``values`` (see ``assert_summarizes``)."""
     if not values:
         return stats.count == 0
     try:
-        assert_exact(stats, values)
+        assert_summarizes(stats, values)
     except AssertionError:
         return False
     return True
@@ -192,17 +165,6 @@ def highest_in(record: bytes | None) -> int:
     digits = re.match(rb"[0-9]+", record)
     assert digits, f"batch record {record!r} does not start with a sequence number"
     return int(digits.group())
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def raw_client(server: RedisServer) -> redis.Redis:
@@ -313,7 +275,7 @@ def test_aof_always_crash_keeps_every_acknowledged_batch_and_counts_none_twice(t
     # In the end every batch is in exactly once: the in-flight ones were resent with the same
     # identity and, if the crashed server had them already, recognized as duplicates.
     assert envs == [ENV]
-    assert_exact(final, everything)
+    assert_summarizes(final, everything)
     assert {w: highest_in(final_records[w]) for w in range(WORKERS)} == {w: BATCHES for w in range(WORKERS)}
     duplicates = sum(d for _, d in seen.finished.values())
     assert duplicates <= sum(persisted[w] - acked_before[w] for w in range(WORKERS))

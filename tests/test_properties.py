@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from helpers import drop_namespace
 from shared_rewardnorm import RunningStats, StatsStore
 from shared_rewardnorm.connection import embedded_server
 from shared_rewardnorm.inputs import MAX_NAME_LENGTH
@@ -101,12 +102,6 @@ def _sub_namespace(base: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:10]}"
 
 
-def _drop(client: Any, namespace: str) -> None:
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
 @settings(max_examples=150, deadline=None)
 @given(arrangement=arrangements())
 def test_any_split_and_interleaving_merges_exactly_embedded(arrangement: dict[str, Any]) -> None:
@@ -121,7 +116,7 @@ def test_any_split_and_interleaving_merges_exactly_embedded(arrangement: dict[st
         for store in stores:
             store.client.close()
         client = fakeredis.FakeRedis(server=embedded_server())
-        _drop(client, namespace)
+        drop_namespace(client, namespace)
         client.close()
 
 
@@ -137,7 +132,7 @@ def test_any_split_and_interleaving_merges_exactly_real_redis(real_redis_url: st
         merges = sum(1 for batch in arrangement["batches"] if batch)
         assert_same_stats(got, arrangement["values"], merges)
     finally:
-        _drop(stores[0].client, sub)
+        drop_namespace(stores[0].client, sub)
         for store in stores:
             store.client.close()
 

@@ -10,13 +10,10 @@ Every test runs its own ``redis-server`` (``tests/redis_servers.py``); the share
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -25,7 +22,8 @@ import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redis_servers import RedisServer, require_binaries
+from helpers import assert_summarizes, require_binaries, wait_for
+from redis_servers import NO_PERSISTENCE, RedisServer
 from reference_oracle import OracleNormalizer
 from shared_rewardnorm import (
     AsyncStatsStore,
@@ -39,8 +37,6 @@ from shared_rewardnorm.scripts import library_name
 
 pytestmark = pytest.mark.own_server
 
-#: Nothing on disk: a restart starts empty, script cache included.
-NO_PERSISTENCE = ["--save", "", "--appendonly", "no"]
 #: Retries that carry a store over a restart of a second or so.
 OUTAGE_RETRY = RetryPolicy(attempts=50, base=0.02, cap=0.2)
 
@@ -50,27 +46,6 @@ def batches(seed: int, count: int = 3) -> list[list[float]]:
     return [[rng.gauss(2.0, 3.0) for _ in range(rng.randint(2, 15))] for _ in range(count)]
 
 
-def assert_summarizes(stats: RunningStats, values: list[float]) -> None:
-    """Count, min and max exact; mean and variance against a two-pass fsum reference."""
-    mean = math.fsum(values) / len(values)
-    variance = math.fsum((v - mean) ** 2 for v in values) / len(values)
-    assert stats.count == len(values)
-    assert math.isclose(stats.mean, mean, rel_tol=1e-12), (stats.mean, mean)
-    assert math.isclose(stats.variance, variance, rel_tol=1e-10), (stats.variance, variance)
-    assert (stats.min, stats.max) == (min(values), max(values))
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def script_cached(client: redis.Redis, sha: str) -> bool:
     return bool(client.script_exists(sha)[0])
 
@@ -78,21 +53,6 @@ def script_cached(client: redis.Redis, sha: str) -> bool:
 def noscript_errors(client: redis.Redis) -> int:
     """NOSCRIPT replies the server sent so far (INFO errorstats)."""
     return int(client.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0))
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_binaries("redis-server")
-    with RedisServer(tmp_path, NO_PERSISTENCE) as running:
-        yield running
-
-
-@pytest.fixture
-def inspector(server: RedisServer) -> Iterator[redis.Redis]:
-    """A plain client of ``server``, for SCRIPT FLUSH / EXISTS and INFO."""
-    client = redis.Redis(port=server.port, socket_timeout=10)
-    yield client
-    client.close()
 
 
 def restart_later(server: RedisServer, delay: float, failures: list[BaseException]) -> None:

@@ -11,7 +11,6 @@ import redis
 
 from shared_rewardnorm import (
     CorruptStatsError,
-    InvalidStatsError,
     RunningStats,
     StatsOverflowError,
     StatsStore,

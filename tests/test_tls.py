@@ -9,7 +9,6 @@ Skipped with a reason when ``openssl`` is missing or this redis-server was built
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_servers import RedisServer, free_port
+from helpers import require_binaries, unavailable
+from redis_servers import NO_PERSISTENCE, RedisServer, ServerExited
 
 from shared_rewardnorm import (
     AsyncStatsStore,
@@ -31,14 +31,7 @@ from shared_rewardnorm import (
 
 pytestmark = pytest.mark.own_server
 
-REQUIRE_REDIS = os.environ.get("SHARED_REWARDNORM_REQUIRE_REDIS") == "1"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md"
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (SHARED_REWARDNORM_REQUIRE_REDIS=1, so this is a failure)")
-    pytest.skip(reason)
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -79,7 +72,7 @@ def _make_ca(directory: Path, name: str) -> Path:
 def make_certificates(directory: Path) -> Certificates:
     """A CA, a server certificate it signs for 127.0.0.1/localhost, and an unrelated CA."""
     if shutil.which("openssl") is None:
-        _unavailable("the openssl command line is not on PATH, so no test certificates can be made")
+        unavailable("the openssl command line is not on PATH, so no test certificates can be made")
     ca = _make_ca(directory, "ca")
     other_ca = _make_ca(directory, "other-ca")
     (directory / "server.ext").write_text(_SERVER_EXTENSIONS, encoding="ascii")
@@ -121,49 +114,17 @@ class TLSRedisServer(RedisServer):
         return [*command, "--tls-port", str(self.port), "--tls-cert-file", str(c.cert), "--tls-key-file", str(c.key),
                 "--tls-ca-cert-file", str(c.ca), "--tls-auth-clients", "no"]
 
-    def start(self) -> TLSRedisServer:
-        for _ in range(3):
-            try:
-                return self._start_tls()
-            except _PortTaken:
-                self.port = free_port()
-        raise RuntimeError("no free port after 3 attempts")
+    def ping_client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.certificates.ca),
+                           socket_timeout=1, socket_connect_timeout=1)
 
-    def _start_tls(self) -> TLSRedisServer:
-        log = self.directory / "redis.log"
-        offset = log.stat().st_size if log.exists() else 0
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.certificates.ca),
-                             socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
+    def _start_once(self) -> TLSRedisServer:
         try:
-            while True:
-                if self.process.poll() is not None:
-                    output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
-                    if log.exists():
-                        output += log.read_bytes()[offset:].decode(errors="replace")
-                    self.stop()
-                    if "Address already in use" in output:
-                        raise _PortTaken()
-                    if _NO_TLS.search(output):
-                        raise TLSUnsupported(output[-1000:])
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: {output[-2000:]}")
-                try:
-                    if client.ping():
-                        return self
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("the TLS redis-server did not answer PING within 10 s")
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-
-class _PortTaken(Exception):
-    pass
+            return super()._start_once()
+        except ServerExited as exc:
+            if _NO_TLS.search(exc.output):
+                raise TLSUnsupported(exc.output[-1000:]) from None
+            raise
 
 
 @dataclass(frozen=True)
@@ -178,14 +139,13 @@ class TLSServer:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not on PATH")
+    require_binaries("redis-server")
     certificates = make_certificates(tmp_path_factory.mktemp("certs"))
-    server = TLSRedisServer(tmp_path_factory.mktemp("tls"), certificates, ["--save", "", "--appendonly", "no"])
+    server = TLSRedisServer(tmp_path_factory.mktemp("tls"), certificates, NO_PERSISTENCE)
     try:
         server.start()
     except TLSUnsupported as exc:
-        _unavailable(f"this redis-server was built without TLS support: {exc}")
+        unavailable(f"this redis-server was built without TLS support: {exc}")
     try:
         yield TLSServer(server.port, certificates)
     finally:
