@@ -84,12 +84,19 @@ def coerce_scores(scores: Any) -> Scores:
         except TypeError:
             raise TypeError("scores must be an iterable of real numbers, got "
                             f"{type(scores).__name__}") from None
-    # Fast path: a list of Python floats, all finite (the common case in a trainer).
-    if all(type(value) is float for value in scores):
-        if len(scores) >= NUMPY_MIN_BATCH:
-            return _coerce_array(np.array(scores, dtype=np.float64))
-        if all(map(math.isfinite, scores)):
-            return scores
+    if len(scores) >= NUMPY_MIN_BATCH:
+        # One C pass: numpy infers a numeric dtype only when every element is a real number
+        # (a string, None or a nested list gives another dtype, another shape, or an error), so
+        # anything else falls through to the element-by-element check that names the culprit.
+        try:
+            array = np.array(scores)
+        except (ValueError, TypeError, OverflowError):
+            array = None
+        if array is not None and array.ndim == 1 and array.dtype.kind in "fiub":
+            return _coerce_array(array)
+    # Fast path: a short list of Python floats, all finite (the common case in a trainer).
+    elif all(type(value) is float for value in scores) and all(map(math.isfinite, scores)):
+        return scores
     values = [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
               for i, value in enumerate(scores)]
     return np.array(values, dtype=np.float64) if len(values) >= NUMPY_MIN_BATCH else values
