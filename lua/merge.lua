@@ -16,7 +16,7 @@
 -- (a lost reply retried by us, the driver or the caller); the reply then carries the current
 -- statistics. The record is "<highest number seen>" or "<highest>:<gap>,<gap>,...", the gaps
 -- being numbers below the highest not merged yet (batches still in flight: concurrent calls
--- of one client may arrive out of order). Numbers more than WINDOW below the highest cannot be
+-- of one client may arrive out of order). Numbers WINDOW or more below the highest cannot be
 -- judged and are refused (REWARDNORM_STALE). In the usual case, no gaps, it is a few bytes.
 --
 -- Returns one string, "count mean m2 min max merged" ('%d' and '%.17g'); merged is 1 when this
@@ -78,7 +78,7 @@ local function updated_record(seq)
     return record
   end
   if seq <= highest - WINDOW then
-    return nil, error_for('STALE', key, string.format('batch %d is more than %d batches behind '
+    return nil, error_for('STALE', key, string.format('batch %d is %d or more batches behind '
       .. 'this client\'s latest (%d)', seq, WINDOW, highest))
   end
   local listed = ',' .. gaps .. ','

@@ -127,7 +127,7 @@ class AsyncStatsStore(StoreCore):
                 return done.value
             try:
                 reply = await self._issue(request)
-            except Exception as exc:
+            except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
                 operation.throw(exc)  # the operation may note the failure; it re-raises
                 raise
 
@@ -164,9 +164,20 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
-        store = redis if isinstance(redis, AsyncStatsStore) else AsyncStatsStore(redis, namespace, cluster=cluster)
-        self._store = store
+        self._owns_store = not isinstance(redis, AsyncStatsStore)
+        self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
         super().__init__(env, self._store, mode, clip, warmup, eps)
+
+    async def aclose(self) -> None:
+        """Close the store this normalizer created; a store passed in is the caller's to close."""
+        if self._owns_store:
+            await self._store.aclose()
+
+    async def __aenter__(self) -> AsyncSharedRewardNormalizer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     @property
     def store(self) -> AsyncStatsStore:

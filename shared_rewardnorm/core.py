@@ -17,9 +17,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .errors import RewardNormError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
-from .normalization import NormalizerSettings, normalize_values
-from .protocol import batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
+from .normalization import MODES, NormalizerSettings, normalize_values
+from .protocol import as_text, batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
 from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import ClientScripts
@@ -57,10 +58,6 @@ def _require_stats(stats: Any) -> RunningStats:
     return stats
 
 
-def _as_text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def parse_snapshot(snapshot: Any) -> dict[str, RunningStats]:
     """Validate a snapshot completely (format, version, every env name and every field) and
     return its statistics; raises ``ValueError``/``TypeError`` naming the first problem."""
@@ -91,6 +88,8 @@ SEND_FAILURES = (ResponseError, *TRANSIENT_ERRORS)
 #: Seconds a client's batch record for an env lives after its last merge: a retry must come
 #: within this time to be recognized (retries come within seconds; a day is generous).
 DEFAULT_BATCH_RECORD_TTL = 86_400
+#: Ten years: far beyond any use, and within what Redis accepts for SET ... EX.
+MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
 
 class StoreCore:
@@ -115,8 +114,10 @@ class StoreCore:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self._retry = retry
-        if isinstance(batch_record_ttl, bool) or not isinstance(batch_record_ttl, int) or batch_record_ttl < 1:
-            raise ValueError(f"batch_record_ttl must be an int >= 1 (seconds), got {batch_record_ttl!r}")
+        if (isinstance(batch_record_ttl, bool) or not isinstance(batch_record_ttl, int)
+                or not 1 <= batch_record_ttl <= MAX_BATCH_RECORD_TTL):
+            raise ValueError(f"batch_record_ttl must be an int from 1 to {MAX_BATCH_RECORD_TTL} (seconds), "
+                             f"got {batch_record_ttl!r}")
         self._record_ttl = str(batch_record_ttl)
         self._new_identity()
         #: Requests sent again after a transient failure (for monitoring and benchmarks).
@@ -124,12 +125,12 @@ class StoreCore:
         #: Merges the script recognized as already merged (a retry whose first try had landed).
         self.duplicates = 0
 
-    def _pause_before_resending(self, request: Request, error: Exception, attempt: int) -> float:
+    def _pause_before_resending(self, request: Request, error: BaseException, attempt: int) -> float:
         """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0): the seconds
         to wait before sending it again (0: at once, after NOSCRIPT or a fallback from FCALL to
         EVALSHA), or raise what the caller should see. The sync and asyncio stores share this
         decision; they differ only in how they wait."""
-        if isinstance(error, ResponseError):
+        if isinstance(error, ResponseError) and not isinstance(error, TRANSIENT_ERRORS):
             if self._scripts.fall_back(error):
                 return 0.0
             raise request.translate(error) from error
@@ -169,10 +170,13 @@ class StoreCore:
                                 (encoded, encode_sequence(next(sequence)), self._record_ttl))
         try:
             reply = yield request
-        except TRANSIENT_ERRORS:
-            # Its fate is unknown (the retries ran out): if the caller sends the same summary
-            # again, that is this batch again. Only a failed merge is remembered, never one in
-            # flight, so a concurrent merge of an identical summary is always a batch of its own.
+        except (RewardNormError, ResponseError):
+            raise  # the server refused the merge: nothing was written
+        except BaseException:  # GeneratorExit too: an abandoned operation never saw its reply
+            # Its fate is unknown (the retries ran out, a timeout cancelled the call, ...): if
+            # the caller sends the same summary again, that is this batch again. Only a failed
+            # merge is remembered, never one in flight, so a concurrent merge of an identical
+            # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
         stats, merged = decode_reply(reply)
@@ -228,7 +232,7 @@ class StoreCore:
         prefix = f"{self._namespace}:{{"
         keys = yield ScanKeys(glob_escape(prefix) + "*}")
         names = set()
-        for key in map(_as_text, keys):
+        for key in map(as_text, keys):
             env = key[len(prefix):-1]
             if key.startswith(prefix) and key.endswith("}") and "{" not in env and "}" not in env and env:
                 names.add(env)
@@ -268,14 +272,19 @@ class StoreCore:
     def _load_functions_op(self) -> Operation[str]:
         reply = yield LoadFunctions()
         if isinstance(reply, dict):  # a cluster client answers per primary
-            names = {_as_text(name) for name in reply.values()}
+            names = {as_text(name) for name in reply.values()}
             if len(names) != 1:
                 raise RuntimeError(f"the primaries answered FUNCTION LOAD differently: {sorted(names)}")
             return names.pop()
-        return _as_text(reply)
+        return as_text(reply)
 
     def _restore_op(self, snapshot: Any) -> Operation[dict[str, RunningStats]]:
-        parsed = parse_snapshot(snapshot)  # everything is checked before the first write
+        parsed = parse_snapshot(snapshot)  # everything is checked before the first write...
+        keys = tuple(self.key(env) for env in parsed)
+        if keys:  # ...including that no target key holds another type (a replace would refuse it)
+            for key, reply in zip(keys, (yield ReadMany(keys)), strict=True):
+                if isinstance(reply, ResponseError):
+                    raise ReadStats(key).translate(reply) from reply
         restored = {}
         for env, stats in parsed.items():
             restored[env] = yield from _replace(self.key(env), stats)
@@ -322,7 +331,8 @@ class NormalizerCore:
     touch the network.
     """
 
-    VALID_MODES = frozenset({"zscore", "minmax", "none"})
+    #: The reference's name for the accepted modes.
+    VALID_MODES = frozenset(MODES)
 
     def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any) -> None:
         self._settings = NormalizerSettings.create(mode, clip, warmup, eps)

@@ -78,8 +78,6 @@ _KINDS: dict[str, type[RewardNormError]] = {
     "STALE": StaleBatchError,
 }
 
-_FIELD_NAMES = ("count", "mean", "m2", "min", "max")
-
 
 def translate_response_error(error: ResponseError) -> Exception:
     """Map a script's ``REWARDNORM_*`` error reply to a library exception.
@@ -88,10 +86,10 @@ def translate_response_error(error: ResponseError) -> Exception:
     ``raise translate_response_error(exc) from exc``.
     """
     message = str(error)
-    if "Function not found" in message:
+    if message.startswith("Function not found"):
         return FunctionsNotLoadedError(f"the server has no Function library {library_name()} (Redis says "
                                        f"{message!r}); load it once with StatsStore(...).load_functions() "
-                                       "or `shared-rewardnorm functions load`")
+                                       "or `shared-rewardnorm load-functions`")
     start = message.find(ERROR_PREFIX)
     if start < 0:
         return error
@@ -103,6 +101,9 @@ def translate_response_error(error: ResponseError) -> Exception:
     key, _, detail = rest.partition(" ")
     text = f"{key}: {detail}"
     if exc_type is CorruptStatsError:
-        field = next((name for name in _FIELD_NAMES if detail.startswith(name + " ")), None)
+        # The scripts' CORRUPT details start with the field's name ("m2 must be ...", "min ... is
+        # greater than max ..."), or with "batch record" for a client's batch record.
+        first = detail.split(" ", 1)[0]
+        field = first if first in ("count", "mean", "m2", "min", "max") else None
         return CorruptStatsError(f"corrupt stats hash {text}", key=key, field=field)
     return exc_type(text, key=key)

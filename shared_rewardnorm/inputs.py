@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,9 @@ __all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "sta
 Scores = list | np.ndarray
 
 MAX_NAME_LENGTH = 256
+#: Unicode categories refused in names: controls (C0, DEL, C1) and line/paragraph separators,
+#: which would make keys unreadable or break lines in redis-cli and logs.
+_UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
 #: Batches at least this long are handled as numpy arrays (validated, summarized and normalized
 #: in one array); shorter ones are faster as plain lists.
 NUMPY_MIN_BATCH = 64
@@ -117,15 +121,17 @@ def _validate_name(what: str, name: Any) -> str:
         if char in "{}":
             raise ValueError(f"{what} {name!r} contains {char!r} at position {position}: braces are "
                              "reserved for the Redis Cluster hash tag")
-        if ord(char) < 32 or ord(char) == 127:
-            raise ValueError(f"{what} {name!r} contains a control character at position {position}")
+        if unicodedata.category(char) in _UNPRINTABLE:
+            raise ValueError(f"{what} {name!r} contains a control or line-separator character at "
+                             f"position {position}")
     return name
 
 
 def validate_env(env: Any) -> str:
     """Check an environment name: a non-empty str of at most 256 characters, without ``{``, ``}``
-    (they would break the hash tag that keeps an env's keys in one cluster slot) or control
-    characters (they make keys unreadable in ``redis-cli``)."""
+    (they would break the hash tag that keeps an env's keys in one cluster slot), control
+    characters or line separators (they make keys unreadable in ``redis-cli``), encodable as
+    UTF-8."""
     return _validate_name("env name", env)
 
 

@@ -43,8 +43,21 @@ class SharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
-        self._store = redis if isinstance(redis, StatsStore) else StatsStore(redis, namespace, cluster=cluster)
+        self._owns_store = not isinstance(redis, StatsStore)
+        self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
         super().__init__(env, self._store, mode, clip, warmup, eps)
+
+    def close(self) -> None:
+        """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);
+        a store passed in is the caller's to close."""
+        if self._owns_store:
+            self._store.close()
+
+    def __enter__(self) -> SharedRewardNormalizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def store(self) -> StatsStore:

@@ -14,7 +14,15 @@ from typing import Any
 from .errors import CorruptStatsError
 from .stats import MAX_COUNT, RunningStats
 
-__all__ = ["STAT_FIELDS", "encode_stats", "encode_sequence", "decode_reply", "decode_stored", "batch_record_key"]
+__all__ = [
+    "STAT_FIELDS",
+    "as_text",
+    "encode_stats",
+    "encode_sequence",
+    "decode_reply",
+    "decode_stored",
+    "batch_record_key",
+]
 
 #: Fields of a stats hash, in the order scripts take and return them. ``std`` is also stored,
 #: for people reading the hash with ``redis-cli``, but never read back.
@@ -51,7 +59,8 @@ def decode_reply(reply: Any) -> tuple[RunningStats, bool]:
     return RunningStats.trusted(count, float(words[1]), float(words[2]), float(words[3]), float(words[4])), merged
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply element as text (clients may or may not decode responses)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -64,7 +73,7 @@ def decode_stored(key: str, values: Sequence[Any]) -> RunningStats:
     """
     if all(value is None for value in values):
         return RunningStats()
-    texts = [None if value is None else _as_text(value) for value in values]
+    texts = [None if value is None else as_text(value) for value in values]
     parsed: list[Any] = []
     for field, text in zip(STAT_FIELDS, texts, strict=True):
         number = _parse_field(field, text)
@@ -84,15 +93,14 @@ def _parse_field(field: str, text: str | None) -> int | float | None:
     """The number in one stored field, with the same rules as the scripts' parsers."""
     if text is None:
         return None
-    if field == "count":
-        if not text.isascii() or not text.isdigit():
-            return None
-        count = int(text)
-        return count if 1 <= count <= MAX_COUNT else None
     if not text or any(char not in "0123456789eE.+-" for char in text):
         return None
     try:
         number = float(text)
     except ValueError:
         return None
-    return number if math.isfinite(number) else None
+    if not math.isfinite(number):
+        return None
+    if field == "count":  # like the scripts: any decimal text of an integer value ("5", "5.0")
+        return int(number) if number.is_integer() and 1 <= number <= MAX_COUNT else None
+    return number

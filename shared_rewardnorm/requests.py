@@ -24,6 +24,15 @@ __all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "R
 T = TypeVar("T")
 
 
+class _PassErrorsThrough:
+    """Requests whose server errors need no translation."""
+
+    __slots__ = ()
+
+    def translate(self, error: ResponseError) -> Exception:
+        return error
+
+
 @dataclass(frozen=True, slots=True)
 class RunScript:
     """FCALL or EVALSHA one of our operations (see ``scripts.ClientScripts``). All keys share one hash
@@ -57,7 +66,7 @@ class ReadStats:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadMany:
+class ReadMany(_PassErrorsThrough):
     """HMGET many keys in one pipeline: one round trip per server (a cluster pipeline groups
     the commands by node). The reply has one entry per key: the HMGET reply, or the error."""
 
@@ -69,16 +78,13 @@ class ReadMany:
             pipeline.hmget(key, STAT_FIELDS)
         return pipeline.execute(raise_on_error=False)
 
-    def translate(self, error: ResponseError) -> Exception:
-        return error
-
 
 async def _collect(iterator: Any) -> list[Any]:
     return [item async for item in iterator]
 
 
 @dataclass(frozen=True, slots=True)
-class ScanKeys:
+class ScanKeys(_PassErrorsThrough):
     """Every key matching a pattern, found with SCAN (never KEYS), on every master of a cluster
     (redis-py's cluster ``scan_iter`` walks each primary's cursor)."""
 
@@ -90,20 +96,14 @@ class ScanKeys:
             return _collect(found)
         return list(found)
 
-    def translate(self, error: ResponseError) -> Exception:
-        return error
-
 
 @dataclass(frozen=True, slots=True)
-class LoadFunctions:
+class LoadFunctions(_PassErrorsThrough):
     """FUNCTION LOAD REPLACE the Function library (on every primary of a cluster): an
     administrator's step, so that trainers can run with FCALL and no right to load Lua."""
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
         return client.function_load(function_library(), replace=True)
-
-    def translate(self, error: ResponseError) -> Exception:
-        return error
 
 
 Request = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from redis.exceptions import AuthenticationError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
 
-__all__ = ["RetryPolicy", "DEFAULT_RETRY", "NO_RETRY", "TRANSIENT_ERRORS", "worth_retrying"]
+__all__ = ["RetryPolicy", "DEFAULT_RETRY", "TRANSIENT_ERRORS", "worth_retrying"]
 
 #: Failures that may be transient: the network, a timeout, a server still loading its data
-#: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover.
+#: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover (CLUSTERDOWN,
+#: TRYAGAIN: redis-py raises these as ``ResponseError``s, and the store retries them too).
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError)
 
 
@@ -60,4 +61,3 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-NO_RETRY = RetryPolicy(attempts=1)

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
 
 __all__ = [
     "OPERATIONS",
@@ -94,14 +94,18 @@ def function_library() -> str:
     return "".join(parts)
 
 
-
-
 def _no_usable_function(error: Exception) -> bool:
-    """Whether a failed FCALL means "no usable Function here": not loaded, an old server or the
-    embedded store ("unknown command 'FCALL'"), or a user allowed EVALSHA but not FCALL. Only
-    FCALL produces these, so a request sent again with EVALSHA cannot loop back here."""
+    """Whether a failed FCALL means "no usable Function here": not loaded ("Function not found"),
+    an old server ("unknown command 'FCALL'"), or a user allowed EVALSHA but not FCALL (NOPERM
+    "... the 'fcall' command"). Only FCALL produces these replies (our own REWARDNORM_ errors
+    never match, whatever key they name), so a request sent again with EVALSHA cannot loop."""
     text = str(error)
-    return "Function not found" in text or "fcall" in text.lower()
+    lowered = text.lower()
+    if text.startswith("Function not found"):
+        return True
+    if isinstance(error, NoPermissionError):
+        return "'fcall' command" in lowered
+    return lowered.startswith(("unknown command 'fcall'", "err unknown command 'fcall'"))
 
 
 class ClientScripts:

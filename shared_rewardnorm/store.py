@@ -138,7 +138,7 @@ class StatsStore(StoreCore):
                 return done.value
             try:
                 reply = self._issue(request)
-            except Exception as exc:
+            except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
                 operation.throw(exc)  # the operation may note the failure; it re-raises
                 raise
 

@@ -19,7 +19,10 @@ class DropProxy:
     ``trigger`` with probability ``drop_rate`` (seeded, so runs repeat)."""
 
     def __init__(self, upstream_port: int, drop_rate: float = 0.05, trigger: bytes = b"EVALSHA",
-                 seed: int = 0, upstream_host: str = "127.0.0.1") -> None:
+                 seed: int = 0, upstream_host: str = "127.0.0.1", hold: float = 0.0) -> None:
+        #: Seconds to sit on a reply before dropping it: long enough, a client's own timeout
+        #: (``asyncio.wait_for``) cancels the call first.
+        self.hold = hold
         self.upstream = (upstream_host, upstream_port)
         self.drop_rate = drop_rate
         self.trigger = trigger
@@ -75,6 +78,7 @@ class DropProxy:
                     if drop_next_reply:
                         with self._lock:
                             self.drops += 1
+                        self._stopping.wait(self.hold)
                         return  # the command ran; its reply is lost with the connection
                     with self._lock:
                         self.forwarded += 1

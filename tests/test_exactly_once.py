@@ -3,6 +3,7 @@ the store's own retries, redis-py's, or the caller's loop."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import random
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from drop_proxy import DropProxy
 from reference_oracle import OracleNormalizer
 from shared_rewardnorm import (
+    AsyncSharedRewardNormalizer,
+    AsyncStatsStore,
     CorruptStatsError,
     RetryPolicy,
     RunningStats,
@@ -110,7 +114,7 @@ def test_out_of_order_batches_within_the_window(raw_client: Any, namespace: str)
     assert [send(5), send(3), send(4), send(3), send(5), send(1)] == [b"1", b"1", b"1", b"0", b"0", b"1"]
     assert [send(1029), send(6), send(1028), send(1029)] == [b"1", b"1", b"1", b"0"]  # 6: 1024th
     with pytest.raises(redis.ResponseError, match="REWARDNORM_STALE"):
-        send(5)  # 1025 behind the latest: cannot be judged
+        send(5)  # 1024 behind the latest: cannot be judged
     assert raw_client.hget(key, "count") == b"7"
     # The record is compact: the highest number and the numbers below it not merged yet.
     assert raw_client.get(record) == b"1029:" + b",".join(str(n).encode() for n in range(7, 1028))
@@ -156,3 +160,38 @@ def test_caller_retry_of_a_different_batch_is_a_new_batch(real_redis_url: str, n
         assert store.update("env", [5.0]).count == 2  # a different batch: counted
         assert store.update("env", [5.0]).count == 3  # same summary, but the last call succeeded
         client.close()
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("who_retries", ["store", "caller", "caller after a timeout"])
+def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
+                                               who_retries: str) -> None:
+    """The asyncio store under the same faults, and a caller whose own timeout cancels the call
+    after the merge ran (``asyncio.wait_for``): still exactly once."""
+    sent = batches(seed=40 + len(who_retries), count=300)
+    hold = 1.0 if who_retries == "caller after a timeout" else 0.0
+    with DropProxy(port_of(real_redis_url), drop_rate=0.05, seed=3, hold=hold) as proxy:
+
+        async def run() -> tuple[int, int]:
+            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+            policy = FAST_RETRY if who_retries == "store" else None
+            store = AsyncStatsStore(client, namespace, retry=policy)
+            norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
+            caller_retries = 0
+            for batch in sent:
+                while True:
+                    try:
+                        await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
+                        break
+                    except (redis.ConnectionError, asyncio.TimeoutError):
+                        assert who_retries != "store"
+                        caller_retries += 1
+            await client.aclose()
+            return caller_retries, store.duplicates
+
+        caller_retries, duplicates = asyncio.run(run())
+    assert proxy.drops >= 5
+    assert duplicates >= 5
+    if who_retries != "store":
+        assert caller_retries == proxy.drops
+    assert_matches_reference(StatsStore(real_client, namespace).get("env"), sent)

@@ -53,7 +53,8 @@ def test_good_scores_become_plain_floats() -> None:
     assert array.dtype == np.float64 and array.tolist() == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("name", ["", "a{b", "a}b", "tab\there", "nl\n", "del\x7f", "x" * 257])
+@pytest.mark.parametrize("name", ["", "a{b", "a}b", "tab\there", "nl\n", "del\x7f", "x" * 257, "c1\x85",
+                                  "line\u2028sep", "para\u2029sep", "lone\ud800"])
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError):
         validate_env(name)

@@ -144,3 +144,15 @@ def test_wrong_type_key_in_get_many(backend: Any, namespace: str, raw_client: An
     with pytest.raises(WrongTypeError) as info:
         store.get_many(["fine", "taken"])
     assert info.value.key == store.key("taken")
+
+
+def test_restore_checks_key_types_before_writing(backend: Any, namespace: str, raw_client: Any) -> None:
+    store = StatsStore(backend, namespace)
+    snapshot = {"format": "shared_rewardnorm.snapshot", "version": 1,
+                "envs": {"aa-first": RunningStats(3, 1.0, 2.0, 0.0, 2.0).to_dict(),
+                         "zz-taken": RunningStats(1, 5.0, 0.0, 5.0, 5.0).to_dict()}}
+    raw_client.set(store.key("zz-taken"), "somebody else's")
+    with pytest.raises(WrongTypeError):
+        store.restore(snapshot)
+    assert store.get("aa-first").is_empty  # nothing was written
+    raw_client.delete(store.key("zz-taken"))

@@ -11,6 +11,7 @@ import redis
 
 from shared_rewardnorm import (
     CorruptStatsError,
+    SharedRewardNormalizer,
     RunningStats,
     StatsOverflowError,
     StatsStore,
@@ -147,7 +148,10 @@ def test_corrupt_fields_are_refused_and_kept(backend: Any, namespace: str, raw_c
     key = store.key("env")
     raw_client.hset(key, field, text)
     before = raw_client.hgetall(key)
-    for operation in (lambda: store.update("env", [1.0]), lambda: store.get("env")):
+    norm = SharedRewardNormalizer("env", store)
+    for operation in (lambda: store.update("env", [1.0]), lambda: store.get("env"),
+                      lambda: store.get_many(["other", "env"]), lambda: store.aggregate(),
+                      lambda: norm.normalize([1.0]), lambda: norm.state_dict(), lambda: norm.metrics_dict()):
         with pytest.raises(CorruptStatsError) as info:
             operation()
         assert info.value.key == key
@@ -222,3 +226,49 @@ def test_store_accepts_urls(real_redis_url: str, namespace: str) -> None:
     finally:
         store.reset("env")
         store.client.close()
+
+
+def test_set_and_reset_repair_a_corrupt_hash(backend: Any, namespace: str, raw_client: Any) -> None:
+    """Merges and reads refuse a corrupt hash; an explicit replacement is how it is repaired."""
+    store = StatsStore(backend, namespace)
+    store.update("env", [1.0, 2.0])
+    raw_client.hset(store.key("env"), "m2", "-3")
+    with pytest.raises(CorruptStatsError):
+        store.get("env")
+    assert store.set("env", RunningStats(2, 1.5, 0.5, 1.0, 2.0)) == store.get("env")
+    raw_client.hset(store.key("env"), "mean", "oops")
+    store.reset("env")
+    assert store.get("env").is_empty
+
+
+def test_an_env_named_like_a_command_cannot_confuse_error_handling(backend: Any, namespace: str,
+                                                                    raw_client: Any) -> None:
+    """A corrupt hash whose key contains "fcall" or "Function not found" is still reported as
+    corrupt (no fallback loop, no wrong exception)."""
+    for env in ("fcall", "Function not found", "'fcall' command"):
+        store = StatsStore(backend, namespace)  # auto mode: FCALL first, then EVALSHA
+        raw_client.hset(store.key(env), mapping={"count": "2", "mean": "x", "m2": "0", "min": "0", "max": "1"})
+        with pytest.raises(CorruptStatsError):
+            store.update(env, [1.0])
+
+
+def test_cluster_failover_errors_are_retried(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLUSTERDOWN and TRYAGAIN (ResponseErrors in redis-py) are transient: sent again."""
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    from shared_rewardnorm import RetryPolicy
+
+    store = StatsStore(None, namespace, functions=False, retry=RetryPolicy(attempts=5, base=0.001, cap=0.001))
+    client = store._scripts._client
+    real_evalsha = client.evalsha
+    failures = [ClusterDownError("CLUSTERDOWN The cluster is down"), TryAgainError("TRYAGAIN")]
+
+    def flaky_evalsha(*args: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real_evalsha(*args)
+
+    monkeypatch.setattr(client, "evalsha", flaky_evalsha)
+    assert store.update("env", [1.0, 2.0]).count == 2
+    assert store.retries == 2
+    store.reset("env")
