@@ -23,7 +23,8 @@ import redis.cluster
 
 from redis_servers import RedisServer, free_port
 from shared_rewardnorm import RunningStats, StatsStore
-from shared_rewardnorm.cli import main, redact, snapshot_masters
+from shared_rewardnorm.cli import main, redact
+from shared_rewardnorm.snapshot import snapshot_masters
 from shared_rewardnorm.connection import close_client
 
 PROG = "shared-rewardnorm"
