@@ -67,7 +67,7 @@ class StaleBatchError(RewardNormError):
 class FunctionsNotLoadedError(RewardNormError):
     """``functions=True`` but the server has no Function library of this version: an
     administrator loads it once with ``StatsStore(...).load_functions()`` (or
-    ``shared-rewardnorm functions load``)."""
+    ``shared-rewardnorm load-functions``)."""
 
 
 _KINDS: dict[str, type[RewardNormError]] = {
