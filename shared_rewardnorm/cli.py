@@ -25,10 +25,9 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-import redis.cluster
 from redis.exceptions import RedisClusterException
 
-from .connection import close_client
+from .connection import close_client, resolve_client
 from .core import parse_snapshot
 from .demo import (
     DemoConfig,
@@ -117,18 +116,12 @@ def _url(args: argparse.Namespace) -> str:
     return args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
 
 
-def connect(url: str, cluster: bool) -> Any:
-    """A client with connect and read timeouts (redis-py's defaults wait forever)."""
-    options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
-    if cluster:
-        return redis.cluster.RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
-
-
 @contextmanager
 def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
-    """The store the global options name; its connections are closed afterwards."""
-    client = connect(_url(args), args.cluster)
+    """The store the global options name, with connect and read timeouts (redis-py's defaults
+    wait forever); its connections are closed afterwards."""
+    client = resolve_client(_url(args), cluster=args.cluster, socket_connect_timeout=CONNECT_TIMEOUT,
+                            socket_timeout=SOCKET_TIMEOUT)
     try:
         yield StatsStore(client, args.namespace or DEFAULT_NAMESPACE, retry=CLI_RETRY)
     finally:

@@ -60,16 +60,18 @@ def _wrong_client(target: Any, expected: str) -> TypeError:
                      f"embedded store; got {type(target).__name__}")
 
 
-def resolve_client(target: Any, *, cluster: bool = False) -> Any:
+def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) -> Any:
     """A sync client for ``target``: a ``redis.Redis`` / ``RedisCluster`` (as is), a URL, or
-    ``None`` (the embedded server)."""
+    ``None`` (the embedded server). ``url_options`` (timeouts, say) go to ``from_url`` when
+    ``target`` is a URL."""
     if target is None:
         import fakeredis
 
         return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
         _check_url(target, cluster)
-        return redis.cluster.RedisCluster.from_url(target) if cluster else redis.Redis.from_url(target)
+        client_class = redis.cluster.RedisCluster if cluster else redis.Redis
+        return client_class.from_url(target, **url_options)
     if isinstance(target, _SYNC_CLIENTS):
         return target
     if isinstance(target, _ASYNC_CLIENTS):

@@ -47,6 +47,18 @@ def _read(key: str) -> Operation[RunningStats]:
     return decode_stored(key, reply)
 
 
+def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
+    """HMGET several keys in one pipeline; the raw replies, after raising the first error among
+    them (a key of another type becomes ``WrongTypeError``)."""
+    replies = yield ReadMany(keys)
+    for key, reply in zip(keys, replies, strict=True):
+        if isinstance(reply, ResponseError):
+            raise ReadStats(key).translate(reply) from reply
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def _replace(key: str, stats: RunningStats) -> Operation[RunningStats]:
     reply = yield RunScript("replace", (key,), (encode_stats(stats),))
     return decode_reply(reply)[0]
@@ -218,15 +230,8 @@ class StoreCore:
         keys = tuple(self.key(env) for env in names)
         if not keys:
             return {}
-        replies = yield ReadMany(keys)
-        result = {}
-        for env, key, reply in zip(names, keys, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                raise ReadStats(key).translate(reply) from reply
-            if isinstance(reply, Exception):
-                raise reply
-            result[env] = decode_stored(key, reply)
-        return result
+        replies = yield from _read_many(keys)
+        return {env: decode_stored(key, reply) for env, key, reply in zip(names, keys, replies, strict=True)}
 
     def _envs_op(self) -> Operation[list[str]]:
         prefix = f"{self._namespace}:{{"
@@ -282,12 +287,10 @@ class StoreCore:
         parsed = parse_snapshot(snapshot)  # everything is checked before the first write...
         keys = tuple(self.key(env) for env in parsed)
         if keys:  # ...including that no target key holds another type (a replace would refuse it)
-            for key, reply in zip(keys, (yield ReadMany(keys)), strict=True):
-                if isinstance(reply, ResponseError):
-                    raise ReadStats(key).translate(reply) from reply
+            yield from _read_many(keys)
         restored = {}
-        for env, stats in parsed.items():
-            restored[env] = yield from _replace(self.key(env), stats)
+        for key, (env, stats) in zip(keys, parsed.items(), strict=True):
+            restored[env] = yield from _replace(key, stats)
         return restored
 
 

@@ -21,7 +21,6 @@ so tests and notebooks can drive the demo directly.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import queue as queue_module
 import signal
@@ -176,11 +175,9 @@ class _WorkerLog:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Exact mean (``math.fsum``) and population standard deviation, two passes."""
-    if not values:
-        return 0.0, 0.0
-    mean = math.fsum(values) / len(values)
-    return mean, math.sqrt(math.fsum((value - mean) ** 2 for value in values) / len(values))
+    """Mean and population standard deviation, two passes (``RunningStats.from_values``)."""
+    stats = RunningStats.from_values(values)
+    return stats.mean, stats.std
 
 
 @dataclass(frozen=True)

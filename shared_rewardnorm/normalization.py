@@ -56,7 +56,8 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
     count = len(values)
     if settings.mode == "none":
         return [float(value) for value in values]
-    if stats.count < settings.warmup:
+    warm = stats.count >= settings.warmup
+    if not warm:
         offset, scale, constant = 0.0, 1.0, None
     elif settings.mode == "zscore":
         std = stats.std
@@ -69,7 +70,6 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
         if clip is not None:
             constant = max(-clip, min(clip, constant))
         return [constant] * count
-    warm = stats.count >= settings.warmup
     if isinstance(values, np.ndarray):
         result = (values - offset) / scale if warm else values.copy()
         if clip is not None:

@@ -28,6 +28,8 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, NoScriptError
 
+from .connection import is_cluster
+
 __all__ = [
     "OPERATIONS",
     "script_source",
@@ -129,7 +131,7 @@ class ClientScripts:
         self._scripts = {name: client.register_script(script_source(name)) for name in OPERATIONS}
         self._functions = {name: function_name(name) for name in OPERATIONS}
         self._send_source = False
-        self._cluster = hasattr(client, "get_node_from_key")
+        self._cluster = is_cluster(client)
 
     @property
     def using_functions(self) -> bool:
