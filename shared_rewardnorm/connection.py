@@ -27,7 +27,8 @@ import redis.asyncio.cluster
 import redis.cluster
 
 __all__ = ["URL_VARIABLE", "resolve_client", "resolve_async_client", "embedded_server", "is_cluster",
-           "close_client", "url_from_environment"]
+           "close_client", "url_from_environment",
+           "check_url"]
 
 #: The environment variable that ``redis=None`` (and the CLI without ``--url``) reads.
 URL_VARIABLE = "SHARED_REWARDNORM_URL"
@@ -64,7 +65,9 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
 
-def _check_url(url: str, cluster: bool, source: str = "redis URL") -> None:
+def check_url(url: str, cluster: bool = False, source: str = "redis URL") -> None:
+    """Raise ``ValueError`` unless ``url`` is a URL this library connects to (``source`` names
+    where it came from in the message); adapters check their settings with it up front."""
     if not url.startswith(_URL_SCHEMES):
         raise ValueError(f"{source} must start with redis://, rediss:// or unix://, got {url!r}")
     if cluster and url.startswith("unix://"):
@@ -77,7 +80,7 @@ def url_from_environment(cluster: bool = False) -> str | None:
     url = os.environ.get(URL_VARIABLE, "").strip()
     if not url:
         return None
-    _check_url(url, cluster, f"${URL_VARIABLE}")
+    check_url(url, cluster, f"${URL_VARIABLE}")
     return url
 
 
@@ -114,7 +117,7 @@ def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) ->
 
         return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
-        _check_url(target, cluster)
+        check_url(target, cluster)
         client_class = redis.cluster.RedisCluster if cluster else redis.Redis
         return client_class.from_url(target, **url_options)
     if isinstance(target, _SYNC_CLIENTS):
@@ -135,7 +138,7 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
         return fakeredis.FakeAsyncRedis(server=embedded_server(), max_connections=ASYNC_POOL_SIZE,
                                         connection_pool_class=redis.asyncio.BlockingConnectionPool)
     if isinstance(target, str):
-        _check_url(target, cluster)
+        check_url(target, cluster)
         if cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(target)
         pool = redis.asyncio.BlockingConnectionPool.from_url(target, max_connections=ASYNC_POOL_SIZE, timeout=None)
