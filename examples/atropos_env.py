@@ -130,7 +130,7 @@ async def demo(redis_url: str | None, steps: int) -> None:
     finally:
         await replicas[0].reward_normalizer.store.reset(replicas[0].reward_norm_env)
         for env in replicas:
-            await env.reward_normalizer.aclose()
+            await env.close_reward_normalizer()
 
 
 def main() -> None:

@@ -155,6 +155,13 @@ class SharedRewardNormMixin:
             self._shared_normalizer_loop = loop
         return self._shared_normalizer
 
+    async def close_reward_normalizer(self) -> None:
+        """Close the shared normalizer's connections (before the event loop that used it ends);
+        a later use opens new ones."""
+        norm, self._shared_normalizer = self._shared_normalizer, None
+        if norm is not None:
+            await norm.aclose()
+
     def _passes_base_env_checks(self, group: Any, abort_on_any_max_length_exceeded: bool) -> bool:
         """Whether ``BaseEnv.handle_send_to_api`` keeps ``group`` (before its equal-scores check):
         the groups it drops must not enter the statistics either."""
