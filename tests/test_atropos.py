@@ -323,6 +323,21 @@ def test_bad_settings_fail_when_the_config_is_built(settings: dict[str, Any], me
         SharedRewardNormConfig(**settings)
 
 
+@pytest.mark.real_redis
+def test_no_url_means_the_url_variable(tokenizer_dir: str, namespace: str, real_redis_url: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reward_norm_redis_url=None`` follows the library's rule: ``$SHARED_REWARDNORM_URL``."""
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", real_redis_url)
+    env = make_env(tokenizer_dir, namespace, None, reward_normalization="zscore")
+    try:
+        drive([env], run_items(env, [{"scores": [0.0, 1.0, 2.0, 3.0]}]))
+        with StatsStore(real_redis_url, namespace) as store:
+            assert store.get("groups_env").count == 4
+    finally:
+        with StatsStore(real_redis_url, namespace) as store:
+            store.reset("groups_env")
+
+
 def test_the_env_name_is_the_class_name_not_wandb_name(tokenizer_dir: str, namespace: str) -> None:
     env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", wandb_name="groups_env_replica_3")
     assert env.reward_norm_env == "groups_env" and env.reward_normalizer.env == "groups_env"

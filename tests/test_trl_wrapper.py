@@ -154,3 +154,15 @@ def test_a_malformed_variable_fails_at_construction(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(URL_VARIABLE, "localhost")
     with pytest.raises(ValueError, match=r"\$SHARED_REWARDNORM_URL must start with redis://"):
         SharedNormRewardFunc(length_reward)
+
+
+@pytest.mark.real_redis
+def test_none_follows_the_url_variable(monkeypatch: pytest.MonkeyPatch, real_redis_url: str, real_client: Any,
+                                       namespace: str) -> None:
+    """The wrapper resolves ``redis=None`` like the library: ``$SHARED_REWARDNORM_URL`` first,
+    also in a pickled copy (which resolves it again where it is unpickled)."""
+    monkeypatch.setenv(URL_VARIABLE, real_redis_url)
+    wrapped = pickle.loads(pickle.dumps(SharedNormRewardFunc(length_reward, namespace=namespace)))
+    wrapped(prompts=PROMPTS, completions=["a", "bb", "ccc", "dddd"])
+    assert StatsStore(real_client, namespace).get("length_reward").count == 4
+    wrapped.close()
