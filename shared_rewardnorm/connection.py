@@ -27,8 +27,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 __all__ = ["URL_VARIABLE", "resolve_client", "resolve_async_client", "embedded_server", "is_cluster",
-           "close_client", "url_from_environment",
-           "check_url"]
+           "close_client", "url_from_environment", "check_url"]
 
 #: The environment variable that ``redis=None`` (and the CLI without ``--url``) reads.
 URL_VARIABLE = "SHARED_REWARDNORM_URL"
