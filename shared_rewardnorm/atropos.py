@@ -178,7 +178,9 @@ class SharedRewardNormMixin:
                                  abort_on_any_max_length_exceeded: bool = True) -> Any:
         """Replace each complete group's ``scores`` with the shared normalization of them, then
         hand the groups to ``BaseEnv.handle_send_to_api`` (the API, or the JSONL file in
-        ``process`` mode)."""
+        ``process`` mode). If the store stays unreachable after the store's retries, the error
+        propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores never go out
+        in place of normalized ones."""
         norm = self.reward_normalizer
         if norm is not None:
             groups = scored_data if isinstance(scored_data, list) else [scored_data]
