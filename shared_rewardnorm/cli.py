@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.exceptions import RedisClusterException
 
-from .connection import close_client, resolve_client
+from .connection import URL_VARIABLE, close_client, resolve_client, url_from_environment
 from .core import parse_snapshot
 from .demo import (
     DemoConfig,
@@ -48,7 +47,6 @@ from .store import StatsStore
 __all__ = ["main", "build_parser"]
 
 PROG = "shared-rewardnorm"
-URL_VARIABLE = "SHARED_REWARDNORM_URL"
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_NAMESPACE = "rewardnorm"
 #: A CLI must not hang for the OS's two-minute TCP timeout on an unreachable host.
@@ -113,7 +111,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: S
 
 
 def _url(args: argparse.Namespace) -> str:
-    return args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    return args.url or url_from_environment(args.cluster) or DEFAULT_URL
 
 
 @contextmanager

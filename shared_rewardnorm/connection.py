@@ -3,13 +3,21 @@
 ``redis=`` takes a ready client (used as is: its pool, retries and protocol are the caller's
 choice): ``redis.Redis`` or ``redis.cluster.RedisCluster`` for the sync classes, their
 ``redis.asyncio`` twins for the async ones. It also takes a URL (``redis://``, ``rediss://``,
-``unix://``; ``cluster=True`` connects to a Redis Cluster through that seed node), or ``None``:
-the embedded store, fakeredis with Lua, so the library works with no server at all. All
-embedded clients of one process share one embedded server, as clients of a real one do.
+``unix://``; ``cluster=True`` connects to a Redis Cluster through that seed node), or ``None``.
+
+``None`` fails safe in a fleet: it means the URL in ``$SHARED_REWARDNORM_URL`` when that is set
+(so one exported variable points every process, every adapter and the CLI at the same server),
+and only otherwise the embedded store, fakeredis with Lua, so the library works with no server
+at all. The embedded store is local to the process, which is wrong for a fleet that forgot the
+variable, so its first use in a process logs one warning (``logging``, logger
+``shared_rewardnorm``). All embedded clients of one process share one embedded server, as
+clients of a real one do.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from typing import Any
 
@@ -18,10 +26,18 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-__all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster", "close_client"]
+__all__ = ["URL_VARIABLE", "resolve_client", "resolve_async_client", "embedded_server", "is_cluster",
+           "close_client", "url_from_environment", "check_url"]
+
+#: The environment variable that ``redis=None`` (and the CLI without ``--url``) reads.
+URL_VARIABLE = "SHARED_REWARDNORM_URL"
+
+logger = logging.getLogger("shared_rewardnorm")
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None
+#: The process that last logged the local-statistics warning (a forked child warns again).
+_warned_pid: int | None = None
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 #: Connections of an asyncio client this library creates. Coroutines beyond this many wait for a
@@ -48,11 +64,40 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
 
-def _check_url(url: str, cluster: bool) -> None:
+def check_url(url: str, cluster: bool = False, source: str = "redis URL") -> None:
+    """Raise ``ValueError`` unless ``url`` is a URL this library connects to (``source`` names
+    where it came from in the message); adapters check their settings with it up front."""
     if not url.startswith(_URL_SCHEMES):
-        raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {url!r}")
+        raise ValueError(f"{source} must start with redis://, rediss:// or unix://, got {url!r}")
     if cluster and url.startswith("unix://"):
-        raise ValueError("a Redis Cluster is reached over TCP: use a redis:// or rediss:// URL")
+        raise ValueError(f"a Redis Cluster is reached over TCP: {source} must be a redis:// or rediss:// URL")
+
+
+def url_from_environment(cluster: bool = False) -> str | None:
+    """``$SHARED_REWARDNORM_URL`` if set and non-empty. A malformed value raises ``ValueError``
+    naming the variable: a typo must not quietly fall back to process-local statistics."""
+    url = os.environ.get(URL_VARIABLE, "").strip()
+    if not url:
+        return None
+    check_url(url, cluster, f"${URL_VARIABLE}")
+    return url
+
+
+def _default_target(cluster: bool) -> str | None:
+    """What ``redis=None`` means: the variable's URL, else ``None`` (the embedded store, after
+    the once-per-process warning)."""
+    global _warned_pid
+    url = url_from_environment(cluster)
+    if url is not None:
+        return url
+    with _embedded_lock:
+        first = _warned_pid != os.getpid()
+        _warned_pid = os.getpid()
+    if first:
+        logger.warning("shared_rewardnorm: redis=None and $%s is unset, so the statistics live in an embedded "
+                       "store local to this process (pid %d), not shared with any other process; set $%s or "
+                       "pass redis= to share them", URL_VARIABLE, os.getpid(), URL_VARIABLE)
+    return None
 
 
 def _wrong_client(target: Any, expected: str) -> TypeError:
@@ -62,14 +107,16 @@ def _wrong_client(target: Any, expected: str) -> TypeError:
 
 def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) -> Any:
     """A sync client for ``target``: a ``redis.Redis`` / ``RedisCluster`` (as is), a URL, or
-    ``None`` (the embedded server). ``url_options`` (timeouts, say) go to ``from_url`` when
-    ``target`` is a URL."""
+    ``None`` (``$SHARED_REWARDNORM_URL``, else the embedded server). ``url_options`` (timeouts,
+    say) go to ``from_url`` when ``target`` is a URL."""
+    if target is None:
+        target = _default_target(cluster)
     if target is None:
         import fakeredis
 
         return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
-        _check_url(target, cluster)
+        check_url(target, cluster)
         client_class = redis.cluster.RedisCluster if cluster else redis.Redis
         return client_class.from_url(target, **url_options)
     if isinstance(target, _SYNC_CLIENTS):
@@ -81,14 +128,16 @@ def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) ->
 
 def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
     """An asyncio client for ``target``: a ``redis.asyncio.Redis`` / ``RedisCluster`` (as is),
-    a URL, or ``None`` (the embedded server)."""
+    a URL, or ``None`` (``$SHARED_REWARDNORM_URL``, else the embedded server)."""
+    if target is None:
+        target = _default_target(cluster)
     if target is None:
         import fakeredis
 
         return fakeredis.FakeAsyncRedis(server=embedded_server(), max_connections=ASYNC_POOL_SIZE,
                                         connection_pool_class=redis.asyncio.BlockingConnectionPool)
     if isinstance(target, str):
-        _check_url(target, cluster)
+        check_url(target, cluster)
         if cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(target)
         pool = redis.asyncio.BlockingConnectionPool.from_url(target, max_connections=ASYNC_POOL_SIZE, timeout=None)

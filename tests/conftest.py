@@ -18,9 +18,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import drop_namespace, require_binaries, unavailable  # noqa: E402
 from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
-from shared_rewardnorm.connection import embedded_server  # noqa: E402
+from shared_rewardnorm.connection import URL_VARIABLE, embedded_server  # noqa: E402
 
 REAL_REDIS_URL = os.environ.get("SHARED_REWARDNORM_TEST_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True)
+def _no_url_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``redis=None`` means ``$SHARED_REWARDNORM_URL`` when it is set: a developer's exported
+    variable must not turn the embedded-store tests into tests of their server. Tests of the
+    variable set it themselves."""
+    monkeypatch.delenv(URL_VARIABLE, raising=False)
 
 
 @pytest.fixture(scope="session")
