@@ -9,8 +9,12 @@
 -- Helpers that find a problem return nil plus an error reply and never raise, so an operation
 -- stops before it writes anything.
 
--- The fields of a stats hash, in the order operations receive and return them.
+-- The stats schema, named once for Lua (shared_rewardnorm/schema.py names it once for Python;
+-- tests/test_schema.py checks that both agree). Every list of fields below derives from these.
+-- The totals, in the order operations receive and return them:
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
+-- Written beside the statistics for people reading the hash with redis-cli; never read back:
+local DISPLAY_FIELDS = {'std'}
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
 local MAX_COUNT = 9007199254740991
@@ -40,7 +44,10 @@ end
 -- arguments and CORRUPT for stored fields; `min_count` is 1 for a batch, 0 for a replacement.
 local function parse_stats(key, texts, kind, min_count)
   local stats = {}
-  for i = 1, 5 do
+  for i = 1, #STAT_FIELDS do
+    if texts[i] == false then  -- HMGET's answer for an absent field
+      return nil, error_for(kind, key, STAT_FIELDS[i] .. ' is missing')
+    end
     local value = parse_finite(texts[i])
     if value == nil then
       return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
@@ -63,20 +70,30 @@ local function parse_stats(key, texts, kind, min_count)
   return stats
 end
 
--- Parse the stats argument: "count mean m2 min max", five numbers separated by single spaces
--- (one argument rather than five: fewer arguments make every call cheaper to send).
-local function parse_stats_arg(key, text, min_count)
+-- Split argument `label` into exactly #names words separated by single spaces, or nil plus
+-- an error reply naming the expected form ('stats must be "count mean m2 min max"').
+local function split_words(key, label, text, names)
   local texts = {}
   local start = 1
-  for i = 1, 4 do
+  for i = 1, #names - 1 do
     local space = type(text) == 'string' and string.find(text, ' ', start, true)
     if not space then
-      return nil, error_for('INVALID', key, 'stats must be "count mean m2 min max", got ' .. quoted(text))
+      return nil, error_for('INVALID', key, label .. ' must be "' .. table.concat(names, ' ') .. '", got ' .. quoted(text))
     end
     texts[i] = string.sub(text, start, space - 1)
     start = space + 1
   end
-  texts[5] = string.sub(text, start)
+  texts[#names] = string.sub(text, start)
+  return texts
+end
+
+-- Parse the stats argument: "count mean m2 min max", five numbers separated by single spaces
+-- (one argument rather than five: fewer arguments make every call cheaper to send).
+local function parse_stats_arg(key, text, min_count)
+  local texts, err = split_words(key, 'stats', text, STAT_FIELDS)
+  if err then
+    return nil, err
+  end
   return parse_stats(key, texts, 'INVALID', min_count)
 end
 
@@ -106,30 +123,26 @@ end
 
 -- Read a stored stats hash: nil when absent, the parsed table, or nil plus an error reply.
 local function read_stats(key)
-  local stored, err = read_key(key, 'hash', 'HMGET', 'count', 'mean', 'm2', 'min', 'max')
+  local stored, err = read_key(key, 'hash', 'HMGET', unpack(STAT_FIELDS))
   if err then
     return nil, err
   end
-  if stored[1] == false and stored[2] == false and stored[3] == false
-      and stored[4] == false and stored[5] == false then
-    return nil
+  for i = 1, #STAT_FIELDS do
+    if stored[i] ~= false then
+      return parse_stats(key, stored, 'CORRUPT', 1)
+    end
   end
-  return parse_stats(key, stored, 'CORRUPT', 1)
+  return nil
 end
 
 -- Format stats as text: Redis would truncate Lua numbers in a reply to integers, and tostring
 -- keeps only 14 digits. Absent stats (nil) format as zeros: count 0 means empty.
 local function format_stats(stats)
-  if stats == nil then
-    return {'0', '0', '0', '0', '0'}
+  local texts = {string.format('%d', stats and stats.count or 0)}
+  for i = 2, #STAT_FIELDS do
+    texts[i] = string.format('%.17g', stats and stats[STAT_FIELDS[i]] or 0)
   end
-  return {
-    string.format('%d', stats.count),
-    string.format('%.17g', stats.mean),
-    string.format('%.17g', stats.m2),
-    string.format('%.17g', stats.min),
-    string.format('%.17g', stats.max),
-  }
+  return texts
 end
 
 -- Store stats with a human-readable std; returns their texts.
@@ -139,8 +152,14 @@ local function write_stats(key, stats)
     std = math.sqrt(stats.m2 / stats.count)
   end
   local texts = format_stats(stats)
-  redis.call('HSET', key, 'count', texts[1], 'mean', texts[2], 'm2', texts[3],
-    'min', texts[4], 'max', texts[5], 'std', string.format('%.17g', std))
+  local fields = {}
+  for i = 1, #STAT_FIELDS do
+    fields[2 * i - 1] = STAT_FIELDS[i]
+    fields[2 * i] = texts[i]
+  end
+  fields[#fields + 1] = DISPLAY_FIELDS[1]
+  fields[#fields + 1] = string.format('%.17g', std)
+  redis.call('HSET', key, unpack(fields))
   return texts
 end
 

@@ -55,55 +55,55 @@ class AsyncStatsStore(StoreCore):
 
     async def update(self, env: str, values: Any) -> RunningStats:
         """See ``StatsStore.update``."""
-        return await self._run(self._update_op(env, values))
+        return await self.run(self._update_op(env, values))
 
     async def merge(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.merge``."""
-        return await self._run(self._merge_op(env, stats))
+        return await self.run(self._merge_op(env, stats))
 
     async def get(self, env: str) -> RunningStats:
         """See ``StatsStore.get``."""
-        return await self._run(self._get_op(env))
+        return await self.run(self._get_op(env))
 
     async def set(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.set``."""
-        return await self._run(self._set_op(env, stats))
+        return await self.run(self._set_op(env, stats))
 
     async def reset(self, env: str) -> None:
         """See ``StatsStore.reset``."""
-        await self._run(self._reset_op(env))
+        await self.run(self._reset_op(env))
 
     async def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
         """See ``StatsStore.get_many``."""
-        return await self._run(self._get_many_op(envs))
+        return await self.run(self._get_many_op(envs))
 
     async def envs(self) -> list[str]:
         """See ``StatsStore.envs``."""
-        return await self._run(self._envs_op())
+        return await self.run(self._envs_op())
 
     async def all(self) -> dict[str, RunningStats]:
         """See ``StatsStore.all``."""
-        return await self._run(self._all_op())
+        return await self.run(self._all_op())
 
     async def aggregate(self, envs: Iterable[str] | None = None) -> RunningStats:
         """See ``StatsStore.aggregate``."""
-        return await self._run(self._aggregate_op(envs))
+        return await self.run(self._aggregate_op(envs))
 
     async def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """See ``StatsStore.metrics``."""
-        return await self._run(self._metrics_op(envs))
+        return await self.run(self._metrics_op(envs))
 
     async def export(self) -> dict[str, Any]:
         """See ``StatsStore.export``."""
-        return await self._run(self._export_op())
+        return await self.run(self._export_op())
 
     async def restore(self, snapshot: Any) -> dict[str, RunningStats]:
         """See ``StatsStore.restore``."""
-        return await self._run(self._restore_op(snapshot))
+        return await self.run(self._restore_op(snapshot))
 
     async def load_functions(self) -> str:
         """See ``StatsStore.load_functions``."""
-        return await self._run(self._load_functions_op())
+        return await self.run(self._load_functions_op())
 
     async def aclose(self) -> None:
         """Close the connections of a client this store created (from a URL or the embedded
@@ -117,8 +117,10 @@ class AsyncStatsStore(StoreCore):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self, operation: Operation[T]) -> T:
-        """Drive an operation: await each request it yields, hand back the reply."""
+    async def run(self, operation: Operation[T]) -> T:
+        """Drive an operation of the core (a generator of requests, see ``core.py``): await each
+        request it yields, hand back the reply, return the operation's result. The public seam
+        for new operations; every method of this class is one call of it."""
         reply = None
         while True:
             try:
@@ -186,20 +188,20 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
 
     async def normalize(self, scores: Any) -> list[float]:
         """See ``SharedRewardNormalizer.normalize``."""
-        return await self._store._run(self._normalize_op(scores))
+        return await self._store.run(self._normalize_op(scores))
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""
-        return await self._store._run(self._refresh_op())
+        return await self._store.run(self._refresh_op())
 
     async def metrics_dict(self) -> dict[str, float]:
         """See ``SharedRewardNormalizer.metrics_dict``."""
-        return await self._store._run(self._metrics_op())
+        return await self._store.run(self._metrics_op())
 
     async def state_dict(self) -> dict[str, Any]:
         """See ``SharedRewardNormalizer.state_dict``."""
-        return await self._store._run(self._state_dict_op())
+        return await self._store.run(self._state_dict_op())
 
     async def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """See ``SharedRewardNormalizer.load_state_dict``."""
-        await self._store._run(self._load_state_dict_op(state))
+        await self._store.run(self._load_state_dict_op(state))

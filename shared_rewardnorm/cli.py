@@ -40,6 +40,7 @@ from .demo import (
 )
 from .errors import RewardNormError
 from .retry import RetryPolicy
+from .schema import STAT_FIELDS
 from .scripts import OPERATIONS, function_library, script_source
 from .snapshot import snapshot_masters
 from .stats import RunningStats
@@ -154,8 +155,7 @@ def stats_table(found: Mapping[str, RunningStats]) -> str:
 def stats_json(namespace: str, found: Mapping[str, RunningStats]) -> dict[str, Any]:
     """``stats --json``: every field of every env, exact (floats round-trip through JSON)."""
     def fields(stats: RunningStats) -> dict[str, Any]:
-        return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min,
-                "max": stats.max, "m2": stats.m2}
+        return {**{name: getattr(stats, name) for name in STAT_FIELDS}, "std": stats.std}
 
     return {"namespace": namespace, "envs": {env: fields(found[env]) for env in sorted(found)},
             "aggregate": fields(aggregate_of(found))}

@@ -71,22 +71,22 @@ class SharedRewardNormalizer(NormalizerCore):
         nothing, as in the reference). Bad scores raise ``TypeError``/``ValueError`` naming the
         first bad position, and nothing is stored.
         """
-        return self._store._run(self._normalize_op(scores))
+        return self._store.run(self._normalize_op(scores))
 
     def refresh(self) -> RunningStats:
         """Read the shared statistics into this normalizer (one round trip) and return them."""
-        return self._store._run(self._refresh_op())
+        return self._store.run(self._refresh_op())
 
     def metrics_dict(self) -> dict[str, float]:
         """Fresh statistics for ``wandb.log``, with the reference's keys."""
-        return self._store._run(self._metrics_op())
+        return self._store.run(self._metrics_op())
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint in the reference's format (settings plus the shared accumulator)."""
-        return self._store._run(self._state_dict_op())
+        return self._store.run(self._state_dict_op())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a checkpoint (ours or the reference's): settings locally, and the accumulator
         into the shared store, replacing what every process sees. The whole state is validated
         before anything changes."""
-        self._store._run(self._load_state_dict_op(state))
+        self._store.run(self._load_state_dict_op(state))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import CorruptStatsError
+from .schema import STAT_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
 __all__ = [
@@ -23,11 +24,6 @@ __all__ = [
     "decode_stored",
     "batch_record_key",
 ]
-
-#: Fields of a stats hash, in the order scripts take and return them. ``std`` is also stored,
-#: for people reading the hash with ``redis-cli``, but never read back.
-STAT_FIELDS = ("count", "mean", "m2", "min", "max")
-
 
 def encode_stats(stats: RunningStats) -> str:
     """The stats argument of a script, ``"count mean m2 min max"``: fixed-width text, so every
@@ -76,6 +72,8 @@ def decode_stored(key: str, values: Sequence[Any]) -> RunningStats:
     texts = [None if value is None else as_text(value) for value in values]
     parsed: list[Any] = []
     for field, text in zip(STAT_FIELDS, texts, strict=True):
+        if text is None:
+            raise CorruptStatsError(f"corrupt stats hash {key}: {field} is missing", key=key, field=field)
         number = _parse_field(field, text)
         if number is None:
             raise CorruptStatsError(f"corrupt stats hash {key}: {field} is {text!r}", key=key, field=field)
@@ -89,10 +87,8 @@ def decode_stored(key: str, values: Sequence[Any]) -> RunningStats:
     return RunningStats(count, mean, m2, low, high)
 
 
-def _parse_field(field: str, text: str | None) -> int | float | None:
+def _parse_field(field: str, text: str) -> int | float | None:
     """The number in one stored field, with the same rules as the scripts' parsers."""
-    if text is None:
-        return None
     if not text or any(char not in "0123456789eE.+-" for char in text):
         return None
     try:

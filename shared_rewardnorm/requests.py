@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from redis.exceptions import ResponseError
 
 from .errors import WrongTypeError, translate_response_error
-from .protocol import STAT_FIELDS
+from .schema import STAT_FIELDS
 from .scripts import ClientScripts, function_library
 
 __all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "Request", "Operation"]
