@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
+from .envinfo import EnvInfo
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -72,6 +73,22 @@ class AsyncStatsStore(StoreCore):
     async def reset(self, env: str) -> None:
         """See ``StatsStore.reset``."""
         await self.run(self._reset_op(env))
+
+    async def info(self, env: str) -> EnvInfo:
+        """See ``StatsStore.info``."""
+        return await self.run(self._info_op(env))
+
+    async def configure(self, env: str, *, half_life: float | None) -> bool:
+        """See ``StatsStore.configure``."""
+        return await self.run(self._configure_op(env, half_life))
+
+    async def freeze(self, env: str) -> bool:
+        """See ``StatsStore.freeze``."""
+        return await self.run(self._freeze_op(env, True))
+
+    async def unfreeze(self, env: str) -> bool:
+        """See ``StatsStore.unfreeze``."""
+        return await self.run(self._freeze_op(env, False))
 
     async def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
         """See ``StatsStore.get_many``."""
@@ -165,10 +182,11 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
     """
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
+                 statistics: str = "total") -> None:
         self._owns_store = not isinstance(redis, AsyncStatsStore)
         self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
 
     async def aclose(self) -> None:
         """Close the store this normalizer created; a store passed in is the caller's to close."""
@@ -186,9 +204,9 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         """The store holding the shared statistics."""
         return self._store
 
-    async def normalize(self, scores: Any) -> list[float]:
+    async def normalize(self, scores: Any, update: bool = True) -> list[float]:
         """See ``SharedRewardNormalizer.normalize``."""
-        return await self._store.run(self._normalize_op(scores))
+        return await self._store.run(self._normalize_op(scores, update))
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""

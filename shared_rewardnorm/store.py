@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from .connection import close_client, resolve_client
 from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, StoreCore
+from .envinfo import EnvInfo
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -85,12 +86,36 @@ class StatsStore(StoreCore):
         return self.run(self._get_op(env))
 
     def set(self, env: str, stats: RunningStats) -> RunningStats:
-        """Replace ``env``'s statistics atomically (empty stats delete the hash)."""
+        """Replace ``env``'s statistics atomically. The configuration (half-life, frozen flag)
+        stays; the decayed statistics restart empty and the merge count from 0."""
         return self.run(self._set_op(env, stats))
 
     def reset(self, env: str) -> None:
-        """Forget ``env``'s statistics."""
+        """Forget ``env``'s statistics (totals, decayed statistics, merges, last update). Its
+        configuration stays: a half-life and the frozen flag are kept."""
         self.run(self._reset_op(env))
+
+    def info(self, env: str) -> EnvInfo:
+        """Everything stored about ``env`` in one read: totals, decayed statistics (``None``
+        without a half-life), half-life, frozen flag, merges and the time of the last one."""
+        return self.run(self._info_op(env))
+
+    def configure(self, env: str, *, half_life: float | None) -> bool:
+        """Set ``env``'s half-life in samples (``None``: keep no decayed statistics), for every
+        writer at once. Setting or changing it starts the decayed statistics afresh (they then
+        follow the definition for the batches merged from now on); setting the same value
+        again changes nothing. Returns whether anything changed."""
+        return self.run(self._configure_op(env, half_life))
+
+    def freeze(self, env: str) -> bool:
+        """Freeze ``env``: until ``unfreeze``, every merge from every process adds nothing
+        (batches sent meanwhile are never counted, not even when retried later) while reads and
+        normalization keep working. Returns whether the flag changed."""
+        return self.run(self._freeze_op(env, True))
+
+    def unfreeze(self, env: str) -> bool:
+        """Let merges into ``env`` count again. Returns whether the flag changed."""
+        return self.run(self._freeze_op(env, False))
 
     def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
         """Statistics of several envs in one round trip per server (empty for absent envs)."""
@@ -119,7 +144,9 @@ class StatsStore(StoreCore):
 
     def restore(self, snapshot: Any) -> dict[str, RunningStats]:
         """Write a snapshot's envs (replacing their statistics; other envs are untouched).
-        The whole snapshot is validated before anything is written."""
+        The whole snapshot is validated before anything is written. A version-2 snapshot sets
+        everything it holds (decayed statistics, half-life, frozen flag, activity); a version-1
+        snapshot replaces the totals as ``set`` does, keeping each env's configuration."""
         return self.run(self._restore_op(snapshot))
 
     def load_functions(self) -> str:

@@ -186,7 +186,8 @@ def test_export_to_stdout_and_import_from_stdin(cli: Any, seeded: StatsStore, mo
     code, out, _ = cli("export", "-")
     assert code == 0
     exported = json.loads(out)
-    assert exported["envs"] == {env: stats.to_dict() for env, stats in seeded.all().items()}
+    assert exported["version"] == 2
+    assert exported["envs"] == {env: seeded.info(env).to_dict() for env in seeded.all()}
     before = seeded.all()
     for env in before:
         seeded.reset(env)

@@ -13,32 +13,35 @@ import pytest
 from shared_rewardnorm import CorruptStatsError, SharedRewardNormalizer, StatsStore, schema
 from shared_rewardnorm.scripts import _read_lua
 
-_LUA_TABLE = re.compile(r"^local (\w+_FIELDS) = \{([^}]*)\}", re.MULTILINE)
+#: Every field list Python names, including the derived ones (their order is the reply order).
+NAMES = (*schema.GROUPS, "ENV_FIELDS", "STATE_FIELDS")
 
 
-def lua_schema() -> dict[str, tuple[str, ...]]:
-    """Every ``local NAME_FIELDS = {'a', 'b'}`` table of stats_lib.lua, by name."""
-    tables = {}
-    for name, body in _LUA_TABLE.findall(_read_lua("stats_lib")):
-        tables[name] = tuple(re.findall(r"'([^']*)'", body))
-    return tables
+def test_lua_and_python_name_the_same_fields(raw_client: Any) -> None:
+    """Run stats_lib.lua itself and return its tables: the Lua definitions as the scripts see
+    them (a name missing in Lua fails as an undefined variable)."""
+    probe = _read_lua("stats_lib") + "\nreturn {" + ", ".join(NAMES) + "}"
+    lua = raw_client.eval(probe, 0)
+    assert {name: tuple(field.decode() for field in fields) for name, fields in zip(NAMES, lua, strict=True)} == {
+        name: getattr(schema, name) for name in NAMES}
 
 
-def python_schema() -> dict[str, tuple[str, ...]]:
-    return {name: getattr(schema, name) for name in schema.__all__ if name.endswith("_FIELDS")}
-
-
-def test_lua_and_python_name_the_same_fields() -> None:
-    lua, python = lua_schema(), python_schema()
-    assert lua, "no *_FIELDS table found in stats_lib.lua"
-    assert lua == python
+def test_every_lua_field_table_is_compared() -> None:
+    """A new ``local X_FIELDS = {...}`` in stats_lib.lua must be named in schema.py too."""
+    defined = set(re.findall(r"^local (\w+_FIELDS) =", _read_lua("stats_lib"), re.MULTILINE))
+    assert defined == set(NAMES)
 
 
 def test_a_merge_stores_exactly_the_schema(backend: Any, namespace: str, raw_client: Any) -> None:
     store = StatsStore(backend, namespace)
     store.update("env", [1.0, 2.0, 4.0])
     stored = {field.decode() for field in raw_client.hkeys(store.key("env"))}
-    assert stored == set(schema.STAT_FIELDS) | set(schema.DISPLAY_FIELDS)
+    assert stored == {*schema.STAT_FIELDS, *schema.ACTIVITY_FIELDS, *schema.DISPLAY_FIELDS}
+    store.configure("env", half_life=100)
+    store.update("env", [3.0])
+    store.freeze("env")
+    stored = {field.decode() for field in raw_client.hkeys(store.key("env"))}
+    assert stored == {*schema.ENV_FIELDS, *schema.DISPLAY_FIELDS}
 
 
 @pytest.mark.parametrize("field", schema.STAT_FIELDS)
