@@ -78,6 +78,10 @@ class AsyncStatsStore(StoreCore):
         """See ``StatsStore.info``."""
         return await self.run(self._info_op(env))
 
+    async def infos(self, envs: Iterable[str] | None = None) -> dict[str, EnvInfo]:
+        """See ``StatsStore.infos``."""
+        return await self.run(self._selected_infos_op(envs))
+
     async def configure(self, env: str, *, half_life: float | None) -> bool:
         """See ``StatsStore.configure``."""
         return await self.run(self._configure_op(env, half_life))

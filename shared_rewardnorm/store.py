@@ -100,6 +100,11 @@ class StatsStore(StoreCore):
         without a half-life), half-life, frozen flag, merges and the time of the last one."""
         return self.run(self._info_op(env))
 
+    def infos(self, envs: Iterable[str] | None = None) -> dict[str, EnvInfo]:
+        """``info`` of several envs in one round trip per server, or of every env in the
+        namespace with statistics (``None``)."""
+        return self.run(self._selected_infos_op(envs))
+
     def configure(self, env: str, *, half_life: float | None) -> bool:
         """Set ``env``'s half-life in samples (``None``: keep no decayed statistics), for every
         writer at once. Setting or changing it starts the decayed statistics afresh (they then
