@@ -4,9 +4,11 @@ Starts a private ``redis-server`` (free loopback port, temp dir, no persistence)
 else's commands are counted, then alternates rounds: CONFIG RESETSTAT, N pipelined no-op
 EVALSHAs, read ``cmdstat_evalsha``; CONFIG RESETSTAT, N pipelined merges (each a new batch of
 one client, so each writes the stats hash and the batch record), read again. Every round gives
-usec per call of both and their ratio; the table reports the median and quartiles.
+usec per call of both and their ratio; the table reports the median and quartiles. With
+``--baseline REV`` the merge script of that git revision (its stats_lib.lua and merge.lua) runs
+in the same rounds, into its own env, so a change is measured against what it replaces.
 
-    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--redis-server PATH]
+    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV]
 
 Asserts nothing: it prints measurements.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -55,25 +58,37 @@ def _timed(client: redis.Redis, calls: list[tuple[str, tuple[str, ...], tuple[st
     return usec / count
 
 
-def measure(client: redis.Redis, calls: int, rounds: int) -> dict[str, list[float]]:
-    """Per round: usec per no-op, usec per merge, and their ratio."""
+def baseline_source(revision: str) -> str:
+    """The merge script as it was at a git revision of this repository."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{revision}:{path}"], cwd=HERE.parent, check=True,
+                              capture_output=True, text=True).stdout
+
+    return show("lua/stats_lib.lua") + "\n" + show("lua/merge.lua")
+
+
+def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None) -> dict[str, list[float]]:
+    """Per round: usec per no-op and per merge (and per baseline merge), and the ratios."""
     noop_sha = client.script_load(NOOP)
-    merge_sha = client.script_load(script_source("merge"))
-    key = "cost:{env}"
-    record = batch_record_key(key, "0123456789abcdef")
+    merges = {"merge": client.script_load(script_source("merge"))}
+    if baseline is not None:
+        merges["baseline"] = client.script_load(baseline)
     summary = encode_stats(RunningStats.from_values([0.25, 1.5, -0.75, 2.0]))
     sequence = 0
-    results: dict[str, list[float]] = {"noop": [], "merge": [], "ratio": []}
+    results: dict[str, list[float]] = {name: [] for name in ("noop", *merges, *(f"{m}/noop" for m in merges))}
     for _ in range(rounds):
         noop = _timed(client, [(noop_sha, (), ())] * calls)
-        batch = []
-        for _ in range(calls):
-            sequence += 1
-            batch.append((merge_sha, (key, record), (summary, encode_sequence(sequence), "86400")))
-        merge = _timed(client, batch)
         results["noop"].append(noop)
-        results["merge"].append(merge)
-        results["ratio"].append(merge / noop)
+        for name, sha in merges.items():
+            key = f"cost:{{{name}}}"
+            record = batch_record_key(key, "0123456789abcdef")
+            batch = []
+            for _ in range(calls):
+                sequence += 1
+                batch.append((sha, (key, record), (summary, encode_sequence(sequence), "86400")))
+            usec = _timed(client, batch)
+            results[name].append(usec)
+            results[f"{name}/noop"].append(usec / noop)
     return results
 
 
@@ -81,19 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20000, help="calls per round and kind")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--baseline", metavar="REV", help="also time the merge script of this git revision")
     args = parser.parse_args(argv)
+    baseline = None if args.baseline is None else baseline_source(args.baseline)
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory), NO_PERSISTENCE) as server:
         client = redis.Redis.from_url(server.url)
         version = client.info("server")["redis_version"]
-        results = measure(client, args.calls, args.rounds)
+        results = measure(client, args.calls, args.rounds, baseline)
         client.close()
     print(f"redis-server {version}, {args.rounds} interleaved rounds of {args.calls} pipelined calls each")
-    print(f"{'':24}{'q1':>10}{'median':>10}{'q3':>10}")
-    for name, label in (("noop", "no-op EVALSHA (us)"), ("merge", "merge + record (us)"),
-                        ("ratio", "merge / no-op")):
-        q1, median, q3 = quartiles(results[name])
-        print(f"{label:24}{q1:10.2f}{median:10.2f}{q3:10.2f}")
-    print(f"median of per-round ratios: {statistics.median(results['ratio']):.1f}x")
+    print(f"{'':28}{'q1':>10}{'median':>10}{'q3':>10}")
+    labels = {"noop": "no-op EVALSHA (us)", "merge": "merge + record (us)", "baseline": f"{args.baseline} merge (us)",
+              "merge/noop": "merge / no-op", "baseline/noop": f"{args.baseline} / no-op"}
+    for name, values in results.items():
+        q1, median, q3 = quartiles(values)
+        print(f"{labels[name]:28}{q1:10.2f}{median:10.2f}{q3:10.2f}")
+    if baseline is not None:
+        ratios = [new / old for new, old in zip(results["merge"], results["baseline"])]
+        print(f"merge / {args.baseline} merge, median of per-round ratios: {statistics.median(ratios):.2f}")
     return 0
 
 
