@@ -1,7 +1,7 @@
 -- stats_lib.lua: helpers shared by every operation that reads or writes a stats hash.
 --
 -- Not an operation of its own. As a script, an operation is this file followed by the
--- operation's file (merge.lua, replace.lua); in the Redis Function library, this file is the
+-- operation's file (merge.lua, replace.lua, ...); in the Redis Function library, this file is the
 -- library's top level and each operation's file the body of a function(KEYS, ARGV). Either
 -- way validation is written once. `shared-rewardnorm lua NAME` prints an assembled script,
 -- `shared-rewardnorm lua library` the Function library.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidStatsError
+from .schema import STAT_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
 __all__ = ["DecayedStats", "EnvInfo"]
@@ -104,8 +105,11 @@ class EnvInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-safe form of a version-2 snapshot entry: the reference's accumulator fields
-        plus ``decayed``, ``half_life``, ``frozen``, ``merges`` and ``updated_at``."""
-        return {**self.stats.to_dict(), "decayed": None if self.decayed is None else self.decayed.to_dict(),
+        plus ``decayed``, ``half_life``, ``frozen``, ``merges`` and ``updated_at``. An env with
+        configuration but no statistics writes zeros, not the reference's ``min=inf``: strict
+        JSON has no infinity."""
+        totals = self.stats.to_dict() if self.stats.count else {name: 0.0 for name in STAT_FIELDS} | {"count": 0}
+        return {**totals, "decayed": None if self.decayed is None else self.decayed.to_dict(),
                 "half_life": self.half_life, "frozen": self.frozen, "merges": self.merges,
                 "updated_at": self.updated_at}
 

@@ -4,6 +4,7 @@ when retried after an unfreeze."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import random
 from typing import Any
@@ -66,8 +67,11 @@ def test_freeze_an_env_without_statistics(backend: Any, namespace: str, raw_clie
     info = store.info("new")
     assert info.frozen and info.stats.is_empty and "new" in store.envs()
     assert store.update("new", [1.0]).is_empty
+    snapshot = json.loads(json.dumps(store.export(), allow_nan=False))  # strict JSON, as the CLI writes
     assert store.unfreeze("new") is True
     assert raw_client.exists(store.key("new")) == 0  # nothing else was in the hash
+    store.restore(snapshot)
+    assert store.info("new").frozen and store.info("new").stats.is_empty
 
 
 def test_reset_set_and_restore_and_the_flag(backend: Any, namespace: str) -> None:
