@@ -18,10 +18,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .envinfo import EnvInfo
 from .errors import RewardNormError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
-from .envinfo import EnvInfo
 from .protocol import (
     DUPLICATE,
     as_text,
