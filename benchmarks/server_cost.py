@@ -8,7 +8,7 @@ usec per call of both and their ratio; the table reports the median and quartile
 ``--baseline REV`` the merge script of that git revision (its stats_lib.lua and merge.lua) runs
 in the same rounds, into its own env, so a change is measured against what it replaces.
 
-    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV]
+    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV] [--half-life N]
 
 Asserts nothing: it prints measurements.
 """
@@ -67,9 +67,13 @@ def baseline_source(revision: str) -> str:
     return show("lua/stats_lib.lua") + "\n" + show("lua/merge.lua")
 
 
-def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None) -> dict[str, list[float]]:
-    """Per round: usec per no-op and per merge (and per baseline merge), and the ratios."""
+def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
+            half_life: float | None = None) -> dict[str, list[float]]:
+    """Per round: usec per no-op and per merge (and per baseline merge), and the ratios. With
+    ``half_life`` the current merge's env keeps decayed statistics (the baseline's ignores it)."""
     noop_sha = client.script_load(NOOP)
+    if half_life is not None:
+        client.eval(script_source("configure"), 1, "cost:{merge}", "%.17g" % half_life)
     merges = {"merge": client.script_load(script_source("merge"))}
     if baseline is not None:
         merges["baseline"] = client.script_load(baseline)
@@ -97,14 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20000, help="calls per round and kind")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--baseline", metavar="REV", help="also time the merge script of this git revision")
+    parser.add_argument("--half-life", type=float, metavar="N",
+                        help="configure the merged env with this half-life (decayed statistics on)")
     args = parser.parse_args(argv)
     baseline = None if args.baseline is None else baseline_source(args.baseline)
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory), NO_PERSISTENCE) as server:
         client = redis.Redis.from_url(server.url)
         version = client.info("server")["redis_version"]
-        results = measure(client, args.calls, args.rounds, baseline)
+        results = measure(client, args.calls, args.rounds, baseline, args.half_life)
         client.close()
-    print(f"redis-server {version}, {args.rounds} interleaved rounds of {args.calls} pipelined calls each")
+    decay = "" if args.half_life is None else f", merged env with half-life {args.half_life:g}"
+    print(f"redis-server {version}, {args.rounds} interleaved rounds of {args.calls} pipelined calls each{decay}")
     print(f"{'':28}{'q1':>10}{'median':>10}{'q3':>10}")
     labels = {"noop": "no-op EVALSHA (us)", "merge": "merge + record (us)", "baseline": f"{args.baseline} merge (us)",
               "merge/noop": "merge / no-op", "baseline/noop": f"{args.baseline} / no-op"}
