@@ -46,6 +46,7 @@ from redis.exceptions import WatchError
 
 from shared_rewardnorm import RunningStats, SharedRewardNormalizer, StatsStore
 from shared_rewardnorm.protocol import encode_sequence, encode_stats
+from shared_rewardnorm.schema import STAT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -63,7 +64,6 @@ from common import (  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO.parent / "shared" / "seed" / "reward_normalization.py"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-STAT_FIELDS = ("count", "mean", "m2", "min", "max")
 
 GOAL_PING_RATIO = 0.65   # section 1: normalize/PING at batch 16
 GOAL_CONCURRENT = 1.5    # section 4: ours/WATCH aggregate calls/s

@@ -1,6 +1,6 @@
--- merge.lua: merge one batch summary into an environment's running statistics, atomically,
--- exactly once, and return the merged statistics in the same round trip.
--- (Runs after stats_lib.lua, which supplies the helpers used here.)
+-- merge.lua: merge one batch summary into an environment's running statistics (and, with a
+-- half-life, its decayed statistics), atomically, exactly once, and return the env's record in
+-- the same round trip. (Runs after stats_lib.lua, which supplies the helpers used here.)
 --
 -- KEYS[1]  the env's stats hash, e.g. "rewardnorm:{gsm8k}"
 -- KEYS[2]  (optional) the sending client's batch record for this env; it shares the env's
@@ -19,18 +19,27 @@
 -- of one client may arrive out of order). Numbers WINDOW or more below the highest cannot be
 -- judged and are refused (REWARDNORM_STALE). In the usual case, no gaps, it is a few bytes.
 --
--- Returns one string, "count mean m2 min max merged" ('%d' and '%.17g'); merged is 1 when this
--- call merged the batch and 0 when it had been merged before.
+-- Frozen env (field frozen = 1): nothing is added and the hash is not written, but the batch
+-- is recorded as handled, so a retry after an unfreeze is not counted either.
+--
+-- Decayed statistics (field half_life = H samples): a batch of n samples multiplies the stored
+-- weight and wm2 by 2^(-n/H), then adds the batch with weight 1 per sample (weighted Chan).
+-- So after batches B1..Bk, a sample of Bj weighs 2^(-a/H), a being the samples merged after Bj.
+--
+-- Returns one string, the env's record in ENV_FIELDS order ("count mean m2 min max weight
+-- wmean wm2 half_life frozen merges updated_at", '%d' and '%.17g') then one word: 1 when this
+-- call merged the batch, 0 when it had been merged before, 2 when the env is frozen.
 --
 -- Errors (nothing is written when one is raised):
 --   REWARDNORM_INVALID <key> ...    an argument is malformed
 --   REWARDNORM_WRONGTYPE <key> ...  a key holds another type
---   REWARDNORM_CORRUPT <key> ...    a stored field is malformed (names the field and its value)
+--   REWARDNORM_CORRUPT <key> ...    a stored field is malformed or missing (names the field)
 --   REWARDNORM_OVERFLOW <key> ...   the merged statistics would not be finite
 --   REWARDNORM_STALE <key> ...      the sequence number is too far behind to be judged
 --
--- Cost: O(1) whatever the batch size (the client sends a summary, not the values): HMGET,
--- HSET, and with a record GET and SET; the record holds at most WINDOW gaps.
+-- Cost: O(1) whatever the batch size (the client sends a summary, not the values): one HMGET
+-- and one HSET of the hash, TIME, and with a record GET and SET; the record holds at most
+-- WINDOW gaps.
 
 local WINDOW = 1024
 
@@ -42,8 +51,8 @@ local record_key = KEYS[2]
 local batch
 batch, err = parse_stats_arg(key, ARGV[1], 1)
 if err then return err end
-local old
-old, err = read_stats(key)
+local env
+env, err = read_env(key)
 if err then return err end
 
 -- Returns the new record, nil for an already merged batch, or nil plus an error reply.
@@ -108,10 +117,17 @@ if record_key then
   record, err = updated_record(seq)
   if err then return err end
   if record == nil then
-    return reply_text(format_stats(old), '0')
+    return reply_text(format_env(env), '0')
   end
 end
+if env.frozen then
+  if record then
+    redis.call('SET', record_key, record, 'EX', ttl)
+  end
+  return reply_text(format_env(env), '2')
+end
 
+local old = env.stats
 local merged = batch
 if old then
   -- Chan, Golub and LeVeque's pairwise update: exact in real arithmetic, stable in floats.
@@ -132,7 +148,30 @@ if old then
     return error_for('OVERFLOW', key, 'merged mean or m2 is not finite')
   end
 end
+local half_life = env.half_life
+if half_life then
+  -- The weighted form of Chan's update: the old part's weights shrink by 2^(-n/H).
+  local n = batch.count
+  local factor = 2 ^ (-n / half_life)
+  local old_weight = env.weight * factor
+  if old_weight > 0 then
+    local weight = old_weight + n
+    local delta = batch.mean - env.wmean
+    env.wmean = env.wmean + delta * (n / weight)
+    env.wm2 = env.wm2 * factor + batch.m2 + delta * delta * (old_weight * n / weight)
+    env.weight = weight
+  else  -- nothing before (or all of it decayed to nothing): the batch alone, exactly
+    env.weight, env.wmean, env.wm2 = n, batch.mean, batch.m2
+  end
+  if env.wmean ~= env.wmean or math.abs(env.wmean) == math.huge
+      or env.wm2 ~= env.wm2 or env.wm2 == math.huge then
+    return error_for('OVERFLOW', key, 'decayed mean or wm2 is not finite')
+  end
+end
+env.stats = merged
+env.merges = env.merges + 1
+env.updated_at = now_ms()
 if record then
   redis.call('SET', record_key, record, 'EX', ttl)
 end
-return reply_text(write_stats(key, merged), '1')
+return reply_text(write_env(key, env), '1')

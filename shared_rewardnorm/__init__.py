@@ -9,6 +9,7 @@ Quick start::
 """
 
 from .aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+from .envinfo import DecayedStats, EnvInfo
 from .errors import (
     CorruptStatsError,
     FunctionsNotLoadedError,
@@ -25,6 +26,8 @@ from .store import StatsStore
 
 __all__ = [
     "RunningStats",
+    "DecayedStats",
+    "EnvInfo",
     "StatsStore",
     "SharedRewardNormalizer",
     "AsyncStatsStore",

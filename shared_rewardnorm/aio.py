@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
+from .envinfo import EnvInfo
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -55,55 +56,75 @@ class AsyncStatsStore(StoreCore):
 
     async def update(self, env: str, values: Any) -> RunningStats:
         """See ``StatsStore.update``."""
-        return await self._run(self._update_op(env, values))
+        return await self.run(self._update_op(env, values))
 
     async def merge(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.merge``."""
-        return await self._run(self._merge_op(env, stats))
+        return await self.run(self._merge_op(env, stats))
 
     async def get(self, env: str) -> RunningStats:
         """See ``StatsStore.get``."""
-        return await self._run(self._get_op(env))
+        return await self.run(self._get_op(env))
 
     async def set(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.set``."""
-        return await self._run(self._set_op(env, stats))
+        return await self.run(self._set_op(env, stats))
 
     async def reset(self, env: str) -> None:
         """See ``StatsStore.reset``."""
-        await self._run(self._reset_op(env))
+        await self.run(self._reset_op(env))
+
+    async def info(self, env: str) -> EnvInfo:
+        """See ``StatsStore.info``."""
+        return await self.run(self._info_op(env))
+
+    async def infos(self, envs: Iterable[str] | None = None) -> dict[str, EnvInfo]:
+        """See ``StatsStore.infos``."""
+        return await self.run(self._selected_infos_op(envs))
+
+    async def configure(self, env: str, *, half_life: float | None) -> bool:
+        """See ``StatsStore.configure``."""
+        return await self.run(self._configure_op(env, half_life))
+
+    async def freeze(self, env: str) -> bool:
+        """See ``StatsStore.freeze``."""
+        return await self.run(self._freeze_op(env, True))
+
+    async def unfreeze(self, env: str) -> bool:
+        """See ``StatsStore.unfreeze``."""
+        return await self.run(self._freeze_op(env, False))
 
     async def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
         """See ``StatsStore.get_many``."""
-        return await self._run(self._get_many_op(envs))
+        return await self.run(self._get_many_op(envs))
 
     async def envs(self) -> list[str]:
         """See ``StatsStore.envs``."""
-        return await self._run(self._envs_op())
+        return await self.run(self._envs_op())
 
     async def all(self) -> dict[str, RunningStats]:
         """See ``StatsStore.all``."""
-        return await self._run(self._all_op())
+        return await self.run(self._all_op())
 
     async def aggregate(self, envs: Iterable[str] | None = None) -> RunningStats:
         """See ``StatsStore.aggregate``."""
-        return await self._run(self._aggregate_op(envs))
+        return await self.run(self._aggregate_op(envs))
 
     async def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """See ``StatsStore.metrics``."""
-        return await self._run(self._metrics_op(envs))
+        return await self.run(self._metrics_op(envs))
 
     async def export(self) -> dict[str, Any]:
         """See ``StatsStore.export``."""
-        return await self._run(self._export_op())
+        return await self.run(self._export_op())
 
     async def restore(self, snapshot: Any) -> dict[str, RunningStats]:
         """See ``StatsStore.restore``."""
-        return await self._run(self._restore_op(snapshot))
+        return await self.run(self._restore_op(snapshot))
 
     async def load_functions(self) -> str:
         """See ``StatsStore.load_functions``."""
-        return await self._run(self._load_functions_op())
+        return await self.run(self._load_functions_op())
 
     async def aclose(self) -> None:
         """Close the connections of a client this store created (from a URL or the embedded
@@ -117,8 +138,10 @@ class AsyncStatsStore(StoreCore):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self, operation: Operation[T]) -> T:
-        """Drive an operation: await each request it yields, hand back the reply."""
+    async def run(self, operation: Operation[T]) -> T:
+        """Drive an operation of the core (a generator of requests, see ``core.py``): await each
+        request it yields, hand back the reply, return the operation's result. The public seam
+        for new operations; every method of this class is one call of it."""
         reply = None
         while True:
             try:
@@ -163,10 +186,11 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
     """
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
+                 statistics: str = "total") -> None:
         self._owns_store = not isinstance(redis, AsyncStatsStore)
         self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
 
     async def aclose(self) -> None:
         """Close the store this normalizer created; a store passed in is the caller's to close."""
@@ -184,22 +208,22 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         """The store holding the shared statistics."""
         return self._store
 
-    async def normalize(self, scores: Any) -> list[float]:
+    async def normalize(self, scores: Any, update: bool = True) -> list[float]:
         """See ``SharedRewardNormalizer.normalize``."""
-        return await self._store._run(self._normalize_op(scores))
+        return await self._store.run(self._normalize_op(scores, update))
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""
-        return await self._store._run(self._refresh_op())
+        return await self._store.run(self._refresh_op())
 
     async def metrics_dict(self) -> dict[str, float]:
         """See ``SharedRewardNormalizer.metrics_dict``."""
-        return await self._store._run(self._metrics_op())
+        return await self._store.run(self._metrics_op())
 
     async def state_dict(self) -> dict[str, Any]:
         """See ``SharedRewardNormalizer.state_dict``."""
-        return await self._store._run(self._state_dict_op())
+        return await self._store.run(self._state_dict_op())
 
     async def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """See ``SharedRewardNormalizer.load_state_dict``."""
-        await self._store._run(self._load_state_dict_op(state))
+        await self._store.run(self._load_state_dict_op(state))

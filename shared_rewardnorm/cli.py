@@ -37,8 +37,10 @@ from .demo import (
     require_matplotlib,
     run_demo,
 )
+from .envinfo import EnvInfo
 from .errors import RewardNormError
 from .retry import RetryPolicy
+from .schema import STAT_FIELDS
 from .scripts import OPERATIONS, function_library, script_source
 from .snapshot import snapshot_masters
 from .stats import RunningStats
@@ -129,33 +131,55 @@ def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
 # --- stats and watch ----------------------------------------------------------------------------
 
 
-def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, RunningStats]:
-    """The named envs' statistics (empty for absent ones), or every env in the namespace."""
-    return store.get_many(envs) if envs else store.all()
+def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, EnvInfo]:
+    """The named envs (empty for absent ones), or every env in the namespace with statistics."""
+    return store.infos(envs) if envs else store.infos()
 
 
-def aggregate_of(found: Mapping[str, RunningStats]) -> RunningStats:
+def aggregate_of(found: Mapping[str, EnvInfo]) -> RunningStats:
     """The merge of the rows read, in the order ``StatsStore.aggregate`` uses. Merged locally
     rather than read again, so the total row always sums the rows printed above it."""
-    return RunningStats.combine(found[env] for env in sorted(found))
+    return RunningStats.combine(found[env].stats for env in sorted(found))
 
 
-def stats_table(found: Mapping[str, RunningStats]) -> str:
-    """The human-readable table of ``stats`` and ``watch``."""
-    def row(name: str, stats: RunningStats) -> list[str]:
-        return [name, str(stats.count), *map(_number, (stats.mean, stats.std, stats.min, stats.max))]
+def format_age(seconds: float | None) -> str:
+    """Time since the last merge, short: ``42s``, ``7m``, ``3h``, ``2d``; ``-`` for never."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
-    rows = [row(env, found[env]) for env in sorted(found)]
-    return format_table(["env", "count", "mean", "std", "min", "max"], rows, row("aggregate", aggregate_of(found)))
+
+def stats_table(found: Mapping[str, EnvInfo], now: float | None = None) -> str:
+    """The human-readable table of ``stats`` and ``watch``: the totals, the decayed ("recent")
+    mean and std where a half-life is set, whether the env is frozen, and the age of its last
+    merge (by this machine's clock, ``now``)."""
+    def row(name: str, stats: RunningStats, info: EnvInfo | None) -> list[str]:
+        cells = [name, str(stats.count), *map(_number, (stats.mean, stats.std, stats.min, stats.max))]
+        if info is None:
+            return cells + ["", "", "", ""]
+        recent = ["-", "-"] if info.decayed is None else [_number(info.decayed.mean), _number(info.decayed.std)]
+        return cells + recent + ["yes" if info.frozen else "no", format_age(info.age(now))]
+
+    rows = [row(env, found[env].stats, found[env]) for env in sorted(found)]
+    return format_table(["env", "count", "mean", "std", "min", "max", "recent mean", "recent std", "frozen", "age"],
+                        rows, row("aggregate", aggregate_of(found), None))
 
 
-def stats_json(namespace: str, found: Mapping[str, RunningStats]) -> dict[str, Any]:
+def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
     """``stats --json``: every field of every env, exact (floats round-trip through JSON)."""
     def fields(stats: RunningStats) -> dict[str, Any]:
-        return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min,
-                "max": stats.max, "m2": stats.m2}
+        return {**{name: getattr(stats, name) for name in STAT_FIELDS}, "std": stats.std}
 
-    return {"namespace": namespace, "envs": {env: fields(found[env]) for env in sorted(found)},
+    def env_fields(info: EnvInfo) -> dict[str, Any]:
+        decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
+        return {**fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
+                "merges": info.merges, "updated_at": info.updated_at}
+
+    return {"namespace": namespace, "envs": {env: env_fields(found[env]) for env in sorted(found)},
             "aggregate": fields(aggregate_of(found))}
 
 
@@ -253,6 +277,36 @@ def cmd_reset(args: argparse.Namespace) -> int:
         for env, key in zip(args.envs, keys, strict=True):
             store.reset(env)
             print(f"reset {env} ({key})")
+    return 0
+
+
+# --- configure, freeze, unfreeze ----------------------------------------------------------------
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    """Set or clear an env's half-life (decayed statistics), for every writer."""
+    half_life = None if args.no_decay else args.half_life
+    with open_store(args) as store:
+        changed = store.configure(args.env, half_life=half_life)
+    setting = "no decay" if half_life is None else f"half-life {half_life:g} samples"
+    if not changed:
+        print(f"{args.env}: {setting} (unchanged)")
+    elif half_life is None:
+        print(f"{args.env}: {setting} (decayed statistics deleted)")
+    else:
+        print(f"{args.env}: {setting} (decayed statistics start afresh)")
+    return 0
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    """Freeze or unfreeze envs: while frozen, no process's merges add anything."""
+    with open_store(args) as store:
+        for env in args.envs:  # every name is checked before the first change
+            store.key(env)
+        for env in args.envs:
+            changed = store.freeze(env) if args.frozen else store.unfreeze(env)
+            state = "frozen" if args.frozen else "unfrozen"
+            print(f"{env}: {state}" + ("" if changed else " (already)"))
     return 0
 
 
@@ -398,7 +452,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 
 def _add_stats_commands(commands: Any) -> None:
-    stats = _command(commands, "stats", cmd_stats, "print count, mean, std, min, max per env")
+    stats = _command(commands, "stats", cmd_stats,
+                     "print count, mean, std, min, max, recent mean and std, frozen and age per env")
     watch = _command(commands, "watch", cmd_watch, "the stats table, refreshed until Ctrl-C")
     for parser in (stats, watch):
         parser.add_argument("envs", nargs="*", metavar="ENV", help="envs to show (default: every env)")
@@ -420,11 +475,26 @@ def _add_admin_commands(commands: Any) -> None:
     snapshot = _command(commands, "snapshot", cmd_snapshot, "BGSAVE on every master and report the RDB files")
     snapshot.add_argument("--timeout", type=_bounded(float, 0, strict=True), default=60.0,
                           help="seconds to wait for the saves (default 60)")
+    configure = _command(commands, "configure", cmd_configure,
+                         "set or clear an env's half-life (decayed statistics) for every writer")
+    configure.add_argument("env", metavar="ENV")
+    decay = configure.add_mutually_exclusive_group(required=True)
+    decay.add_argument("--half-life", type=_bounded(float, 0, strict=True), metavar="N",
+                       help="keep decayed statistics with a half-life of N samples (setting or changing it "
+                            "starts them afresh)")
+    decay.add_argument("--no-decay", action="store_true", help="stop keeping decayed statistics")
+    freeze = _command(commands, "freeze", cmd_freeze,
+                      "freeze envs: every process's merges add nothing until unfreeze")
+    unfreeze = _command(commands, "unfreeze", cmd_freeze, "let merges into envs count again")
+    for parser, frozen in ((freeze, True), (unfreeze, False)):
+        parser.add_argument("envs", nargs="+", metavar="ENV")
+        parser.set_defaults(frozen=frozen)
     _command(commands, "load-functions", cmd_load_functions,
              "FUNCTION LOAD the library on every master, so trainers can run with FCALL only")
     lua = commands.add_parser("lua", help="print an assembled script or the Function library (no server needed)",
-                              description="Print the Lua a client runs: 'merge' or 'replace' as one script "
-                                          "(SCRIPT LOAD it, then EVALSHA), or 'library' for FUNCTION LOAD.")
+                              description="Print the Lua a client runs: one operation (merge, replace, configure, "
+                                          "freeze) as one script (SCRIPT LOAD it, then EVALSHA), or 'library' "
+                                          "for FUNCTION LOAD.")
     lua.add_argument("what", choices=[*OPERATIONS, "library"])
     lua.set_defaults(handler=cmd_lua)
 

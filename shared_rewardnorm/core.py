@@ -9,6 +9,7 @@ run those operations with blocking calls and ``AsyncStatsStore`` /
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,10 +18,20 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .envinfo import EnvInfo
 from .errors import RewardNormError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
-from .protocol import as_text, batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
+from .protocol import (
+    DUPLICATE,
+    as_text,
+    batch_record_key,
+    decode_reply,
+    decode_stored,
+    encode_sequence,
+    encode_state,
+    encode_stats,
+)
 from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import ClientScripts
@@ -30,6 +41,7 @@ __all__ = [
     "StoreCore",
     "NormalizerCore",
     "metrics_from_stats",
+    "metrics_from_info",
     "checkpoint_from",
     "parse_checkpoint",
     "SNAPSHOT_FORMAT",
@@ -38,17 +50,24 @@ __all__ = [
 ]
 
 #: Identifies our JSON snapshots (``export()``, ``shared-rewardnorm export``), and their version.
+#: Version 2 carries each env's decayed statistics, configuration and activity; version 1
+#: (totals only) is still read.
 SNAPSHOT_FORMAT = "shared_rewardnorm.snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+READABLE_SNAPSHOT_VERSIONS = (1, 2)
 
 
-def _read(key: str) -> Operation[RunningStats]:
+def _read_env(key: str) -> Operation[EnvInfo]:
     reply = yield ReadStats(key)
     return decode_stored(key, reply)
 
 
+def _read(key: str) -> Operation[RunningStats]:
+    return (yield from _read_env(key)).stats
+
+
 def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
-    """HMGET several keys in one pipeline; the raw replies, after raising the first error among
+    """HGETALL several keys in one pipeline; the raw replies, after raising the first error among
     them (a key of another type becomes ``WrongTypeError``)."""
     replies = yield ReadMany(keys)
     for key, reply in zip(keys, replies, strict=True):
@@ -59,9 +78,17 @@ def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     return replies
 
 
-def _replace(key: str, stats: RunningStats) -> Operation[RunningStats]:
-    reply = yield RunScript("replace", (key,), (encode_stats(stats),))
-    return decode_reply(reply)[0]
+def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[RunningStats]:
+    """Replace the totals; with ``state`` (a version-2 snapshot's env) everything else too,
+    otherwise the configuration stays and the decayed statistics and activity restart."""
+    args = (encode_stats(stats),) if state is None else (encode_stats(stats), encode_state(state))
+    reply = yield RunScript("replace", (key,), args)
+    return decode_reply(reply)[0].stats
+
+
+def _yes_or_no(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _require_stats(stats: Any) -> RunningStats:
@@ -70,25 +97,27 @@ def _require_stats(stats: Any) -> RunningStats:
     return stats
 
 
-def parse_snapshot(snapshot: Any) -> dict[str, RunningStats]:
+def parse_snapshot(snapshot: Any) -> dict[str, EnvInfo | RunningStats]:
     """Validate a snapshot completely (format, version, every env name and every field) and
-    return its statistics; raises ``ValueError``/``TypeError`` naming the first problem."""
+    return its envs: ``EnvInfo`` from version 2, ``RunningStats`` (totals only) from version 1.
+    Raises ``ValueError``/``TypeError`` naming the first problem."""
     if not isinstance(snapshot, Mapping):
         raise TypeError(f"snapshot must be a JSON object, got {type(snapshot).__name__}")
     if snapshot.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"not a shared_rewardnorm snapshot: format is {snapshot.get('format')!r}, "
                          f"expected {SNAPSHOT_FORMAT!r}")
-    if snapshot.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(f"unsupported snapshot version {snapshot.get('version')!r}; "
-                         f"this library reads version {SNAPSHOT_VERSION}")
+    version = snapshot.get("version")
+    if version not in READABLE_SNAPSHOT_VERSIONS or isinstance(version, bool):
+        raise ValueError(f"unsupported snapshot version {version!r}; this library reads versions "
+                         f"{', '.join(map(str, READABLE_SNAPSHOT_VERSIONS))}")
     envs = snapshot.get("envs")
     if not isinstance(envs, Mapping):
         raise ValueError("snapshot has no 'envs' object")
-    parsed = {}
+    parsed: dict[str, EnvInfo | RunningStats] = {}
     for env, state in envs.items():
         validate_env(env)
         try:
-            parsed[env] = RunningStats.from_dict(state)
+            parsed[env] = RunningStats.from_dict(state) if version == 1 else EnvInfo.from_dict(state)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"snapshot env {env!r}: {exc}") from None
     return parsed
@@ -167,10 +196,11 @@ class StoreCore:
             self._new_identity()
         return self._client_id
 
-    def _merge_at(self, key: str, stats: RunningStats) -> Operation[RunningStats]:
-        """Merge a summary into the stats at ``key`` exactly once; empty summaries only read."""
+    def _merge_at(self, key: str, stats: RunningStats) -> Operation[EnvInfo]:
+        """Merge a summary into the env at ``key`` exactly once (nothing while it is frozen) and
+        return the env as the merge left it; empty summaries only read."""
         if stats.count == 0:
-            return (yield from _read(key))
+            return (yield from _read_env(key))
         client_id = self.client_id
         encoded = encode_stats(stats)
         request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
@@ -191,10 +221,10 @@ class StoreCore:
             # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
-        stats, merged = decode_reply(reply)
-        if not merged:
+        info, outcome = decode_reply(reply)
+        if outcome == DUPLICATE:
             self.duplicates += 1
-        return stats
+        return info
 
     @property
     def namespace(self) -> str:
@@ -207,11 +237,29 @@ class StoreCore:
 
     def _update_op(self, env: str, values: Any) -> Operation[RunningStats]:
         key = self.key(env)
-        return self._merge_at(key, RunningStats.from_values(values))
+        return (yield from self._merge_at(key, RunningStats.from_values(values))).stats
 
     def _merge_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
         key = self.key(env)
-        return self._merge_at(key, _require_stats(stats))
+        return (yield from self._merge_at(key, _require_stats(stats))).stats
+
+    def _info_op(self, env: str) -> Operation[EnvInfo]:
+        return _read_env(self.key(env))
+
+    def _configure_op(self, env: str, half_life: Any) -> Operation[bool]:
+        key = self.key(env)
+        if half_life is not None:
+            if (isinstance(half_life, bool) or not isinstance(half_life, (int, float))
+                    or not 0 < half_life < math.inf):
+                raise ValueError(f"half_life must be a positive finite number of samples or None, got {half_life!r}")
+        argument = "none" if half_life is None else "%.17g" % half_life
+        reply = yield RunScript("configure", (key,), (argument,))
+        return as_text(reply) == "1"
+
+    def _freeze_op(self, env: str, frozen: bool) -> Operation[bool]:
+        key = self.key(env)
+        reply = yield RunScript("freeze", (key,), ("1" if frozen else "0",))
+        return as_text(reply) == "1"
 
     def _get_op(self, env: str) -> Operation[RunningStats]:
         return _read(self.key(env))
@@ -223,7 +271,7 @@ class StoreCore:
     def _reset_op(self, env: str) -> Operation[RunningStats]:
         return _replace(self.key(env), RunningStats())
 
-    def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
+    def _infos_op(self, envs: Iterable[str]) -> Operation[dict[str, EnvInfo]]:
         if isinstance(envs, str):
             raise TypeError("envs must be an iterable of env names, not a single str")
         names = list(dict.fromkeys(envs))
@@ -232,6 +280,9 @@ class StoreCore:
             return {}
         replies = yield from _read_many(keys)
         return {env: decode_stored(key, reply) for env, key, reply in zip(names, keys, replies, strict=True)}
+
+    def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
+        return {env: info.stats for env, info in (yield from self._infos_op(envs)).items()}
 
     def _envs_op(self) -> Operation[list[str]]:
         prefix = f"{self._namespace}:{{"
@@ -243,35 +294,39 @@ class StoreCore:
                 names.add(env)
         return sorted(names)
 
-    def _all_op(self) -> Operation[dict[str, RunningStats]]:
+    def _all_infos_op(self) -> Operation[dict[str, EnvInfo]]:
         envs = yield from self._envs_op()
-        found = yield from self._get_many_op(envs)
+        found = yield from self._infos_op(envs)
         # An env deleted between the SCAN and the read has nothing to report.
-        return {env: stats for env, stats in found.items() if not stats.is_empty}
+        return {env: info for env, info in found.items() if not info.is_empty}
 
-    def _selected_op(self, envs: Iterable[str] | None) -> Operation[dict[str, RunningStats]]:
+    def _all_op(self) -> Operation[dict[str, RunningStats]]:
+        found = yield from self._all_infos_op()
+        return {env: info.stats for env, info in found.items() if not info.stats.is_empty}
+
+    def _selected_infos_op(self, envs: Iterable[str] | None) -> Operation[dict[str, EnvInfo]]:
         if envs is None:
-            return (yield from self._all_op())
-        return (yield from self._get_many_op(envs))
+            return {env: info for env, info in (yield from self._all_infos_op()).items() if not info.stats.is_empty}
+        return (yield from self._infos_op(envs))
 
     def _aggregate_op(self, envs: Iterable[str] | None = None) -> Operation[RunningStats]:
-        found = yield from self._selected_op(envs)
-        return RunningStats.combine(found[env] for env in sorted(found))
+        found = yield from self._selected_infos_op(envs)
+        return RunningStats.combine(found[env].stats for env in sorted(found))
 
     def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
         metrics: dict[str, float] = {}
-        for env, stats in sorted((yield from self._selected_op(envs)).items()):
-            metrics.update(metrics_from_stats(stats, prefix=f"reward_norm/{env}"))
+        for env, info in sorted((yield from self._selected_infos_op(envs)).items()):
+            metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
         return metrics
 
     def _export_op(self) -> Operation[dict[str, Any]]:
-        found = yield from self._all_op()
+        found = yield from self._all_infos_op()
         return {
             "format": SNAPSHOT_FORMAT,
             "version": SNAPSHOT_VERSION,
             "namespace": self._namespace,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "envs": {env: stats.to_dict() for env, stats in sorted(found.items())},
+            "envs": {env: info.to_dict() for env, info in sorted(found.items())},
         }
 
     def _load_functions_op(self) -> Operation[str]:
@@ -289,8 +344,11 @@ class StoreCore:
         if keys:  # ...including that no target key holds another type (a replace would refuse it)
             yield from _read_many(keys)
         restored = {}
-        for key, (env, stats) in zip(keys, parsed.items(), strict=True):
-            restored[env] = yield from _replace(key, stats)
+        for key, (env, entry) in zip(keys, parsed.items(), strict=True):
+            if isinstance(entry, EnvInfo):
+                restored[env] = yield from _replace(key, entry.stats, entry)
+            else:
+                restored[env] = yield from _replace(key, entry)
         return restored
 
 
@@ -303,6 +361,16 @@ def metrics_from_stats(stats: RunningStats, prefix: str = "reward_norm") -> dict
         f"{prefix}/min": stats.min,
         f"{prefix}/max": stats.max,
     }
+
+
+def metrics_from_info(info: EnvInfo, prefix: str = "reward_norm") -> dict[str, float]:
+    """``metrics_from_stats`` plus ``<prefix>/recent_mean`` and ``<prefix>/recent_std`` (the
+    decayed statistics) for an env with a half-life."""
+    metrics = metrics_from_stats(info.stats, prefix)
+    if info.decayed is not None:
+        metrics[f"{prefix}/recent_mean"] = info.decayed.mean
+        metrics[f"{prefix}/recent_std"] = info.decayed.std
+    return metrics
 
 
 def checkpoint_from(settings: NormalizerSettings, stats: RunningStats) -> dict[str, Any]:
@@ -337,12 +405,16 @@ class NormalizerCore:
     #: The reference's name for the accepted modes.
     VALID_MODES = frozenset(MODES)
 
-    def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any) -> None:
-        self._settings = NormalizerSettings.create(mode, clip, warmup, eps)
+    def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any,
+                 statistics: Any = "total") -> None:
+        self._settings = NormalizerSettings.create(mode, clip, warmup, eps, statistics)
         self._store_core = store
         self._key = store.key(env)
         self._env = env
-        self._stats = RunningStats()
+        self._info = EnvInfo()
+        self._stats = self._info.stats
+        # statistics="recent": whether a read has shown the env to have a half-life yet.
+        self._decay_seen = False
 
     @property
     def env(self) -> str:
@@ -353,6 +425,17 @@ class NormalizerCore:
     def stats(self) -> RunningStats:
         """The statistics seen by the latest round trip (no network)."""
         return self._stats
+
+    @property
+    def info(self) -> EnvInfo:
+        """Everything the latest round trip returned about the env (decayed statistics, frozen
+        flag, half-life, activity); no network."""
+        return self._info
+
+    @property
+    def statistics(self) -> str:
+        """``"total"`` (all history) or ``"recent"`` (the decayed statistics)."""
+        return self._settings.statistics
 
     @property
     def mode(self) -> str:
@@ -394,30 +477,57 @@ class NormalizerCore:
         """Whether the shared store had ``warmup`` samples at the latest round trip."""
         return self._stats.count >= self._settings.warmup
 
-    def _normalize_op(self, scores: Any) -> Operation[list[float]]:
+    def _seen(self, info: EnvInfo) -> EnvInfo:
+        self._info = info
+        self._stats = info.stats
+        return info
+
+    def _require_decay(self, info: EnvInfo, counted: bool) -> None:
+        if info.decayed is None:
+            raise ValueError(f'statistics="recent" but env {self._env!r} has no half-life (set one with '
+                             f'StatsStore.configure or `shared-rewardnorm configure`)'
+                             + ("; this batch was counted in the totals" if counted else ""))
+        self._decay_seen = True
+
+    def _normalize_op(self, scores: Any, update: bool = True) -> Operation[list[float]]:
+        _yes_or_no("update", update)
         values = coerce_scores(scores)
         if len(values) == 0:
             return []
-        if self._settings.mode != "none":  # "none" records nothing, as in the reference
-            self._stats = yield from self._store_core._merge_at(self._key, summarize(values))
-        return normalize_values(values, self._stats, self._settings)
+        if self._settings.mode == "none":  # records nothing, as in the reference
+            return normalize_values(values, self._stats, self._settings)
+        recent = self._settings.statistics == "recent"
+        if recent and update and not self._decay_seen:  # refuse before the first merge, not after it
+            self._require_decay((yield from self._refresh_info_op()), counted=False)
+        if update:
+            info = self._seen((yield from self._store_core._merge_at(self._key, summarize(values))))
+        else:
+            info = yield from self._refresh_info_op()
+        if recent:
+            self._require_decay(info, counted=update)
+        return normalize_values(values, info.stats, self._settings, info.decayed)
+
+    def _refresh_info_op(self) -> Operation[EnvInfo]:
+        return self._seen((yield from _read_env(self._key)))
 
     def _refresh_op(self) -> Operation[RunningStats]:
-        self._stats = yield from _read(self._key)
-        return self._stats
+        return (yield from self._refresh_info_op()).stats
 
     def _metrics_op(self) -> Operation[dict[str, float]]:
-        return metrics_from_stats((yield from self._refresh_op()))
+        return metrics_from_info((yield from self._refresh_info_op()))
 
     def _state_dict_op(self) -> Operation[dict[str, Any]]:
         return checkpoint_from(self._settings, (yield from self._refresh_op()))
 
     def _load_state_dict_op(self, state: Any) -> Operation[None]:
         settings, stats = parse_checkpoint(state)
+        # The reference's checkpoints know nothing of statistics="recent": keep this one's.
+        settings = NormalizerSettings.create(settings.mode, settings.clip, settings.warmup, settings.eps,
+                                             self._settings.statistics)
         self._stats = yield from _replace(self._key, stats)
         self._settings = settings
 
     def __repr__(self) -> str:
         s = self._settings
         return (f"{type(self).__name__}(env={self._env!r}, mode={s.mode!r}, clip={s.clip!r}, "
-                f"warmup={s.warmup!r}, eps={s.eps!r})")
+                f"warmup={s.warmup!r}, eps={s.eps!r}, statistics={s.statistics!r})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from redis.exceptions import ResponseError
 
+from .schema import ENV_FIELDS
 from .scripts import library_name
 
 __all__ = [
@@ -104,6 +105,6 @@ def translate_response_error(error: ResponseError) -> Exception:
         # The scripts' CORRUPT details start with the field's name ("m2 must be ...", "min ... is
         # greater than max ..."), or with "batch record" for a client's batch record.
         first = detail.split(" ", 1)[0]
-        field = first if first in ("count", "mean", "m2", "min", "max") else None
+        field = first if first in ENV_FIELDS else None
         return CorruptStatsError(f"corrupt stats hash {text}", key=key, field=field)
     return exc_type(text, key=key)

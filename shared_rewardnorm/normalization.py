@@ -13,29 +13,39 @@ from typing import Any
 
 import numpy as np
 
+from .envinfo import DecayedStats
 from .inputs import Scores
 from .stats import RunningStats
 
-__all__ = ["MODES", "NormalizerSettings", "normalize_values"]
+__all__ = ["MODES", "STATISTICS", "NormalizerSettings", "normalize_values"]
 
 MODES = ("zscore", "minmax", "none")
+#: Which statistics a z-score uses: all history, or the decayed ("recent") ones.
+STATISTICS = ("total", "recent")
 
 
 @dataclass(frozen=True)
 class NormalizerSettings:
     """Validated normalizer settings, with the reference's conventions applied: a clip of 0 or
-    ``None`` disables clipping (stored as ``None``) and a negative warmup means none."""
+    ``None`` disables clipping (stored as ``None``) and a negative warmup means none.
+    ``statistics`` is ours alone: the reference's checkpoints do not carry it."""
 
     mode: str = "zscore"
     clip: float | None = 5.0
     warmup: int = 10
     eps: float = 1e-8
+    statistics: str = "total"
 
     @classmethod
-    def create(cls, mode: Any = "zscore", clip: Any = 5.0, warmup: Any = 10, eps: Any = 1e-8) -> NormalizerSettings:
+    def create(cls, mode: Any = "zscore", clip: Any = 5.0, warmup: Any = 10, eps: Any = 1e-8,
+               statistics: Any = "total") -> NormalizerSettings:
         """Validate raw settings (from a constructor or a checkpoint) into settings."""
         if mode not in MODES:
             raise ValueError(f"invalid normalization mode {mode!r}; must be one of {', '.join(MODES)}")
+        if statistics not in STATISTICS:
+            raise ValueError(f"invalid statistics {statistics!r}; must be one of {', '.join(STATISTICS)}")
+        if statistics == "recent" and mode == "minmax":
+            raise ValueError('statistics="recent" needs mode="zscore": the decayed statistics keep no min or max')
         if clip is not None:
             if isinstance(clip, bool) or not isinstance(clip, (int, float, np.number)) or clip != clip:
                 raise TypeError(f"clip must be a number or None, got {clip!r}")
@@ -44,11 +54,15 @@ class NormalizerSettings:
             raise TypeError(f"warmup must be an int, got {warmup!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not 0 <= eps < float("inf"):
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        return cls(mode=mode, clip=clip, warmup=max(0, int(warmup)), eps=float(eps))
+        return cls(mode=mode, clip=clip, warmup=max(0, int(warmup)), eps=float(eps), statistics=statistics)
 
 
-def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSettings) -> list[float]:
-    """Normalize validated scores with ``stats`` (which already include them).
+def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSettings,
+                     decayed: DecayedStats | None = None) -> list[float]:
+    """Normalize validated scores with ``stats`` (which already include them; with
+    ``statistics="recent"`` the z-score's mean and std come from ``decayed`` instead, while
+    warmup still counts all samples, and a decayed weight of 0, no batch since the half-life
+    was set, counts as still warming up).
 
     Large batches are computed with numpy; the arithmetic is the same IEEE operations in the
     same order as the pure-Python path, so both give identical results.
@@ -57,11 +71,17 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
     if settings.mode == "none":
         return [float(value) for value in values]
     warm = stats.count >= settings.warmup
+    center: RunningStats | DecayedStats = stats
+    if settings.statistics == "recent":
+        if decayed is None:
+            raise ValueError('statistics="recent" needs decayed statistics: configure a half-life for the env')
+        center = decayed
+        warm = warm and decayed.weight > 0
     if not warm:
         offset, scale, constant = 0.0, 1.0, None
     elif settings.mode == "zscore":
-        std = stats.std
-        offset, scale, constant = stats.mean, std + settings.eps, (0.0 if std < settings.eps else None)
+        std = center.std
+        offset, scale, constant = center.mean, std + settings.eps, (0.0 if std < settings.eps else None)
     else:
         spread = stats.max - stats.min
         offset, scale, constant = stats.min, spread + settings.eps, (0.5 if spread < settings.eps else None)

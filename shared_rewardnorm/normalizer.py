@@ -35,6 +35,9 @@ class SharedRewardNormalizer(NormalizerCore):
         namespace: key prefix shared by the processes that should see the same statistics
             (ignored when ``redis`` is a ``StatsStore``).
         cluster: with a URL, connect to a Redis Cluster through that node.
+        statistics: ``"total"`` normalizes against all history; ``"recent"`` against the env's
+            decayed statistics (it needs a half-life, see ``StatsStore.configure``, and
+            ``mode="zscore"``; warmup still counts all samples). Checkpoints do not carry it.
 
     The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
     returned by this normalizer's latest round trip and never touch the network; call
@@ -42,10 +45,11 @@ class SharedRewardNormalizer(NormalizerCore):
     """
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
+                 statistics: str = "total") -> None:
         self._owns_store = not isinstance(redis, StatsStore)
         self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
 
     def close(self) -> None:
         """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);
@@ -64,29 +68,31 @@ class SharedRewardNormalizer(NormalizerCore):
         """The store holding the shared statistics."""
         return self._store
 
-    def normalize(self, scores: Any) -> list[float]:
+    def normalize(self, scores: Any, update: bool = True) -> list[float]:
         """Add ``scores`` to the shared statistics and return them normalized.
 
         Exactly one round trip (none for an empty batch or in ``"none"`` mode, which records
         nothing, as in the reference). Bad scores raise ``TypeError``/``ValueError`` naming the
-        first bad position, and nothing is stored.
+        first bad position, and nothing is stored. ``update=False`` normalizes against the
+        current shared statistics without adding the batch (one read; for evaluation). While
+        the env is frozen the batch is not added either, whatever ``update`` says.
         """
-        return self._store._run(self._normalize_op(scores))
+        return self._store.run(self._normalize_op(scores, update))
 
     def refresh(self) -> RunningStats:
         """Read the shared statistics into this normalizer (one round trip) and return them."""
-        return self._store._run(self._refresh_op())
+        return self._store.run(self._refresh_op())
 
     def metrics_dict(self) -> dict[str, float]:
         """Fresh statistics for ``wandb.log``, with the reference's keys."""
-        return self._store._run(self._metrics_op())
+        return self._store.run(self._metrics_op())
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint in the reference's format (settings plus the shared accumulator)."""
-        return self._store._run(self._state_dict_op())
+        return self._store.run(self._state_dict_op())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a checkpoint (ours or the reference's): settings locally, and the accumulator
         into the shared store, replacing what every process sees. The whole state is validated
         before anything changes."""
-        self._store._run(self._load_state_dict_op(state))
+        self._store.run(self._load_state_dict_op(state))

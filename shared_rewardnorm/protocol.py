@@ -8,10 +8,12 @@ decodes responses (``bytes`` or ``str`` elements both parse).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import CorruptStatsError
+from .envinfo import DecayedStats, EnvInfo
+from .schema import ACTIVITY_FIELDS, DECAY_FIELDS, ENV_FIELDS, STAT_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
 __all__ = [
@@ -19,21 +21,28 @@ __all__ = [
     "as_text",
     "encode_stats",
     "encode_sequence",
+    "encode_state",
+    "MERGED",
+    "DUPLICATE",
+    "FROZEN",
     "decode_reply",
     "decode_stored",
     "batch_record_key",
 ]
-
-#: Fields of a stats hash, in the order scripts take and return them. ``std`` is also stored,
-#: for people reading the hash with ``redis-cli``, but never read back.
-STAT_FIELDS = ("count", "mean", "m2", "min", "max")
-
 
 def encode_stats(stats: RunningStats) -> str:
     """The stats argument of a script, ``"count mean m2 min max"``: fixed-width text, so every
     merge sends the same bytes whatever the batch size, with 17 significant digits, so every
     double round-trips exactly."""
     return "%016d %+.16e %+.16e %+.16e %+.16e" % (stats.count, stats.mean, stats.m2, stats.min, stats.max)
+
+
+def encode_state(info: EnvInfo) -> str:
+    """The state argument of ``replace`` (a snapshot's env): ``"weight wmean wm2 half_life
+    frozen merges updated_at"``, 17 significant digits; half_life 0 for none."""
+    decayed = info.decayed or DecayedStats()
+    return "%.17g %.17g %.17g %.17g %d %d %d" % (decayed.weight, decayed.mean, decayed.m2, info.half_life or 0,
+                                                 info.frozen, info.merges, info.updated_at or 0)
 
 
 def encode_sequence(sequence: int) -> str:
@@ -47,16 +56,31 @@ def batch_record_key(stats_key: str, client_id: str) -> str:
     return f"{stats_key}:batches:{client_id}"
 
 
-def decode_reply(reply: Any) -> tuple[RunningStats, bool]:
-    """Parse a script's reply, ``"count mean m2 min max [merged]"`` (``bytes`` or ``str``):
-    the statistics (validated by the script itself; a count of 0 means empty) and whether this
-    call merged its batch (``False``: it had been merged before)."""
+#: The last word of a merge's reply: what the call did with its batch.
+MERGED, DUPLICATE, FROZEN = 1, 0, 2
+
+
+def decode_reply(reply: Any) -> tuple[EnvInfo, int]:
+    """Parse a script's reply, the env's record in ``ENV_FIELDS`` order and, from a merge, one
+    more word (``bytes`` or ``str``): the env (validated by the script itself; a count of 0
+    means empty) and what the call did (``MERGED``, ``DUPLICATE``: merged before, ``FROZEN``:
+    not counted; replies of other operations count as ``MERGED``)."""
     words = reply.split()
-    merged = len(words) < 6 or words[5] in (b"1", "1")
+    outcome = int(words[_OUTCOME]) if len(words) > _OUTCOME else MERGED
     count = int(words[0])
-    if count == 0:
-        return RunningStats(), merged
-    return RunningStats.trusted(count, float(words[1]), float(words[2]), float(words[3]), float(words[4])), merged
+    stats = RunningStats.trusted(count, float(words[1]), float(words[2]), float(words[3]),
+                                 float(words[4])) if count else RunningStats()
+    half_life = float(words[_HALF_LIFE])
+    decayed = DecayedStats(float(words[_WEIGHT]), float(words[_WEIGHT + 1]), float(words[_WEIGHT + 2])) \
+        if half_life else None
+    updated_at = int(words[_UPDATED_AT])
+    return EnvInfo(stats, decayed, half_life or None, words[_FROZEN] in (b"1", "1"), int(words[_MERGES]),
+                   updated_at or None), outcome
+
+
+_WEIGHT, _HALF_LIFE, _FROZEN, _MERGES, _UPDATED_AT = map(
+    ENV_FIELDS.index, ("weight", "half_life", "frozen", "merges", "updated_at"))
+_OUTCOME = len(ENV_FIELDS)
 
 
 def as_text(value: Any) -> str:
@@ -64,35 +88,64 @@ def as_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def decode_stored(key: str, values: Sequence[Any]) -> RunningStats:
-    """Parse an ``HMGET key count mean m2 min max`` reply, refusing malformed fields.
-
-    All fields absent means the env has no statistics yet. Anything else must be a complete,
-    valid summary; otherwise ``CorruptStatsError`` names the key and the first bad field, so a
-    hand-edited hash is never silently read as something else.
-    """
-    if all(value is None for value in values):
-        return RunningStats()
-    texts = [None if value is None else as_text(value) for value in values]
-    parsed: list[Any] = []
-    for field, text in zip(STAT_FIELDS, texts, strict=True):
-        number = _parse_field(field, text)
-        if number is None:
-            raise CorruptStatsError(f"corrupt stats hash {key}: {field} is {text!r}", key=key, field=field)
-        parsed.append(number)
-    count, mean, m2, low, high = parsed
-    if m2 < 0:
-        raise CorruptStatsError(f"corrupt stats hash {key}: m2 is {texts[2]!r} (negative)", key=key, field="m2")
-    if low > high:
-        raise CorruptStatsError(f"corrupt stats hash {key}: min {texts[3]!r} is greater than max {texts[4]!r}",
-                                key=key, field="min")
-    return RunningStats(count, mean, m2, low, high)
+def _corrupt(key: str, field: str, detail: str) -> CorruptStatsError:
+    return CorruptStatsError(f"corrupt stats hash {key}: {field} {detail}", key=key, field=field)
 
 
-def _parse_field(field: str, text: str | None) -> int | float | None:
-    """The number in one stored field, with the same rules as the scripts' parsers."""
+def _number(key: str, field: str, text: str | None, minimum: float | None = None) -> float:
     if text is None:
-        return None
+        raise _corrupt(key, field, "is missing")
+    number = _parse_field(field, text)
+    if number is None or (minimum is not None and number < minimum):
+        raise _corrupt(key, field, f"is {text!r}")
+    return number
+
+
+def decode_stored(key: str, stored: Mapping[Any, Any]) -> EnvInfo:
+    """Parse an ``HGETALL key`` reply (field names and values as ``bytes`` or ``str``) with
+    the scripts' rules, refusing malformed or missing fields.
+
+    No totals at all means the env has no statistics yet; otherwise they must be a complete,
+    valid summary. With a half-life the decayed fields must be complete too. Anything else
+    raises ``CorruptStatsError`` naming the key and the first bad field, so a hand-edited hash
+    is never silently read as something else.
+    """
+    found = {as_text(field): as_text(value) for field, value in stored.items()}
+    texts = {field: found.get(field) for field in ENV_FIELDS}
+    stats = RunningStats()
+    if any(texts[field] is not None for field in STAT_FIELDS):
+        count, mean, m2, low, high = (_number(key, field, texts[field]) for field in STAT_FIELDS)
+        if m2 < 0:
+            raise _corrupt(key, "m2", f"is {texts['m2']!r} (negative)")
+        if low > high:
+            raise CorruptStatsError(f"corrupt stats hash {key}: min {texts['min']!r} is greater than max "
+                                    f"{texts['max']!r}", key=key, field="min")
+        stats = RunningStats(count, mean, m2, low, high)
+    half_life = decayed = None
+    if texts["half_life"] is not None:
+        half_life = _number(key, "half_life", texts["half_life"])
+        if half_life <= 0:
+            raise _corrupt(key, "half_life", f"is {texts['half_life']!r} (not positive)")
+        weight, mean, m2 = (_number(key, field, texts[field], None if field == "wmean" else 0.0)
+                            for field in DECAY_FIELDS)
+        decayed = DecayedStats(weight, mean, m2)
+    frozen = texts["frozen"]
+    if frozen not in (None, "0", "1"):
+        raise _corrupt(key, "frozen", f"is {frozen!r} (not 0 or 1)")
+    merges, updated_at = (0 if texts[field] is None else _count(key, field, texts[field])
+                          for field in ACTIVITY_FIELDS)
+    return EnvInfo(stats, decayed, half_life, frozen == "1", merges, updated_at or None)
+
+
+def _count(key: str, field: str, text: str) -> int:
+    number = _parse_field(field, text)
+    if number is None or not number.is_integer() or not 0 <= number <= MAX_COUNT:
+        raise _corrupt(key, field, f"is {text!r}")
+    return int(number)
+
+
+def _parse_field(field: str, text: str) -> int | float | None:
+    """The number in one stored field, with the same rules as the scripts' parsers."""
     if not text or any(char not in "0123456789eE.+-" for char in text):
         return None
     try:

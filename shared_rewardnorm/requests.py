@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from redis.exceptions import ResponseError
 
 from .errors import WrongTypeError, translate_response_error
-from .protocol import STAT_FIELDS
 from .scripts import ClientScripts, function_library
 
 __all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "Request", "Operation"]
@@ -52,12 +51,15 @@ class RunScript:
 
 @dataclass(frozen=True, slots=True)
 class ReadStats:
-    """HMGET the five stats fields of one key (read-only: works for a read-only ACL user)."""
+    """HGETALL one env's hash (read-only: works for a read-only ACL user). Not HMGET of the
+    fields: a server answers a command of more than 10 words from a client that has not
+    authenticated with a protocol error, where a forgotten password deserves "Authentication
+    required"; and the hash is small."""
 
     key: str
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        return client.hmget(self.key, STAT_FIELDS)
+        return client.hgetall(self.key)
 
     def translate(self, error: ResponseError) -> Exception:
         if str(error).startswith("WRONGTYPE"):
@@ -67,15 +69,15 @@ class ReadStats:
 
 @dataclass(frozen=True, slots=True)
 class ReadMany(_PassErrorsThrough):
-    """HMGET many keys in one pipeline: one round trip per server (a cluster pipeline groups
-    the commands by node). The reply has one entry per key: the HMGET reply, or the error."""
+    """HGETALL many keys in one pipeline: one round trip per server (a cluster pipeline groups
+    the commands by node). The reply has one entry per key: the HGETALL reply, or the error."""
 
     keys: tuple[str, ...]
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
         pipeline = client.pipeline(transaction=False)
         for key in self.keys:
-            pipeline.hmget(key, STAT_FIELDS)
+            pipeline.hgetall(key)
         return pipeline.execute(raise_on_error=False)
 
 

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: One Lua file per atomic operation.
-OPERATIONS = ("merge", "replace")
+OPERATIONS = ("merge", "replace", "configure", "freeze")
 _LIBRARY = "stats_lib"
 
 

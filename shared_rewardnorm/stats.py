@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import InvalidStatsError
 from .inputs import Scores, coerce_scores
+from .schema import STAT_FIELDS
 
 __all__ = ["RunningStats", "summarize"]
 
@@ -49,7 +50,7 @@ class RunningStats:
             object.__setattr__(self, "count", int(count))
         if not 0 <= self.count <= MAX_COUNT:
             raise InvalidStatsError(f"count must be in [0, 2**53 - 1], got {self.count}")
-        for name in ("mean", "m2", "min", "max"):
+        for name in STAT_FIELDS[1:]:
             value = getattr(self, name)
             if type(value) is not float:
                 if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.number)):
@@ -137,7 +138,7 @@ class RunningStats:
         """
         if self.count == 0:
             return {"count": 0, "mean": 0.0, "m2": 0.0, "min": math.inf, "max": -math.inf}
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
+        return {name: getattr(self, name) for name in STAT_FIELDS}
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> RunningStats:
@@ -149,7 +150,7 @@ class RunningStats:
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"stats state must be a mapping, got {type(state).__name__}")
-        missing = [name for name in ("count", "mean", "m2", "min", "max") if name not in state]
+        missing = [name for name in STAT_FIELDS if name not in state]
         if missing:
             raise InvalidStatsError(f"stats state is missing {', '.join(missing)}")
         count = state["count"]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from .connection import close_client, resolve_client
 from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, StoreCore
+from .envinfo import EnvInfo
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -73,63 +74,96 @@ class StatsStore(StoreCore):
         One atomic round trip; the payload is a five-number summary whatever the batch size.
         An empty batch changes nothing and returns the current statistics.
         """
-        return self._run(self._update_op(env, values))
+        return self.run(self._update_op(env, values))
 
     def merge(self, env: str, stats: RunningStats) -> RunningStats:
         """Merge a precomputed summary (e.g. ``RunningStats.from_values``) into ``env``'s
         statistics and return the result, atomically."""
-        return self._run(self._merge_op(env, stats))
+        return self.run(self._merge_op(env, stats))
 
     def get(self, env: str) -> RunningStats:
         """``env``'s statistics (empty if it has none)."""
-        return self._run(self._get_op(env))
+        return self.run(self._get_op(env))
 
     def set(self, env: str, stats: RunningStats) -> RunningStats:
-        """Replace ``env``'s statistics atomically (empty stats delete the hash)."""
-        return self._run(self._set_op(env, stats))
+        """Replace ``env``'s statistics atomically. The configuration (half-life, frozen flag)
+        stays; the decayed statistics restart empty and the merge count from 0."""
+        return self.run(self._set_op(env, stats))
 
     def reset(self, env: str) -> None:
-        """Forget ``env``'s statistics."""
-        self._run(self._reset_op(env))
+        """Forget ``env``'s statistics (totals, decayed statistics, merges, last update). Its
+        configuration stays: a half-life and the frozen flag are kept."""
+        self.run(self._reset_op(env))
+
+    def info(self, env: str) -> EnvInfo:
+        """Everything stored about ``env`` in one read: totals, decayed statistics (``None``
+        without a half-life), half-life, frozen flag, merges and the time of the last one."""
+        return self.run(self._info_op(env))
+
+    def infos(self, envs: Iterable[str] | None = None) -> dict[str, EnvInfo]:
+        """``info`` of several envs in one round trip per server, or of every env in the
+        namespace with statistics (``None``)."""
+        return self.run(self._selected_infos_op(envs))
+
+    def configure(self, env: str, *, half_life: float | None) -> bool:
+        """Set ``env``'s half-life in samples (``None``: keep no decayed statistics), for every
+        writer at once. Setting or changing it starts the decayed statistics afresh (they then
+        follow the definition for the batches merged from now on); setting the same value
+        again changes nothing. Returns whether anything changed."""
+        return self.run(self._configure_op(env, half_life))
+
+    def freeze(self, env: str) -> bool:
+        """Freeze ``env``: until ``unfreeze``, every merge from every process adds nothing
+        (batches sent meanwhile are never counted, not even when retried later) while reads and
+        normalization keep working. Returns whether the flag changed."""
+        return self.run(self._freeze_op(env, True))
+
+    def unfreeze(self, env: str) -> bool:
+        """Let merges into ``env`` count again. Returns whether the flag changed."""
+        return self.run(self._freeze_op(env, False))
 
     def get_many(self, envs: Iterable[str]) -> dict[str, RunningStats]:
         """Statistics of several envs in one round trip per server (empty for absent envs)."""
-        return self._run(self._get_many_op(envs))
+        return self.run(self._get_many_op(envs))
 
     def envs(self) -> list[str]:
         """Names of the envs with statistics in this namespace (SCAN on every master), sorted."""
-        return self._run(self._envs_op())
+        return self.run(self._envs_op())
 
     def all(self) -> dict[str, RunningStats]:
         """Statistics of every env in this namespace."""
-        return self._run(self._all_op())
+        return self.run(self._all_op())
 
     def aggregate(self, envs: Iterable[str] | None = None) -> RunningStats:
         """The exact merge of several envs' statistics (all of them by default): a
         trainer-wide view."""
-        return self._run(self._aggregate_op(envs))
+        return self.run(self._aggregate_op(envs))
 
     def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``."""
-        return self._run(self._metrics_op(envs))
+        return self.run(self._metrics_op(envs))
 
     def export(self) -> dict[str, Any]:
         """A JSON-safe, versioned snapshot of every env in this namespace."""
-        return self._run(self._export_op())
+        return self.run(self._export_op())
 
     def restore(self, snapshot: Any) -> dict[str, RunningStats]:
         """Write a snapshot's envs (replacing their statistics; other envs are untouched).
-        The whole snapshot is validated before anything is written."""
-        return self._run(self._restore_op(snapshot))
+        The whole snapshot is validated before anything is written. A version-2 snapshot sets
+        everything it holds (decayed statistics, half-life, frozen flag, activity); a version-1
+        snapshot replaces the totals as ``set`` does, keeping each env's configuration."""
+        return self.run(self._restore_op(snapshot))
 
     def load_functions(self) -> str:
         """Load the Function library (``FUNCTION LOAD REPLACE``; on every primary of a cluster)
         and return its name. An administrator's step: afterwards trainers can use
         ``functions=True`` and need no right to load Lua. Needs a server with Functions (7.0+)."""
-        return self._run(self._load_functions_op())
+        return self.run(self._load_functions_op())
 
-    def _run(self, operation: Operation[T]) -> T:
-        """Drive an operation: send each request it yields, hand back the reply."""
+    def run(self, operation: Operation[T]) -> T:
+        """Drive an operation of the core (a generator of requests, see ``core.py``): send each
+        request it yields, hand back the reply, return the operation's result. The public seam
+        for new operations; every method of this class is one call of it."""
         reply = None
         while True:
             try:

@@ -44,9 +44,9 @@ ADMIN_PASSWORD = "admin-password"
 
 #: The rules each user needs, as found by experiment (see docs/SECURITY.md).
 EXPECTED = {
-    "trainer": "~rewardnorm:* resetchannels -@all +evalsha +eval +hmget +hset +get +set +del +type +scan",
-    "trainer-fn": "~rewardnorm:* resetchannels -@all +fcall +hmget +hset +get +set +del +type +scan",
-    "dashboard": "%R~rewardnorm:* resetchannels -@all +hmget +scan",
+    "trainer": "~rewardnorm:* resetchannels -@all +evalsha +eval +hmget +hgetall +hset +get +set +del +type +scan +time",
+    "trainer-fn": "~rewardnorm:* resetchannels -@all +fcall +hmget +hgetall +hset +get +set +del +type +scan +time",
+    "dashboard": "%R~rewardnorm:* resetchannels -@all +hgetall +scan",
 }
 #: The ``functions=`` mode each writing user runs with.
 FUNCTIONS = {"trainer": False, "trainer-fn": True}
@@ -356,7 +356,7 @@ def test_commands_outside_the_rules_are_refused(server: Server, user: str) -> No
         # Keys outside ~rewardnorm:*, including another namespace that merely starts the same.
         for key in ("other:secret", "rewardnormx:{gsm8k}"):
             with pytest.raises(NoPermissionError, match="no permissions to access"):
-                client.hmget(key, ["count"])
+                client.hgetall(key)
     finally:
         client.close()
     for namespace in ("other", "rewardnormx"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import redis
 import redis.cluster
 
 from redis_servers import RedisServer, free_port
-from shared_rewardnorm import RunningStats, StatsStore
+from shared_rewardnorm import EnvInfo, RunningStats, StatsStore
 from shared_rewardnorm.cli import main, redact
 from shared_rewardnorm.snapshot import snapshot_masters
 from shared_rewardnorm.connection import close_client
@@ -97,12 +98,20 @@ def test_stats_table_matches_store(cli: Any, seeded: StatsStore) -> None:
     expected = {**seeded.all(), "aggregate": seeded.aggregate()}
     assert set(rows) == set(expected)
     for name, stats in expected.items():
-        assert rows[name] == [str(stats.count)] + [f"{v:.6g}" for v in (stats.mean, stats.std, stats.min, stats.max)]
+        assert rows[name][:5] == [str(stats.count)] + [f"{v:.6g}" for v in (stats.mean, stats.std, stats.min, stats.max)]
+        if name != "aggregate":  # no half-life: no recent mean or std; not frozen; merged seconds ago
+            assert rows[name][5:8] == ["-", "-", "no"] and re.fullmatch(r"\d+s", rows[name][8])
 
 
 def stats_fields(stats: RunningStats) -> dict[str, Any]:
     return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
             "m2": stats.m2}
+
+
+def env_fields(info: EnvInfo) -> dict[str, Any]:
+    decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
+    return {**stats_fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
+            "merges": info.merges, "updated_at": info.updated_at}
 
 
 @pytest.mark.real_redis
@@ -111,7 +120,7 @@ def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> No
     assert code == 0
     assert json.loads(out) == {
         "namespace": namespace,
-        "envs": {env: stats_fields(stats) for env, stats in seeded.all().items()},
+        "envs": {env: env_fields(seeded.info(env)) for env in seeded.all()},
         "aggregate": stats_fields(seeded.aggregate()),
     }
 
@@ -121,7 +130,7 @@ def test_stats_of_named_envs_includes_absent_ones(cli: Any, seeded: StatsStore) 
     code, out, _ = cli("stats", "gsm8k", "absent", "--json")
     assert code == 0
     shown = json.loads(out)
-    assert shown["envs"]["gsm8k"] == stats_fields(seeded.get("gsm8k"))
+    assert shown["envs"]["gsm8k"] == env_fields(seeded.info("gsm8k"))
     assert shown["envs"]["absent"]["count"] == 0
     assert shown["aggregate"] == stats_fields(seeded.aggregate(["gsm8k"]))
 
@@ -186,7 +195,8 @@ def test_export_to_stdout_and_import_from_stdin(cli: Any, seeded: StatsStore, mo
     code, out, _ = cli("export", "-")
     assert code == 0
     exported = json.loads(out)
-    assert exported["envs"] == {env: stats.to_dict() for env, stats in seeded.all().items()}
+    assert exported["version"] == 2
+    assert exported["envs"] == {env: seeded.info(env).to_dict() for env in seeded.all()}
     before = seeded.all()
     for env in before:
         seeded.reset(env)
@@ -444,3 +454,44 @@ def test_load_functions_lets_a_functions_only_store_run(tmp_path: Path, capsys: 
         assert library_name() in capsys.readouterr().out
         with StatsStore(server.url, "fn", functions=True) as store:
             assert store.update("env", [1.0, 3.0]).mean == 2.0
+
+
+# --- configure, freeze, unfreeze ---------------------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_configure_freeze_unfreeze_and_what_stats_shows(cli: Any, seeded: StatsStore) -> None:
+    assert cli("configure", "gsm8k", "--half-life", "50") == (0, "gsm8k: half-life 50 samples (decayed statistics "
+                                                               "start afresh)\n", "")
+    assert cli("configure", "gsm8k", "--half-life", "50")[1] == "gsm8k: half-life 50 samples (unchanged)\n"
+    seeded.update("gsm8k", [1.0, 3.0])
+    assert cli("freeze", "gsm8k", "code") == (0, "gsm8k: frozen\ncode: frozen\n", "")
+    assert cli("freeze", "code")[1] == "code: frozen (already)\n"
+    before = seeded.get("code")
+    assert seeded.update("code", [5.0]) == before
+    rows = table_rows(cli("stats")[1])
+    assert rows["gsm8k"][5:8] == ["2", "1", "yes"] and rows["code"][5:8] == ["-", "-", "yes"]
+    shown = json.loads(cli("stats", "--json", "gsm8k")[1])["envs"]["gsm8k"]
+    assert shown["decayed"] == {"weight": 2.0, "mean": 2.0, "m2": 2.0, "std": 1.0} and shown["half_life"] == 50
+    assert cli("unfreeze", "gsm8k", "code") == (0, "gsm8k: unfrozen\ncode: unfrozen\n", "")
+    assert cli("configure", "gsm8k", "--no-decay")[1] == "gsm8k: no decay (decayed statistics deleted)\n"
+    assert seeded.info("gsm8k").decayed is None and not seeded.info("code").frozen
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("configure", "gsm8k"), "one of the arguments --half-life --no-decay is required"),
+    (("configure", "gsm8k", "--half-life", "0"), "must be > 0"),
+    (("configure", "gsm8k", "--half-life", "10", "--no-decay"), "not allowed with argument"),
+    (("freeze",), "the following arguments are required: ENV"),
+])
+def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+                                           message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+@pytest.mark.real_redis
+def test_freeze_checks_every_name_before_the_first_change(cli: Any, seeded: StatsStore) -> None:
+    code, _, err = cli("freeze", "gsm8k", "bad{name}")
+    assert code == 1 and "bad{name}" in err
+    assert not seeded.info("gsm8k").frozen

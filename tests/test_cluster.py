@@ -639,3 +639,68 @@ def test_functions_normalize_is_one_round_trip_on_a_cluster(cluster: RedisCluste
         assert sent == Counter({"FCALL": 10}), sent
     finally:
         store.client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Decayed statistics, configure and freeze (the newer scripts) on every master
+# --------------------------------------------------------------------------------------------
+
+
+def decay_scenario(store: StatsStore, envs: list[str]) -> None:
+    """configure, merges, freeze, unfreeze and a version-2 export/restore on ``envs``, checked
+    against the per-sample definition of the decayed statistics."""
+    from decay_oracle import assert_decayed
+
+    sent: dict[str, list[list[float]]] = {env: [] for env in envs}
+    for index, env in enumerate(envs):
+        assert store.configure(env, half_life=20 + index) is True
+        for round_ in range(30):
+            values = batch(index, index, round_)
+            store.update(env, values)
+            sent[env].append(values)
+    frozen = envs[::2]
+    for env in frozen:
+        assert store.freeze(env) is True
+    before = store.get_many(envs)
+    for index, env in enumerate(envs):
+        values = batch(index, index, 99)
+        store.update(env, values)
+        if env not in frozen:
+            sent[env].append(values)
+    for index, env in enumerate(envs):
+        info = store.info(env)
+        assert info.frozen == (env in frozen)
+        assert (info.stats == before[env]) == (env in frozen)
+        assert info.merges == len(sent[env])
+        assert_decayed(info.decayed, sent[env], 20 + index)
+    snapshot = store.export()
+    copy = StatsStore(store.client, store.namespace + "-copy")
+    copy.restore(snapshot)
+    assert {env: copy.info(env) for env in envs} == {env: store.info(env) for env in envs}
+    for env in frozen:
+        assert store.unfreeze(env) is True
+        assert store.update(env, [1.0]).count == before[env].count + 1
+
+
+def test_configure_freeze_and_decay_on_every_master(cluster: RedisCluster, client: ClusterClient,
+                                                    namespace: str) -> None:
+    envs = envs_per_master(cluster, client, "decay", 2)
+    store = StatsStore(cluster.url, namespace, cluster=True, **evalsha_only())
+    try:
+        decay_scenario(store, envs)
+    finally:
+        store.client.close()
+
+
+def test_configure_and_freeze_run_as_functions_on_a_cluster(cluster: RedisCluster, client: ClusterClient,
+                                                            namespace: str, functions_loaded: str) -> None:
+    envs = envs_per_master(cluster, client, "decay-fn", 1)
+    fcalls_before = server_counter(cluster, "commandstats", "cmdstat_fcall", "calls")
+    evalshas_before = server_counter(cluster, "commandstats", "cmdstat_evalsha", "calls")
+    store = StatsStore(cluster.url, namespace, cluster=True, functions=True)
+    try:
+        decay_scenario(store, envs)
+    finally:
+        store.client.close()
+    assert server_counter(cluster, "commandstats", "cmdstat_fcall", "calls") > fcalls_before
+    assert server_counter(cluster, "commandstats", "cmdstat_evalsha", "calls") == evalshas_before

@@ -100,7 +100,7 @@ def test_export_restore_round_trip_is_exact(backend: Any, namespace: str) -> Non
     fill(store)
     before = store.all()
     snapshot = json.loads(json.dumps(store.export(), allow_nan=False))  # strict JSON survives
-    assert snapshot["version"] == 1 and snapshot["namespace"] == namespace
+    assert snapshot["version"] == 2 and snapshot["namespace"] == namespace
     for env in ENV_NAMES:
         store.reset(env)
     assert store.all() == {}
@@ -118,7 +118,13 @@ def test_export_restore_round_trip_is_exact(backend: Any, namespace: str) -> Non
     "damage",
     [
         lambda s: s.update(format="something else"),
-        lambda s: s.update(version=2),
+        lambda s: s.update(version=3),
+        lambda s: s["envs"]["zz-last"].update(half_life=-1.0, decayed={"weight": 0, "mean": 0, "m2": 0}),
+        lambda s: s["envs"]["zz-last"].update(decayed={"weight": 1.0, "mean": 0.0, "m2": 0.0}),  # no half_life
+        lambda s: s["envs"]["zz-last"].update(half_life=10.0, decayed={"weight": -1.0, "mean": 0.0, "m2": 0.0}),
+        lambda s: s["envs"]["zz-last"].update(frozen="yes"),
+        lambda s: s["envs"]["zz-last"].update(merges=-1),
+        lambda s: s["envs"]["zz-last"].update(updated_at=1.5),
         lambda s: s.pop("envs"),
         lambda s: s["envs"].update({"bad{env}": {"count": 1, "mean": 0.0, "m2": 0.0, "min": 0.0, "max": 0.0}}),
         lambda s: s["envs"]["zz-last"].update(m2=-1.0),

@@ -111,7 +111,7 @@ def test_each_normalize_is_one_round_trip(backend: Any, namespace: str) -> None:
     assert sent == []  # properties never touch the network
     norm.metrics_dict()
     norm.state_dict()
-    assert sent == ["HMGET", "HMGET"]
+    assert sent == ["HGETALL", "HGETALL"]
 
 
 def test_late_replica_is_warm_at_once_and_sees_shared_stats(backend: Any, namespace: str) -> None:

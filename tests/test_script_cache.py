@@ -32,7 +32,7 @@ from shared_rewardnorm import (
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.protocol import decode_reply
+from shared_rewardnorm.protocol import DUPLICATE, MERGED, decode_reply
 from shared_rewardnorm.scripts import library_name
 
 pytestmark = pytest.mark.own_server
@@ -254,15 +254,15 @@ def test_pipeline_loads_the_flushed_script_sync(server: RedisServer, inspector: 
             reply, count = pipe.execute()
         # redis-py's pipeline checked SCRIPT EXISTS and loaded the script before sending it.
         assert script_cached(inspector, script.sha)
-        stats, merged = decode_reply(reply)
-        assert merged and int(count) == len(first) + len(second)
-        assert_summarizes(stats, first + second)
+        info, outcome = decode_reply(reply)
+        assert outcome == MERGED and int(count) == len(first) + len(second)
+        assert_summarizes(info.stats, first + second)
 
         # The same batch once more through a pipeline: recognized, not merged again.
         with store.client.pipeline(transaction=transaction) as pipe:
             script(keys=request.keys, args=request.args, client=pipe)
             (again,) = pipe.execute()
-        assert decode_reply(again) == (stats, False)
+        assert decode_reply(again) == (info, DUPLICATE)
         assert_summarizes(store.get("env"), first + second)
     finally:
         store.client.close()
@@ -284,7 +284,7 @@ def test_pipeline_loads_the_flushed_script_async(server: RedisServer, inspector:
                 pipe.hget(store.key("env"), "count")
                 reply, count = await pipe.execute()
             assert script_cached(inspector, script.sha)
-            assert decode_reply(reply)[1] and int(count) == len(first) + len(second)
+            assert decode_reply(reply)[1] == MERGED and int(count) == len(first) + len(second)
             assert_summarizes(await store.get("env"), first + second)
         finally:
             await store.aclose()

@@ -52,8 +52,8 @@ def test_hash_is_readable_and_exact(backend: Any, namespace: str, raw_client: An
     values = [0.1, 0.2, 1 / 3, 2.0 / 7.0, 1e-300, 123456789.123456789]
     stats = store.update("precise", values)
     stored = {k.decode(): v.decode() for k, v in raw_client.hgetall(f"{namespace}:{{precise}}").items()}
-    assert set(stored) == {"count", "mean", "m2", "min", "max", "std"}
-    assert stored["count"] == "6"
+    assert set(stored) == {"count", "mean", "m2", "min", "max", "std", "merges", "updated_at"}
+    assert stored["count"] == "6" and stored["merges"] == "1"
     local = RunningStats.from_values(values)
     # Floats survive the trip through Lua exactly: the stored text parses to the same double.
     assert float(stored["mean"]) == local.mean == stats.mean
@@ -122,9 +122,12 @@ def test_scripts_validate_their_own_arguments(raw_client: Any, namespace: str, o
 
 def test_scripts_accept_plain_text_from_redis_cli(raw_client: Any, namespace: str) -> None:
     key = f"{namespace}:{{env}}"
-    assert raw_client.eval(script_source("merge"), 1, key, "4 0.5 3 -1 1") == b"4 0.5 3 -1 1 1"
-    assert raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1") == b"2 1 0 1 1"
-    assert raw_client.eval(script_source("replace"), 1, key, "0 0 0 0 0") == b"0 0 0 0 0"
+    merged = raw_client.eval(script_source("merge"), 1, key, "4 0.5 3 -1 1").split()
+    # totals, decayed (none: zeros), half_life 0, not frozen, 1 merge, updated_at, merged
+    assert merged[:11] == b"4 0.5 3 -1 1 0 0 0 0 0 1".split() and merged[12] == b"1"
+    assert abs(int(merged[11]) - int(raw_client.hget(key, "updated_at"))) == 0
+    assert raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1") == b"2 1 0 1 1 0 0 0 0 0 0 0"
+    assert raw_client.eval(script_source("replace"), 1, key, "0 0 0 0 0") == b"0 0 0 0 0 0 0 0 0 0 0 0"
     assert raw_client.exists(key) == 0
 
 

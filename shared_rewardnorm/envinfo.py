@@ -1,0 +1,135 @@
+"""``EnvInfo``: everything an env's hash says, not just its totals.
+
+The totals (``RunningStats``), the decayed statistics (``DecayedStats``, with a half-life), the
+configuration (half-life, frozen flag) and the activity (merges, time of the last one). This is
+what ``StatsStore.info`` returns, what every script replies, and what a version-2 snapshot
+holds per env.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidStatsError
+from .schema import STAT_FIELDS
+from .stats import MAX_COUNT, RunningStats
+
+__all__ = ["DecayedStats", "EnvInfo"]
+
+
+def _finite(name: str, value: Any, minimum: float | None = None) -> float:
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float)):
+        raise InvalidStatsError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise InvalidStatsError(f"{name} must be finite{'' if minimum is None else f' and >= {minimum:g}'}, "
+                                f"got {value!r}")
+    return value
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise InvalidStatsError(f"{name} must be an integer in [0, 2**53 - 1], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DecayedStats:
+    """Exponentially decayed statistics: total ``weight``, weighted ``mean`` and ``m2`` (the
+    weighted sum of squared deviations). After batches B1..Bk a sample of Bj weighs
+    ``2 ** (-a / half_life)``, ``a`` being the samples merged after Bj. ``weight`` 0 means no
+    batch has been merged since the half-life was set."""
+
+    weight: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @property
+    def variance(self) -> float:
+        """Weighted population variance (m2 / weight); 0 with no weight."""
+        return self.m2 / self.weight if self.weight > 0 else 0.0
+
+    @property
+    def std(self) -> float:
+        """Weighted population standard deviation."""
+        return math.sqrt(self.variance)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"weight": self.weight, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_dict(cls, state: Any) -> DecayedStats:
+        """Validate a ``to_dict`` mapping (weight and m2 >= 0, all finite)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"decayed must be a mapping or None, got {type(state).__name__}")
+        missing = [name for name in ("weight", "mean", "m2") if name not in state]
+        if missing:
+            raise InvalidStatsError(f"decayed is missing {', '.join(missing)}")
+        return cls(_finite("decayed weight", state["weight"], 0.0), _finite("decayed mean", state["mean"]),
+                   _finite("decayed m2", state["m2"], 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class EnvInfo:
+    """One env as stored: totals, decayed statistics, configuration and activity.
+
+    ``decayed`` and ``half_life`` are ``None`` for an env without a half-life. ``merges`` counts
+    the batches merged since the statistics were last replaced (``set``, ``reset``,
+    ``load_state_dict``, a version-1 ``restore``); ``updated_at`` is the server's time of the
+    last merge in milliseconds since the epoch (``None``: none since).
+    """
+
+    stats: RunningStats = RunningStats()
+    decayed: DecayedStats | None = None
+    half_life: float | None = None
+    frozen: bool = False
+    merges: int = 0
+    updated_at: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """No statistics and no configuration: the env's hash does not exist."""
+        return self.stats.is_empty and self.half_life is None and not self.frozen and self.merges == 0
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the last merge (by ``now``, default this machine's clock), or ``None``."""
+        if self.updated_at is None:
+            return None
+        return (time.time() if now is None else now) - self.updated_at / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form of a version-2 snapshot entry: the reference's accumulator fields
+        plus ``decayed``, ``half_life``, ``frozen``, ``merges`` and ``updated_at``. An env with
+        configuration but no statistics writes zeros, not the reference's ``min=inf``: strict
+        JSON has no infinity."""
+        totals = self.stats.to_dict() if self.stats.count else {name: 0.0 for name in STAT_FIELDS} | {"count": 0}
+        return {**totals, "decayed": None if self.decayed is None else self.decayed.to_dict(),
+                "half_life": self.half_life, "frozen": self.frozen, "merges": self.merges,
+                "updated_at": self.updated_at}
+
+    @classmethod
+    def from_dict(cls, state: Any) -> EnvInfo:
+        """Validate a ``to_dict`` mapping completely; raises ``ValueError``/``TypeError``
+        naming the first problem."""
+        stats = RunningStats.from_dict(state)
+        half_life = state.get("half_life")
+        if half_life is not None:
+            half_life = _finite("half_life", half_life, 0.0)
+            if half_life == 0:
+                raise InvalidStatsError("half_life must be > 0 (or null for none)")
+        decayed = state.get("decayed")
+        if (decayed is None) != (half_life is None):
+            raise InvalidStatsError("decayed and half_life must both be set or both be null")
+        frozen = state.get("frozen", False)
+        if not isinstance(frozen, bool):
+            raise InvalidStatsError(f"frozen must be true or false, got {frozen!r}")
+        updated_at = state.get("updated_at")
+        return cls(stats=stats, decayed=None if decayed is None else DecayedStats.from_dict(decayed),
+                   half_life=half_life, frozen=frozen, merges=_count("merges", state.get("merges", 0)),
+                   updated_at=None if updated_at is None else _count("updated_at", updated_at))
