@@ -13,6 +13,7 @@ from .errors import (
     CorruptStatsError,
     FunctionsNotLoadedError,
     InvalidStatsError,
+    NotReplicatedError,
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
@@ -36,6 +37,7 @@ __all__ = [
     "StatsOverflowError",
     "StaleBatchError",
     "FunctionsNotLoadedError",
+    "NotReplicatedError",
     "RetryPolicy",
 ]
 

@@ -2,8 +2,10 @@
 
 ``redis=`` takes a ready client (used as is: its pool, retries and protocol are the caller's
 choice): ``redis.Redis`` or ``redis.cluster.RedisCluster`` for the sync classes, their
-``redis.asyncio`` twins for the async ones. It also takes a URL (``redis://``, ``rediss://``,
-``unix://``; ``cluster=True`` connects to a Redis Cluster through that seed node), or ``None``:
+``redis.asyncio`` twins for the async ones (a Sentinel-managed primary is such a client, from
+``Sentinel(...).master_for(service)``). It also takes a URL (``redis://``, ``rediss://``,
+``unix://``, ``redis+sentinel://``, see ``sentinel.py``; ``cluster=True`` connects to a Redis
+Cluster through that seed node), or ``None``:
 the embedded store, fakeredis with Lua, so the library works with no server at all. All
 embedded clients of one process share one embedded server, as clients of a real one do.
 """
@@ -18,12 +20,14 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from .sentinel import async_sentinel_client, is_sentinel_url, sentinel_client
+
 __all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster", "close_client"]
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None
 
-_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 #: Connections of an asyncio client this library creates. Coroutines beyond this many wait for a
 #: free connection (a blocking pool) rather than fail: redis.asyncio's default pool raises
 #: MaxConnectionsError past 100, which breaks ``asyncio.gather`` over a few hundred batches.
@@ -50,14 +54,17 @@ def is_cluster(client: Any) -> bool:
 
 def _check_url(url: str, cluster: bool) -> None:
     if not url.startswith(_URL_SCHEMES):
-        raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {url!r}")
-    if cluster and url.startswith("unix://"):
+        raise ValueError(f"redis URL must start with redis://, rediss://, unix:// or redis+sentinel://, got {url!r}")
+    if cluster and url.startswith(("unix://", "redis+sentinel://")):
         raise ValueError("a Redis Cluster is reached over TCP: use a redis:// or rediss:// URL")
 
 
 def _wrong_client(target: Any, expected: str) -> TypeError:
-    return TypeError(f"redis must be {expected}, a redis:// / rediss:// / unix:// URL, or None for the "
-                     f"embedded store; got {type(target).__name__}")
+    hint = ""
+    if type(target).__name__ == "Sentinel":
+        hint = " (for a Sentinel, pass sentinel.master_for(service_name), the primary's client)"
+    return TypeError(f"redis must be {expected}, a redis:// / rediss:// / unix:// / redis+sentinel:// URL, or "
+                     f"None for the embedded store; got {type(target).__name__}{hint}")
 
 
 def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) -> Any:
@@ -70,6 +77,8 @@ def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) ->
         return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
         _check_url(target, cluster)
+        if is_sentinel_url(target):
+            return sentinel_client(target, **url_options)
         client_class = redis.cluster.RedisCluster if cluster else redis.Redis
         return client_class.from_url(target, **url_options)
     if isinstance(target, _SYNC_CLIENTS):
@@ -89,6 +98,8 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
                                         connection_pool_class=redis.asyncio.BlockingConnectionPool)
     if isinstance(target, str):
         _check_url(target, cluster)
+        if is_sentinel_url(target):
+            return async_sentinel_client(target)
         if cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(target)
         pool = redis.asyncio.BlockingConnectionPool.from_url(target, max_connections=ASYNC_POOL_SIZE, timeout=None)

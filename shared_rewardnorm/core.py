@@ -17,7 +17,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .errors import RewardNormError
+from .durability import replica_wait
+from .errors import NotReplicatedError, RewardNormError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
 from .protocol import as_text, batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
@@ -100,6 +101,9 @@ SEND_FAILURES = (ResponseError, *TRANSIENT_ERRORS)
 #: Seconds a client's batch record for an env lives after its last merge: a retry must come
 #: within this time to be recognized (retries come within seconds; a day is generous).
 DEFAULT_BATCH_RECORD_TTL = 86_400
+#: Seconds a merge waits for its replicas with ``replicas=`` (a healthy replica on the same
+#: network acknowledges within milliseconds).
+DEFAULT_REPLICA_TIMEOUT = 1.0
 #: Ten years: far beyond any use, and within what Redis accepts for SET ... EX.
 MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
@@ -121,8 +125,12 @@ class StoreCore:
     _scripts: ClientScripts
 
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, replicas: int = 0,
+                 replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
         self._namespace = validate_namespace(namespace)
+        #: ``WAIT`` after every merge (``replicas=``), or None; subclasses call
+        #: ``refuse_unsupported`` once they have their client.
+        self._wait = replica_wait(replicas, replica_timeout)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self._retry = retry
@@ -179,7 +187,8 @@ class StoreCore:
             if sequence is None:
                 sequence = self._sequences.setdefault(key, itertools.count(1))
             request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                                (encoded, encode_sequence(next(sequence)), self._record_ttl))
+                                (encoded, encode_sequence(next(sequence)), self._record_ttl),
+                                None if self._wait is None else self._wait.args)
         try:
             reply = yield request
         except (RewardNormError, ResponseError):
@@ -191,9 +200,17 @@ class StoreCore:
             # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
+        if self._wait is not None:
+            reply, acknowledged = reply
         stats, merged = decode_reply(reply)
         if not merged:
             self.duplicates += 1
+        if self._wait is not None:
+            try:
+                self._wait.check(key, acknowledged)
+            except NotReplicatedError:
+                self._unacknowledged[key] = request  # the caller's retry re-waits, counted once
+                raise
         return stats
 
     @property
