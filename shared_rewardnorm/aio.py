@@ -16,6 +16,7 @@ from .durability import refuse_unsupported
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
+from .sentinel import aclose_sentinels
 from .stats import RunningStats
 
 __all__ = ["AsyncStatsStore", "AsyncSharedRewardNormalizer"]
@@ -114,6 +115,7 @@ class AsyncStatsStore(StoreCore):
         store); a client passed in is the caller's to close."""
         if self._owns_client:
             await self._client.aclose()
+            await aclose_sentinels(self._client)
 
     async def __aenter__(self) -> AsyncStatsStore:
         return self

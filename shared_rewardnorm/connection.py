@@ -20,7 +20,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from .sentinel import async_sentinel_client, is_sentinel_url, sentinel_client
+from .sentinel import async_sentinel_client, close_sentinels, is_sentinel_url, sentinel_client
 
 __all__ = ["resolve_client", "resolve_async_client", "embedded_server", "is_cluster", "close_client"]
 
@@ -114,9 +114,11 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
 def close_client(client: Any) -> None:
     """Close a sync client's connections now. ``RedisCluster.close()`` alone does not: the
     per-node clients it builds from a URL keep their pools' sockets open until garbage
-    collection (an unclosed-socket ResourceWarning)."""
+    collection (an unclosed-socket ResourceWarning); nor does a Sentinel client's close() close
+    its connections to the Sentinels."""
     if is_cluster(client):
         for node in client.get_nodes():
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
+    close_sentinels(client)

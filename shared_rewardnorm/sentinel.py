@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["SENTINEL_SCHEME", "SentinelURL", "is_sentinel_url", "parse_sentinel_url", "sentinel_client",
-           "async_sentinel_client"]
+           "async_sentinel_client", "close_sentinels", "aclose_sentinels"]
 
 SENTINEL_SCHEME = "redis+sentinel://"
 _FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]"
@@ -105,3 +105,22 @@ def async_sentinel_client(url: str, **options: Any) -> Any:
     parsed = parse_sentinel_url(url)
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=_sentinel_options(options))
     return sentinel.master_for(parsed.service, **_server_options(parsed, options))
+
+
+def _sentinel_clients(client: Any) -> list[Any]:
+    # A master_for client's pool knows its Sentinel manager, which holds one client per Sentinel.
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", []))
+
+
+def close_sentinels(client: Any) -> None:
+    """Close the connections to the Sentinels behind a sync ``master_for`` client (closing the
+    client closes only its connections to the primary)."""
+    for sentinel in _sentinel_clients(client):
+        sentinel.close()
+
+
+async def aclose_sentinels(client: Any) -> None:
+    """The asyncio twin of ``close_sentinels``."""
+    for sentinel in _sentinel_clients(client):
+        await sentinel.aclose()
