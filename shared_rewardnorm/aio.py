@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, NormalizerCore, StoreCore
 from .durability import refuse_unsupported
+from .errors import RewardNormError
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -97,6 +98,11 @@ class AsyncStatsStore(StoreCore):
     async def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """See ``StatsStore.metrics``."""
         return await self._run(self._metrics_op(envs))
+
+    async def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, RunningStats],
+                                                                         dict[str, RewardNormError]]:
+        """See ``StatsStore.survey``."""
+        return await self._run(self._survey_op(envs))
 
     async def export(self) -> dict[str, Any]:
         """See ``StatsStore.export``."""

@@ -36,6 +36,7 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "SNAPSHOT_VERSION",
     "parse_snapshot",
+    "snapshot_of",
 ]
 
 #: Identifies our JSON snapshots (``export()``, ``shared-rewardnorm export``), and their version.
@@ -241,9 +242,7 @@ class StoreCore:
         return _replace(self.key(env), RunningStats())
 
     def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
-        if isinstance(envs, str):
-            raise TypeError("envs must be an iterable of env names, not a single str")
-        names = list(dict.fromkeys(envs))
+        names = _env_names(envs)
         keys = tuple(self.key(env) for env in names)
         if not keys:
             return {}
@@ -281,15 +280,29 @@ class StoreCore:
             metrics.update(metrics_from_stats(stats, prefix=f"reward_norm/{env}"))
         return metrics
 
+    def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, RunningStats],
+                                                                          dict[str, RewardNormError]]]:
+        names = (yield from self._envs_op()) if envs is None else _env_names(envs)
+        keys = tuple(self.key(env) for env in names)
+        replies = (yield ReadMany(keys)) if keys else []
+        found: dict[str, RunningStats] = {}
+        broken: dict[str, RewardNormError] = {}
+        for env, key, reply in zip(names, keys, replies, strict=True):
+            try:
+                if isinstance(reply, ResponseError):
+                    raise ReadStats(key).translate(reply) from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                stats = decode_stored(key, reply)
+            except RewardNormError as exc:
+                broken[env] = exc
+                continue
+            if envs is not None or not stats.is_empty:  # deleted between the SCAN and the read
+                found[env] = stats
+        return found, broken
+
     def _export_op(self) -> Operation[dict[str, Any]]:
-        found = yield from self._all_op()
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "namespace": self._namespace,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "envs": {env: stats.to_dict() for env, stats in sorted(found.items())},
-        }
+        return snapshot_of(self._namespace, (yield from self._all_op()))
 
     def _load_functions_op(self) -> Operation[str]:
         reply = yield LoadFunctions()
@@ -309,6 +322,23 @@ class StoreCore:
         for key, (env, stats) in zip(keys, parsed.items(), strict=True):
             restored[env] = yield from _replace(key, stats)
         return restored
+
+
+def _env_names(envs: Iterable[str]) -> list[str]:
+    if isinstance(envs, str):
+        raise TypeError("envs must be an iterable of env names, not a single str")
+    return list(dict.fromkeys(envs))
+
+
+def snapshot_of(namespace: str, found: Mapping[str, RunningStats]) -> dict[str, Any]:
+    """A JSON-safe, versioned snapshot of the given envs' statistics."""
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "version": SNAPSHOT_VERSION,
+        "namespace": namespace,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "envs": {env: stats.to_dict() for env, stats in sorted(found.items())},
+    }
 
 
 def metrics_from_stats(stats: RunningStats, prefix: str = "reward_norm") -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from .connection import close_client, resolve_client
 from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, StoreCore
 from .durability import refuse_unsupported
+from .errors import RewardNormError
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -123,6 +124,13 @@ class StatsStore(StoreCore):
     def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``."""
         return self._run(self._metrics_op(envs))
+
+    def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, RunningStats],
+                                                                 dict[str, RewardNormError]]:
+        """Every env's statistics (or the given envs', empty for absent ones) that can be read,
+        and for each env that cannot (a corrupt hash, a key of another type), its error: one
+        broken env hides no healthy one, as it does for ``all()``. For monitoring tools."""
+        return self._run(self._survey_op(envs))
 
     def export(self) -> dict[str, Any]:
         """A JSON-safe, versioned snapshot of every env in this namespace."""
