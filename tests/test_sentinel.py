@@ -47,7 +47,7 @@ def test_bad_sentinel_urls_are_refused_before_connecting(url: str, match: str) -
 
 
 def test_a_sentinel_url_never_echoes_its_password() -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="each Sentinel is host:port, got 'h'") as caught:
         parse_sentinel_url("redis+sentinel://u:hunter2@h/svc")
     assert "hunter2" not in str(caught.value)
 
