@@ -339,6 +339,17 @@ class ProgressLine(DemoObserver):
         where = f"embedded Redis-protocol server (fakeredis + Lua) at {url}" if embedded else redact(url)
         print(f"server: {where}; namespace {namespace!r}", file=self._stream, flush=True)
 
+    def workers_ready(self, ready: int, total: int) -> None:
+        # Spawning takes seconds (each worker starts Python and imports numpy): say so at once.
+        if ready == 0:
+            text = f"starting {total} worker processes..."
+        elif self._tty or ready == total:
+            text = f"worker processes ready: {ready}/{total}"
+        else:
+            return
+        end = "\n" if ready == total or not self._tty else ""
+        print(("\r" if self._tty else "") + text, end=end, file=self._stream, flush=True)
+
     def _due(self, done: int, total: int) -> bool:
         now = time.monotonic()
         if self._last is None:
