@@ -41,7 +41,13 @@ class ReplicaWait:
         return str(self.replicas), str(max(1, math.ceil(self.timeout * 1000)))
 
     def check(self, key: str, acknowledged: Any) -> None:
-        """Raise ``NotReplicatedError`` when fewer replicas than required acknowledged."""
+        """Raise ``NotReplicatedError`` when fewer replicas than required acknowledged, or WAIT
+        itself failed (``acknowledged`` is then its error)."""
+        if isinstance(acknowledged, Exception):
+            raise NotReplicatedError(
+                f"{key}: the merge is stored (once) on the primary, but WAIT failed ({acknowledged}); an ACL user "
+                "needs +wait with replicas=. Calling again with the same values counts the batch once",
+                key=key, acknowledged=0, required=self.replicas) from acknowledged
         if int(acknowledged) < self.replicas:
             raise NotReplicatedError(
                 f"{key}: the merge is stored (once) on the primary, but only {int(acknowledged)} of the "

@@ -34,12 +34,12 @@ class _PassErrorsThrough:
 
 
 def _without_errors(replies: list[Any]) -> list[Any]:
-    """A pipeline's replies, after raising the first error among them as the server sent it
-    (``raise_on_error=True`` would reword it, "Command # 1 (...) of pipeline caused error: ...",
-    which hides NOSCRIPT and "Function not found" from the fallback)."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+    """A merge-and-WAIT pipeline's replies, after raising the script's error as the server sent
+    it (``raise_on_error=True`` would reword it, "Command # 1 (...) of pipeline caused error:
+    ...", which hides NOSCRIPT and "Function not found" from the fallback). An error of WAIT
+    (say NOPERM) stays in the list: the merge ran, and the operation must know that."""
+    if isinstance(replies[0], Exception):
+        raise replies[0]
     return replies
 
 

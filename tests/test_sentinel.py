@@ -117,6 +117,21 @@ def test_the_async_store_waits_in_the_same_round_trip(real_redis_url: str, real_
     assert StatsStore(real_client, namespace).get("e").count == 1
 
 
+@pytest.mark.own_server
+def test_a_user_without_wait_gets_not_replicated_after_merging_once(server: Any, inspector: redis.Redis) -> None:
+    inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", "~rewardnorm:*", "resetchannels",
+                              "-@all", "+evalsha", "+eval", "+hmget", "+hset", "+get", "+set", "+del", "+type",
+                              "+scan")
+    url = f"redis://trainer:pw@127.0.0.1:{server.port}/0"
+    with StatsStore(url, replicas=1, functions=False) as store:
+        for _ in range(2):  # the caller's retry: the same batch
+            with pytest.raises(NotReplicatedError, match=r"stored \(once\) .* WAIT failed \(.*wait.*\); an ACL user "
+                                                         r"needs \+wait"):
+                store.update("e", [1.0, 2.0])
+        assert store.duplicates == 1
+    assert StatsStore(server.url).get("e").count == 2
+
+
 # --- real failovers ----------------------------------------------------------------------------
 
 @pytest.fixture
