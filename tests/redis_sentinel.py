@@ -214,6 +214,12 @@ class SentinelGroup:
                 return replica.info("replication").get("role") == "master"
         self._wait(promoted, "the Sentinels to promote the replica", timeout)
 
+    def set_down_after(self, milliseconds: int) -> None:
+        """Change how long every Sentinel waits before it calls the primary down."""
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                client.execute_command("SENTINEL", "SET", SERVICE, "down-after-milliseconds", str(milliseconds))
+
     @staticmethod
     def _reported_port(sentinel: SentinelProcess) -> int:
         with sentinel.client() as client:
