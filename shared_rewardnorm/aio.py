@@ -42,8 +42,8 @@ class AsyncStatsStore(StoreCore):
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
                  replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
         super().__init__(namespace, retry, batch_record_ttl, replicas, replica_timeout)
+        refuse_unsupported(self._wait, redis, cluster)
         self._client = resolve_async_client(redis, cluster=cluster)
-        refuse_unsupported(self._wait, self._client)
         self._owns_client = self._client is not redis
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
         # MaxConnectionsError when a node's pool is exhausted, and a retry after a backoff would

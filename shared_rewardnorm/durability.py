@@ -67,12 +67,13 @@ def replica_wait(replicas: Any, timeout: Any) -> ReplicaWait | None:
     return ReplicaWait(replicas, float(timeout)) if replicas else None
 
 
-def refuse_unsupported(wait: ReplicaWait | None, client: Any) -> None:
-    """``replicas=`` needs one primary with replicas: refuse a cluster and the embedded store."""
+def refuse_unsupported(wait: ReplicaWait | None, target: Any, cluster: bool) -> None:
+    """``replicas=`` needs one primary with replicas: refuse a cluster and the embedded store,
+    from the store's ``redis=`` and ``cluster=`` arguments (before any client is made)."""
     if wait is None:
         return
-    if is_cluster(client):
+    if cluster or is_cluster(target):
         raise ValueError("replicas= is not supported on a Redis Cluster (its replicas are per shard); "
                          "use a primary with replicas (Sentinel), or replicas=0")
-    if type(client).__module__.startswith("fakeredis"):
+    if target is None or type(target).__module__.startswith("fakeredis"):
         raise ValueError("replicas= needs a Redis server with replicas; the embedded store has none")

@@ -57,8 +57,8 @@ class StatsStore(StoreCore):
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
                  replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
         super().__init__(namespace, retry, batch_record_ttl, replicas, replica_timeout)
+        refuse_unsupported(self._wait, redis, cluster)
         self._client = resolve_client(redis, cluster=cluster)
-        refuse_unsupported(self._wait, self._client)
         self._owns_client = self._client is not redis
         self._scripts = register_scripts(self._client, functions)
 

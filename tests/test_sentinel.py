@@ -77,6 +77,14 @@ def test_bad_durability_settings_are_refused(options: dict[str, Any], match: str
         StatsStore(None, **options)
 
 
+def test_a_cluster_refuses_replicas_before_connecting() -> None:
+    # Port 1: nothing listens there; the refusal comes first.
+    with pytest.raises(ValueError, match="replicas= is not supported on a Redis Cluster"):
+        StatsStore("redis://127.0.0.1:1/0", cluster=True, replicas=1)
+    with pytest.raises(ValueError, match="replicas= is not supported on a Redis Cluster"):
+        AsyncStatsStore("redis://127.0.0.1:1/0", cluster=True, replicas=1)
+
+
 def test_the_embedded_store_refuses_replicas() -> None:
     with pytest.raises(ValueError, match="embedded store has none"):
         StatsStore(None, replicas=1)
