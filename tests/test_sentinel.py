@@ -126,6 +126,20 @@ def test_the_async_store_waits_in_the_same_round_trip(real_redis_url: str, real_
 
 
 @pytest.mark.own_server
+def test_fcall_and_wait_go_in_one_pipeline(server: Any, inspector: redis.Redis) -> None:
+    store = StatsStore(server.url, functions=True, replicas=1, replica_timeout=0.05)
+    store.load_functions()
+    inspector.config_resetstat()
+    with pytest.raises(NotReplicatedError, match="0 of the 1 required replicas"):
+        store.update("e", [1.0])
+    calls = {name: stats["calls"] for name, stats in inspector.info("commandstats").items()}
+    assert calls.get("cmdstat_fcall") == 1 and calls.get("cmdstat_wait") == 1, calls
+    assert "cmdstat_evalsha" not in calls and "cmdstat_eval" not in calls
+    assert StatsStore(server.url).get("e").count == 1
+    store.close()
+
+
+@pytest.mark.own_server
 def test_a_user_without_wait_gets_not_replicated_after_merging_once(server: Any, inspector: redis.Redis) -> None:
     inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", "~rewardnorm:*", "resetchannels",
                               "-@all", "+evalsha", "+eval", "+hmget", "+hset", "+get", "+set", "+del", "+type",
