@@ -42,10 +42,30 @@ def real_redis_url() -> str:
 SESSION_PREFIX = f"srn-test-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[redis.Redis | None]:
+    """A client of the shared server for cleaning up, or None when none answers."""
+    client = redis.Redis.from_url(REAL_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError:
+        client.close()
+        yield None
+        return
+    yield client
+    client.close()
+
+
 @pytest.fixture
-def namespace() -> str:
-    """A key namespace of this test's own (tests derive more from it: ``namespace + "-copy"``)."""
-    return f"{SESSION_PREFIX}-{uuid.uuid4().hex[:12]}"
+def namespace(shared_server: redis.Redis | None) -> Iterator[str]:
+    """A key namespace of this test's own (tests derive more from it: ``namespace + "-copy"``).
+    Afterwards every key starting with it is deleted from the shared server, whether the test
+    reached the server through ``real_client``, ``real_redis_url`` or a URL of its own: batch
+    records included."""
+    name = f"{SESSION_PREFIX}-{uuid.uuid4().hex[:12]}"
+    yield name
+    if shared_server is not None:
+        drop_namespace(shared_server, name)
 
 
 @pytest.fixture
