@@ -57,12 +57,14 @@ def shared_server() -> Iterator[redis.Redis | None]:
 
 
 @pytest.fixture
-def namespace(shared_server: redis.Redis | None) -> Iterator[str]:
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     """A key namespace of this test's own (tests derive more from it: ``namespace + "-copy"``).
-    Afterwards every key starting with it is deleted from the shared server, whether the test
-    reached the server through ``real_client``, ``real_redis_url`` or a URL of its own: batch
-    records included."""
+    After a ``real_redis`` test every key starting with it is deleted from the shared server,
+    whether the test reached the server through ``real_client``, ``real_redis_url`` or a URL of
+    its own: batch records included. Other tests never contact the shared server."""
     name = f"{SESSION_PREFIX}-{uuid.uuid4().hex[:12]}"
+    real = request.node.get_closest_marker("real_redis") is not None
+    shared_server = request.getfixturevalue("shared_server") if real else None
     yield name
     if shared_server is not None:
         drop_namespace(shared_server, name)
@@ -125,7 +127,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave the shared server as found: fail the run if any key of this run's namespaces
-    (statistics, batch records) is left, after deleting them."""
+    (statistics, batch records) is left, after deleting them. Only when ``real_redis`` tests
+    were selected: ``-m "not real_redis"`` never contacts the shared server."""
+    if not any(item.get_closest_marker("real_redis") for item in getattr(session, "items", [])):
+        return
     client = redis.Redis.from_url(REAL_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
     try:
         left = sorted(client.scan_iter(match=f"{SESSION_PREFIX}-*", count=1000))
