@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError
 
 from .connection import close_client, resolve_client
 from .core import parse_snapshot, snapshot_of
@@ -524,6 +525,9 @@ def _fail(message: str) -> None:
 def _describe(exc: BaseException, args: argparse.Namespace) -> str:
     """One line for a failure: what went wrong, with the server named when it is unreachable."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the repr of every Sentinel client it asked: keep the first sentence.
+        text = text.split(" : ", 1)[0] + " (are the Sentinels up, and is the service name right?)"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, RedisClusterException)):
         embedded_demo = args.handler is cmd_demo and args.url is None
         where = "the embedded server" if embedded_demo else redact(_url(args))

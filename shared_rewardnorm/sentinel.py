@@ -19,7 +19,7 @@ twice (its batch identity), see ``retry.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -38,7 +38,7 @@ class SentinelURL:
     service: str
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -46,7 +46,7 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME)
 
 
-def _bad(url: str, why: str) -> ValueError:
+def _bad(why: str) -> ValueError:
     # The URL may hold a password: name the problem, not the URL.
     return ValueError(f"bad Sentinel URL ({why}); expected {_FORM}")
 
@@ -54,10 +54,10 @@ def _bad(url: str, why: str) -> ValueError:
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Split a ``redis+sentinel://`` URL; raises ``ValueError`` saying what is wrong."""
     if not is_sentinel_url(url):
-        raise _bad(url, "it must start with redis+sentinel://")
+        raise _bad("it must start with redis+sentinel://")
     parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise _bad(url, "no ?query or #fragment is understood")
+        raise _bad("no ?query or #fragment is understood")
     credentials, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if credentials:
@@ -68,13 +68,13 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     for address in hosts.split(","):
         host, colon, port = address.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise _bad(url, f"each Sentinel is host:port, got {address!r}")
+            raise _bad(f"each Sentinel is host:port, got {address!r}")
         sentinels.append((host.strip("[]"), int(port)))
     path = [segment for segment in parts.path.split("/")[1:]]
     if not path or not path[0]:
-        raise _bad(url, "the service name (the primary's name in the Sentinels' config) is missing")
+        raise _bad("the service name (the primary's name in the Sentinels' config) is missing")
     if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise _bad(url, f"after the service name only a db number may follow, got {parts.path!r}")
+        raise _bad(f"after the service name only a db number may follow, got {parts.path!r}")
     db = int(path[1]) if len(path) == 2 else 0
     return SentinelURL(tuple(sentinels), unquote(path[0]), db, username, password)
 
@@ -84,8 +84,14 @@ def _server_options(parsed: SentinelURL, options: dict[str, Any]) -> dict[str, A
 
 
 def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
-    # The Sentinels answer quickly or not at all: the same timeouts as the servers, no credentials.
-    return {name: options[name] for name in ("socket_timeout", "socket_connect_timeout") if name in options}
+    """How the Sentinels are queried: the servers' timeouts, no credentials, and no retry of
+    one Sentinel (redis-py would back off for seconds on each before asking the next): the
+    store's retry policy asks them all again."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeouts = {name: options[name] for name in ("socket_timeout", "socket_connect_timeout") if name in options}
+    return {**timeouts, "retry": Retry(NoBackoff(), 0)}
 
 
 def sentinel_client(url: str, **options: Any) -> Any:

@@ -16,6 +16,7 @@ import redis.sentinel
 from failover_scenario import run_failover
 from helpers import require_binaries
 from redis_sentinel import SERVICE, SentinelGroup
+from redis_servers import free_port
 from shared_rewardnorm import AsyncStatsStore, NotReplicatedError, RetryPolicy, SharedRewardNormalizer, StatsStore
 from shared_rewardnorm.cli import main as cli_main
 from shared_rewardnorm.sentinel import SentinelURL, parse_sentinel_url
@@ -50,6 +51,15 @@ def test_a_sentinel_url_never_echoes_its_password() -> None:
     with pytest.raises(ValueError, match="each Sentinel is host:port, got 'h'") as caught:
         parse_sentinel_url("redis+sentinel://u:hunter2@h/svc")
     assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(parse_sentinel_url("redis+sentinel://u:hunter2@h:1/svc"))
+
+
+def test_the_cli_names_an_unknown_sentinel_service_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["--url", f"redis+sentinel://127.0.0.1:{free_port()}/nosuch", "stats"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "No master found for 'nosuch' (are the Sentinels up, and is the service name right?)" in err
+    assert "<redis" not in err
 
 
 def test_a_sentinel_object_is_refused_with_what_to_pass_instead() -> None:
