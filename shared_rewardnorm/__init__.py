@@ -14,6 +14,7 @@ from .errors import (
     CorruptStatsError,
     FunctionsNotLoadedError,
     InvalidStatsError,
+    NotReplicatedError,
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
@@ -39,6 +40,7 @@ __all__ = [
     "StatsOverflowError",
     "StaleBatchError",
     "FunctionsNotLoadedError",
+    "NotReplicatedError",
     "RetryPolicy",
 ]
 

@@ -11,11 +11,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
-from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
+from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, NormalizerCore, StoreCore
+from .durability import refuse_unsupported
 from .envinfo import EnvInfo
+from .errors import RewardNormError
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
+from .sentinel import aclose_sentinels
 from .stats import RunningStats
 
 __all__ = ["AsyncStatsStore", "AsyncSharedRewardNormalizer"]
@@ -27,17 +30,20 @@ class AsyncStatsStore(StoreCore):
     """``StatsStore`` for asyncio programs (``redis.asyncio`` clients); every method is awaited.
 
     Args:
-        redis: a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` client, a URL,
+        redis: a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` client (for
+            Sentinel, ``redis.asyncio.sentinel.Sentinel(...).master_for(service)``), a URL,
             or ``None`` for the embedded store (the same embedded server the sync classes use).
         namespace: prefix of every key this store touches.
         cluster: with a URL, connect to a Redis Cluster through that node.
-        retry, batch_record_ttl: as for ``StatsStore``.
+        retry, batch_record_ttl, functions, replicas, replica_timeout: as for ``StatsStore``.
     """
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
-        super().__init__(namespace, retry, batch_record_ttl)
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
+                 replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
+        super().__init__(namespace, retry, batch_record_ttl, replicas, replica_timeout)
+        refuse_unsupported(self._wait, redis, cluster)
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
@@ -114,6 +120,11 @@ class AsyncStatsStore(StoreCore):
         """See ``StatsStore.metrics``."""
         return await self.run(self._metrics_op(envs))
 
+    async def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, EnvInfo],
+                                                                         dict[str, RewardNormError]]:
+        """See ``StatsStore.survey``."""
+        return await self.run(self._survey_op(envs))
+
     async def export(self) -> dict[str, Any]:
         """See ``StatsStore.export``."""
         return await self.run(self._export_op())
@@ -131,6 +142,7 @@ class AsyncStatsStore(StoreCore):
         store); a client passed in is the caller's to close."""
         if self._owns_client:
             await self._client.aclose()
+            await aclose_sentinels(self._client)
 
     async def __aenter__(self) -> AsyncStatsStore:
         return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,9 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError
 
 from .connection import URL_VARIABLE, close_client, resolve_client, url_from_environment
-from .core import parse_snapshot
+from .core import parse_snapshot, snapshot_of
 from .demo import (
     DemoConfig,
     DemoError,
@@ -113,7 +115,17 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: S
 
 
 def _url(args: argparse.Namespace) -> str:
-    return args.url or url_from_environment(args.cluster) or DEFAULT_URL
+    """``--url``, else ``$SHARED_REWARDNORM_URL``, else the default. A variable that is set but
+    blank is a mistake (``export SHARED_REWARDNORM_URL="$UNSET"``), never a reason to fall back
+    to localhost, whose statistics a ``reset`` would then delete."""
+    if args.url is not None:
+        return args.url
+    from_environment = os.environ.get(URL_VARIABLE)
+    if from_environment is None:
+        return DEFAULT_URL
+    if not from_environment.strip():
+        raise UsageError(f"${URL_VARIABLE} is set but blank; set it to a Redis URL, or unset it to use {DEFAULT_URL}")
+    return url_from_environment(args.cluster) or DEFAULT_URL
 
 
 @contextmanager
@@ -123,7 +135,7 @@ def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
     client = resolve_client(_url(args), cluster=args.cluster, socket_connect_timeout=CONNECT_TIMEOUT,
                             socket_timeout=SOCKET_TIMEOUT)
     try:
-        yield StatsStore(client, args.namespace or DEFAULT_NAMESPACE, retry=CLI_RETRY)
+        yield StatsStore(client, DEFAULT_NAMESPACE if args.namespace is None else args.namespace, retry=CLI_RETRY)
     finally:
         close_client(client)
 
@@ -131,9 +143,25 @@ def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
 # --- stats and watch ----------------------------------------------------------------------------
 
 
-def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, EnvInfo]:
-    """The named envs (empty for absent ones), or every env in the namespace with statistics."""
-    return store.infos(envs) if envs else store.infos()
+def read_stats(store: StatsStore, envs: Sequence[str]) -> tuple[dict[str, EnvInfo], list[str]]:
+    """The statistics to show (of the named envs, or of every env in the namespace), and one
+    problem per env that could not be shown: a corrupt hash or a key of another type (which
+    hides no other env), or a named env with no statistics."""
+    found, broken = store.survey(envs or None)
+    problems = [f"env {env!r}: {broken[env]}" for env in sorted(broken)]
+    for env in dict.fromkeys(envs):
+        if env in found and found[env].is_empty:
+            del found[env]
+            problems.append(f"env {env!r} has no statistics in namespace {store.namespace!r} "
+                            f"({store.key(env)} does not exist)")
+    return found, problems
+
+
+def report_problems(problems: Sequence[str]) -> int:
+    """Print each problem as an error line on stderr; the exit code (1 if there were any)."""
+    for problem in problems:
+        _fail(problem)
+    return 1 if problems else 0
 
 
 def aggregate_of(found: Mapping[str, EnvInfo]) -> RunningStats:
@@ -183,50 +211,59 @@ def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
             "aggregate": fields(aggregate_of(found))}
 
 
-def render_stats(store: StatsStore, envs: Sequence[str]) -> str:
-    found = read_stats(store, envs)
-    if not found:
-        return f"no statistics in namespace {store.namespace!r}"
-    return stats_table(found)
+def render_stats(store: StatsStore, found: Mapping[str, RunningStats], problems: Sequence[str]) -> str:
+    if found:
+        return stats_table(found)
+    return "" if problems else f"no statistics in namespace {store.namespace!r}"
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Print the statistics once."""
+    """Print the statistics once; exit 1 if an env could not be shown (each one is named)."""
     with open_store(args) as store:
+        found, problems = read_stats(store, args.envs)
         if args.json:
-            print(json.dumps(stats_json(store.namespace, read_stats(store, args.envs)), indent=2, allow_nan=False))
-        else:
-            print(render_stats(store, args.envs))
-    return 0
+            print(json.dumps(stats_json(store.namespace, found), indent=2, allow_nan=False))
+        elif found or not problems:
+            print(render_stats(store, found, problems))
+    return report_problems(problems)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Print the statistics every ``--interval`` seconds until Ctrl-C (or ``--iterations``)."""
+    """Print the statistics every ``--interval`` seconds until Ctrl-C (or ``--iterations``);
+    envs that cannot be shown are named under the table, and the exit code is 1 if the last
+    refresh had any."""
     clear = sys.stdout.isatty()
     refreshes = 0
+    problems: list[str] = []
     with open_store(args) as store:
         try:
             while True:
-                table = render_stats(store, args.envs)
+                found, problems = read_stats(store, args.envs)
+                table = "\n".join([render_stats(store, found, problems),
+                                   *(f"error: {problem}" for problem in problems)]).strip("\n")
                 stamp = datetime.now().astimezone().isoformat(timespec="seconds")
                 sys.stdout.write(_CLEAR_SCREEN if clear else "")
                 print(f"{redact(_url(args))} namespace {store.namespace!r} at {stamp} "
                       f"(every {args.interval:g} s; Ctrl-C to stop)\n{table}\n", flush=True)
                 refreshes += 1
                 if args.iterations is not None and refreshes >= args.iterations:
-                    return 0
+                    break
                 time.sleep(args.interval)
         except KeyboardInterrupt:
-            return 0
+            pass
+    return 1 if problems else 0
 
 
 # --- export and import --------------------------------------------------------------------------
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a JSON snapshot of every env in the namespace."""
+    """Write a JSON snapshot of every env in the namespace that can be read; an env that
+    cannot (corrupt, or another type) is left out, named, and makes the exit code 1."""
     with open_store(args) as store:
-        snapshot = store.export()
+        found, broken = store.survey()
+        snapshot = snapshot_of(store.namespace, found)
+    problems = [f"env {env!r} left out of the snapshot: {broken[env]}" for env in sorted(broken)]
     text = json.dumps(snapshot, indent=2, allow_nan=False) + "\n"  # read fully before creating the file
     if args.file == "-":
         sys.stdout.write(text)
@@ -234,7 +271,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.file).write_text(text, encoding="utf-8")
         print(f"exported {len(snapshot['envs'])} envs of namespace {snapshot['namespace']!r} to {args.file}",
               file=sys.stderr)
-    return 0
+    return report_problems(problems)
 
 
 def load_snapshot_file(path: str) -> dict[str, Any]:
@@ -356,6 +393,17 @@ class ProgressLine(DemoObserver):
         where = f"embedded Redis-protocol server (fakeredis + Lua) at {url}" if embedded else redact(url)
         print(f"server: {where}; namespace {namespace!r}", file=self._stream, flush=True)
 
+    def workers_ready(self, ready: int, total: int) -> None:
+        # Spawning takes seconds (each worker starts Python and imports numpy): say so at once.
+        if ready == 0:
+            text = f"starting {total} worker processes..."
+        elif self._tty or ready == total:
+            text = f"worker processes ready: {ready}/{total}"
+        else:
+            return
+        end = "\n" if ready == total or not self._tty else ""
+        print(("\r" if self._tty else "") + text, end=end, file=self._stream, flush=True)
+
     def _due(self, done: int, total: int) -> bool:
         now = time.monotonic()
         if self._last is None:
@@ -412,6 +460,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------
 
 
+def _not_blank(option: str) -> Callable[[str], str]:
+    """An argparse type refusing an empty or blank value: ``--namespace "$UNSET"`` must not
+    quietly mean the default namespace (and ``reset`` delete its statistics)."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{option} must not be empty or blank (an unset shell variable?)")
+        return text
+
+    return parse
+
+
 def _bounded(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable[[str], Any]:
     """An argparse type: ``kind(text)``, at least (or above) ``minimum``."""
     def parse(text: str) -> Any:
@@ -433,12 +492,13 @@ def _connection_options(after_command: bool) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection" + (" (also accepted before the command)" if after_command else ""))
     unset: Any = argparse.SUPPRESS if after_command else None
-    group.add_argument("--url", default=unset,
-                       help=f"Redis URL (default: ${URL_VARIABLE}, else {DEFAULT_URL}; the demo runs an "
+    group.add_argument("--url", default=unset, type=_not_blank("--url"),
+                       help=f"Redis URL: redis://, rediss://, unix:// or redis+sentinel://hosts/service (default: "
+                            f"${URL_VARIABLE}, else {DEFAULT_URL}; the demo runs an "
                             "embedded server unless --url is given)")
     group.add_argument("--cluster", action="store_true", default=unset or False,
                        help="the URL is a seed node of a Redis Cluster")
-    group.add_argument("--namespace", default=unset,
+    group.add_argument("--namespace", default=unset, type=_not_blank("--namespace"),
                        help=f"key namespace (default {DEFAULT_NAMESPACE!r}; the demo picks a random one)")
     return options
 
@@ -534,6 +594,9 @@ def _fail(message: str) -> None:
 def _describe(exc: BaseException, args: argparse.Namespace) -> str:
     """One line for a failure: what went wrong, with the server named when it is unreachable."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the repr of every Sentinel client it asked: keep the first sentence.
+        text = text.split(" : ", 1)[0] + " (are the Sentinels up, and is the service name right?)"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, RedisClusterException)):
         embedded_demo = args.handler is cmd_demo and args.url is None
         where = "the embedded server" if embedded_demo else redact(_url(args))

@@ -2,8 +2,10 @@
 
 ``redis=`` takes a ready client (used as is: its pool, retries and protocol are the caller's
 choice): ``redis.Redis`` or ``redis.cluster.RedisCluster`` for the sync classes, their
-``redis.asyncio`` twins for the async ones. It also takes a URL (``redis://``, ``rediss://``,
-``unix://``; ``cluster=True`` connects to a Redis Cluster through that seed node), or ``None``.
+``redis.asyncio`` twins for the async ones (a Sentinel-managed primary is such a client, from
+``Sentinel(...).master_for(service)``). It also takes a URL (``redis://``, ``rediss://``,
+``unix://``, ``redis+sentinel://``, see ``sentinel.py``; ``cluster=True`` connects to a Redis
+Cluster through that seed node), or ``None``.
 
 ``None`` fails safe in a fleet: it means the URL in ``$SHARED_REWARDNORM_URL`` when that is set
 (so one exported variable points every process, every adapter and the CLI at the same server),
@@ -26,6 +28,8 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from .sentinel import async_sentinel_client, close_sentinels, is_sentinel_url, sentinel_client
+
 __all__ = ["URL_VARIABLE", "resolve_client", "resolve_async_client", "embedded_server", "is_cluster",
            "close_client", "url_from_environment", "check_url"]
 
@@ -39,7 +43,7 @@ _embedded: Any = None
 #: The process that last logged the local-statistics warning (a forked child warns again).
 _warned_pid: int | None = None
 
-_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 #: Connections of an asyncio client this library creates. Coroutines beyond this many wait for a
 #: free connection (a blocking pool) rather than fail: redis.asyncio's default pool raises
 #: MaxConnectionsError past 100, which breaks ``asyncio.gather`` over a few hundred batches.
@@ -68,8 +72,8 @@ def check_url(url: str, cluster: bool = False, source: str = "redis URL") -> Non
     """Raise ``ValueError`` unless ``url`` is a URL this library connects to (``source`` names
     where it came from in the message); adapters check their settings with it up front."""
     if not url.startswith(_URL_SCHEMES):
-        raise ValueError(f"{source} must start with redis://, rediss:// or unix://, got {url!r}")
-    if cluster and url.startswith("unix://"):
+        raise ValueError(f"{source} must start with redis://, rediss://, unix:// or redis+sentinel://, got {url!r}")
+    if cluster and url.startswith(("unix://", "redis+sentinel://")):
         raise ValueError(f"a Redis Cluster is reached over TCP: {source} must be a redis:// or rediss:// URL")
 
 
@@ -101,8 +105,11 @@ def _default_target(cluster: bool) -> str | None:
 
 
 def _wrong_client(target: Any, expected: str) -> TypeError:
-    return TypeError(f"redis must be {expected}, a redis:// / rediss:// / unix:// URL, or None for the "
-                     f"embedded store; got {type(target).__name__}")
+    hint = ""
+    if type(target).__name__ == "Sentinel":
+        hint = " (for a Sentinel, pass sentinel.master_for(service_name), the primary's client)"
+    return TypeError(f"redis must be {expected}, a redis:// / rediss:// / unix:// / redis+sentinel:// URL, or "
+                     f"None for the embedded store; got {type(target).__name__}{hint}")
 
 
 def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) -> Any:
@@ -117,6 +124,8 @@ def resolve_client(target: Any, *, cluster: bool = False, **url_options: Any) ->
         return fakeredis.FakeRedis(server=embedded_server())
     if isinstance(target, str):
         check_url(target, cluster)
+        if is_sentinel_url(target):
+            return sentinel_client(target, **url_options)
         client_class = redis.cluster.RedisCluster if cluster else redis.Redis
         return client_class.from_url(target, **url_options)
     if isinstance(target, _SYNC_CLIENTS):
@@ -138,6 +147,8 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
                                         connection_pool_class=redis.asyncio.BlockingConnectionPool)
     if isinstance(target, str):
         check_url(target, cluster)
+        if is_sentinel_url(target):
+            return async_sentinel_client(target)
         if cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(target)
         pool = redis.asyncio.BlockingConnectionPool.from_url(target, max_connections=ASYNC_POOL_SIZE, timeout=None)
@@ -152,9 +163,11 @@ def resolve_async_client(target: Any, *, cluster: bool = False) -> Any:
 def close_client(client: Any) -> None:
     """Close a sync client's connections now. ``RedisCluster.close()`` alone does not: the
     per-node clients it builds from a URL keep their pools' sockets open until garbage
-    collection (an unclosed-socket ResourceWarning)."""
+    collection (an unclosed-socket ResourceWarning); nor does a Sentinel client's close() close
+    its connections to the Sentinels."""
     if is_cluster(client):
         for node in client.get_nodes():
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
+    close_sentinels(client)

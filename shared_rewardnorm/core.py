@@ -18,8 +18,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .durability import replica_wait
 from .envinfo import EnvInfo
-from .errors import RewardNormError
+from .errors import NotReplicatedError, RewardNormError
 from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
 from .protocol import (
@@ -47,6 +48,7 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "SNAPSHOT_VERSION",
     "parse_snapshot",
+    "snapshot_of",
 ]
 
 #: Identifies our JSON snapshots (``export()``, ``shared-rewardnorm export``), and their version.
@@ -129,6 +131,9 @@ SEND_FAILURES = (ResponseError, *TRANSIENT_ERRORS)
 #: Seconds a client's batch record for an env lives after its last merge: a retry must come
 #: within this time to be recognized (retries come within seconds; a day is generous).
 DEFAULT_BATCH_RECORD_TTL = 86_400
+#: Seconds a merge waits for its replicas with ``replicas=`` (a healthy replica on the same
+#: network acknowledges within milliseconds).
+DEFAULT_REPLICA_TIMEOUT = 1.0
 #: Ten years: far beyond any use, and within what Redis accepts for SET ... EX.
 MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
@@ -150,8 +155,12 @@ class StoreCore:
     _scripts: ClientScripts
 
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, replicas: int = 0,
+                 replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
         self._namespace = validate_namespace(namespace)
+        #: ``WAIT`` after every merge (``replicas=``), or None; subclasses call
+        #: ``refuse_unsupported`` once they have their client.
+        self._wait = replica_wait(replicas, replica_timeout)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self._retry = retry
@@ -209,7 +218,8 @@ class StoreCore:
             if sequence is None:
                 sequence = self._sequences.setdefault(key, itertools.count(1))
             request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                                (encoded, encode_sequence(next(sequence)), self._record_ttl))
+                                (encoded, encode_sequence(next(sequence)), self._record_ttl),
+                                None if self._wait is None else self._wait.args)
         try:
             reply = yield request
         except (RewardNormError, ResponseError):
@@ -221,9 +231,17 @@ class StoreCore:
             # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
+        if self._wait is not None:
+            reply, acknowledged = reply
         info, outcome = decode_reply(reply)
         if outcome == DUPLICATE:
             self.duplicates += 1
+        if self._wait is not None:
+            try:
+                self._wait.check(key, acknowledged)
+            except NotReplicatedError:
+                self._unacknowledged[key] = request  # the caller's retry re-waits, counted once
+                raise
         return info
 
     @property
@@ -272,9 +290,7 @@ class StoreCore:
         return _replace(self.key(env), RunningStats())
 
     def _infos_op(self, envs: Iterable[str]) -> Operation[dict[str, EnvInfo]]:
-        if isinstance(envs, str):
-            raise TypeError("envs must be an iterable of env names, not a single str")
-        names = list(dict.fromkeys(envs))
+        names = _env_names(envs)
         keys = tuple(self.key(env) for env in names)
         if not keys:
             return {}
@@ -319,15 +335,29 @@ class StoreCore:
             metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
         return metrics
 
+    def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, EnvInfo],
+                                                                          dict[str, RewardNormError]]]:
+        names = (yield from self._envs_op()) if envs is None else _env_names(envs)
+        keys = tuple(self.key(env) for env in names)
+        replies = (yield ReadMany(keys)) if keys else []
+        found: dict[str, EnvInfo] = {}
+        broken: dict[str, RewardNormError] = {}
+        for env, key, reply in zip(names, keys, replies, strict=True):
+            try:
+                if isinstance(reply, ResponseError):
+                    raise ReadStats(key).translate(reply) from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                info = decode_stored(key, reply)
+            except RewardNormError as exc:
+                broken[env] = exc
+                continue
+            if envs is not None or not info.is_empty:  # deleted between the SCAN and the read
+                found[env] = info
+        return found, broken
+
     def _export_op(self) -> Operation[dict[str, Any]]:
-        found = yield from self._all_infos_op()
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "namespace": self._namespace,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "envs": {env: info.to_dict() for env, info in sorted(found.items())},
-        }
+        return snapshot_of(self._namespace, (yield from self._all_infos_op()))
 
     def _load_functions_op(self) -> Operation[str]:
         reply = yield LoadFunctions()
@@ -350,6 +380,24 @@ class StoreCore:
             else:
                 restored[env] = yield from _replace(key, entry)
         return restored
+
+
+def _env_names(envs: Iterable[str]) -> list[str]:
+    if isinstance(envs, str):
+        raise TypeError("envs must be an iterable of env names, not a single str")
+    return list(dict.fromkeys(envs))
+
+
+def snapshot_of(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
+    """A JSON-safe, versioned snapshot of the given envs (statistics, decayed statistics,
+    configuration and activity)."""
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "version": SNAPSHOT_VERSION,
+        "namespace": namespace,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "envs": {env: info.to_dict() for env, info in sorted(found.items())},
+    }
 
 
 def metrics_from_stats(stats: RunningStats, prefix: str = "reward_norm") -> dict[str, float]:

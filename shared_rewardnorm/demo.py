@@ -139,6 +139,10 @@ class DemoObserver:
     def started(self, url: str, namespace: str, embedded: bool) -> None:
         """The server is up and the workers are about to be spawned."""
 
+    def workers_ready(self, ready: int, total: int) -> None:
+        """``ready`` of ``total`` worker processes are up (called once with 0 as they are
+        spawned, then once per worker: starting Python and numpy takes a few seconds)."""
+
     def progress(self, done: int, total: int, elapsed: float) -> None:
         """``done`` of ``total`` batches normalized, ``elapsed`` seconds after the start signal."""
 
@@ -349,7 +353,7 @@ class _Fleet:
             for process in self.processes:
                 process.start()
 
-    def receive_until(self, done: Callable[[], bool], on_batch: Callable[[], None] = lambda: None) -> None:
+    def receive_until(self, done: Callable[[], bool], on_message: Callable[[str], None] = lambda kind: None) -> None:
         """Handle worker messages until ``done()``; raise ``DemoError`` if a worker fails or
         nothing arrives for ``STALL_TIMEOUT`` seconds."""
         last_message = time.monotonic()
@@ -363,8 +367,7 @@ class _Fleet:
                 continue
             last_message = time.monotonic()
             self._handle(kind, self.logs[index], payload)
-            if kind == "batch":
-                on_batch()
+            on_message(kind)
 
     def _handle(self, kind: str, log: _WorkerLog, payload: Any) -> None:
         if kind == "error":
@@ -405,14 +408,20 @@ def _run_fleet(config: DemoConfig, tasks: list[_WorkerTask], observer: DemoObser
     done = 0
     began = time.perf_counter()
 
-    def counted() -> None:
+    def counted(kind: str) -> None:
         nonlocal done
-        done += 1
-        observer.progress(done, total, time.perf_counter() - began)
+        if kind == "batch":
+            done += 1
+            observer.progress(done, total, time.perf_counter() - began)
+
+    def ready(kind: str) -> None:
+        if kind == "ready":
+            observer.workers_ready(sum(log.ready for log in fleet.logs), len(fleet.logs))
 
     try:
+        observer.workers_ready(0, len(fleet.logs))
         fleet.launch()
-        fleet.receive_until(lambda: all(log.ready for log in fleet.logs))
+        fleet.receive_until(lambda: all(log.ready for log in fleet.logs), ready)
         fleet.start.set()
         began = time.perf_counter()
         fleet.receive_until(lambda: done == total, counted)
@@ -532,6 +541,13 @@ def _bins(values: Sequence[float]) -> Any:
 def plot_histograms(result: DemoResult, path: str | Path) -> Path:
     """Raw and normalized reward histograms, one row per env, written as an image (Agg: no
     display needed). Returns the path written."""
+    target = Path(path)
+    histogram_figure(result).savefig(target, dpi=100)
+    return target
+
+
+def histogram_figure(result: DemoResult) -> Any:
+    """The matplotlib ``Figure`` of ``plot_histograms``: axes labelled, a title per panel."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -540,13 +556,14 @@ def plot_histograms(result: DemoResult, path: str | Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(result.envs), 2, squeeze=False)
     for row, outcome in zip(axes, result.envs, strict=True):
-        panels = ((row[0], outcome.raw, "tab:blue", f"{outcome.env.name}: raw, {outcome.env.rewards}"),
-                  (row[1], outcome.normalized, "tab:orange", f"{outcome.env.name}: normalized (z-score)"))
-        for ax, values, color, title in panels:
+        panels = ((row[0], outcome.raw, "tab:blue", f"{outcome.env.name}: raw, {outcome.env.rewards}", "raw reward"),
+                  (row[1], outcome.normalized, "tab:orange", f"{outcome.env.name}: normalized (z-score)",
+                   "normalized reward (z-score)"))
+        for ax, values, color, title, xlabel in panels:
             mean, std = mean_std(values)
             ax.hist(values, bins=_bins(values), color=color)
             ax.set_title(f"{title}\nmean {mean:.3g}, std {std:.3g}", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("rewards in the bin")
     figure.suptitle(f"shared-rewardnorm demo: {result.workers} workers, {result.calls} batches")
-    target = Path(path)
-    figure.savefig(target, dpi=100)
-    return target
+    return figure

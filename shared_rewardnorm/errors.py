@@ -21,6 +21,7 @@ __all__ = [
     "StatsOverflowError",
     "StaleBatchError",
     "FunctionsNotLoadedError",
+    "NotReplicatedError",
     "translate_response_error",
 ]
 
@@ -69,6 +70,20 @@ class FunctionsNotLoadedError(RewardNormError):
     """``functions=True`` but the server has no Function library of this version: an
     administrator loads it once with ``StatsStore(...).load_functions()`` (or
     ``shared-rewardnorm load-functions``)."""
+
+
+class NotReplicatedError(RewardNormError):
+    """A merge is stored once on the primary, but fewer replicas than ``replicas=`` acknowledged
+    it in time (see ``durability.py``). Calling again with the same values is safe: the batch
+    identity makes it count once, and the call waits for the replicas again.
+
+    ``acknowledged`` and ``required`` count replicas.
+    """
+
+    def __init__(self, message: str, key: str | None = None, *, acknowledged: int = 0, required: int = 0) -> None:
+        super().__init__(message, key)
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 _KINDS: dict[str, type[RewardNormError]] = {

@@ -26,9 +26,10 @@ STATISTICS = ("total", "recent")
 
 @dataclass(frozen=True)
 class NormalizerSettings:
-    """Validated normalizer settings, with the reference's conventions applied: a clip of 0 or
-    ``None`` disables clipping (stored as ``None``) and a negative warmup means none.
-    ``statistics`` is ours alone: the reference's checkpoints do not carry it."""
+    """Validated normalizer settings, with the reference's conventions applied: a clip <= 0 or
+    ``None`` disables clipping (stored as ``None``), a negative warmup means none, and eps must
+    be > 0 (it keeps the denominator away from zero). ``statistics`` is ours alone: the
+    reference's checkpoints do not carry it."""
 
     mode: str = "zscore"
     clip: float | None = 5.0
@@ -52,8 +53,9 @@ class NormalizerSettings:
             clip = float(clip) if clip > 0 else None
         if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)):
             raise TypeError(f"warmup must be an int, got {warmup!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not 0 <= eps < float("inf"):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        # eps > 0: with eps 0 a batch of equal scores divides by zero, after it was merged.
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not 0 < eps < float("inf"):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
         return cls(mode=mode, clip=clip, warmup=max(0, int(warmup)), eps=float(eps), statistics=statistics)
 
 

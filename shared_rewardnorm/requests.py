@@ -32,6 +32,20 @@ class _PassErrorsThrough:
         return error
 
 
+def _without_errors(replies: list[Any]) -> list[Any]:
+    """A merge-and-WAIT pipeline's replies, after raising the script's error as the server sent
+    it (``raise_on_error=True`` would reword it, "Command # 1 (...) of pipeline caused error:
+    ...", which hides NOSCRIPT and "Function not found" from the fallback). An error of WAIT
+    (say NOPERM) stays in the list: the merge ran, and the operation must know that."""
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    return replies
+
+
+async def _awaited_without_errors(replies: Any) -> list[Any]:
+    return _without_errors(await replies)
+
+
 @dataclass(frozen=True, slots=True)
 class RunScript:
     """FCALL or EVALSHA one of our operations (see ``scripts.ClientScripts``). All keys share one hash
@@ -41,9 +55,20 @@ class RunScript:
     operation: str
     keys: tuple[str, ...]
     args: tuple[str, ...]
+    #: ``WAIT`` arguments (replicas, milliseconds) to send in the same pipeline, or None: the
+    #: reply is then ``[script reply, replicas that acknowledged]`` (see ``durability.py``).
+    wait: tuple[str, str] | None = None
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        return scripts.call(self.operation, self.keys, self.args)
+        if self.wait is None:
+            return scripts.call(self.operation, self.keys, self.args)
+        pipeline = client.pipeline(transaction=False)
+        scripts.call(self.operation, self.keys, self.args, pipeline)
+        pipeline.execute_command("WAIT", *self.wait)
+        replies = pipeline.execute(raise_on_error=False)
+        if hasattr(replies, "__await__"):
+            return _awaited_without_errors(replies)
+        return _without_errors(replies)
 
     def translate(self, error: ResponseError) -> Exception:
         return translate_response_error(error)

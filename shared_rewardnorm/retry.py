@@ -14,14 +14,23 @@ import random
 import ssl
 from dataclasses import dataclass
 
-from redis.exceptions import AuthenticationError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    ConnectionError,
+    ReadOnlyError,
+    TimeoutError,
+    TryAgainError,
+)
 
 __all__ = ["RetryPolicy", "DEFAULT_RETRY", "TRANSIENT_ERRORS", "worth_retrying"]
 
 #: Failures that may be transient: the network, a timeout, a server still loading its data
 #: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover (CLUSTERDOWN,
-#: TRYAGAIN: redis-py raises these as ``ResponseError``s, and the store retries them too).
-TRANSIENT_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError)
+#: TRYAGAIN: redis-py raises these as ``ResponseError``s, and the store retries them too), a
+#: primary demoted by a failover (READONLY: the script refused its first write, nothing was
+#: written; a Sentinel client reconnects to the new primary, a DNS name may move to it).
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError, ReadOnlyError)
 
 
 def worth_retrying(error: BaseException) -> bool:

@@ -142,8 +142,11 @@ class ClientScripts:
         """The registered ``Script`` object of an operation."""
         return self._scripts[operation]
 
-    def call(self, operation: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
-        """Run an operation; returns the reply, or an awaitable on an asyncio client."""
+    def call(self, operation: str, keys: tuple[str, ...], args: tuple[str, ...], pipeline: Any = None) -> Any:
+        """Run an operation; returns the reply, or an awaitable on an asyncio client (or queues
+        the call on ``pipeline``, a pipeline of this client; not on a cluster)."""
+        if pipeline is not None:
+            return self._queue(pipeline, operation, keys, args)
         if self._use_functions:
             if self._cluster:
                 # redis-py cannot see FCALL's keys (they are "movable") and would ask a node
@@ -156,6 +159,15 @@ class ClientScripts:
             self._send_source = False
             return self._client.eval(script.script, len(keys), *keys, *args)
         return self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _queue(self, pipeline: Any, operation: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
+        if self._use_functions:
+            return pipeline.fcall(self._functions[operation], len(keys), *keys, *args)
+        script = self._scripts[operation]
+        if self._send_source:
+            self._send_source = False
+            return pipeline.eval(script.script, len(keys), *keys, *args)
+        return pipeline.evalsha(script.sha, len(keys), *keys, *args)
 
     def fall_back(self, error: Exception) -> bool:
         """After a failed call, decide whether to send the request again: after NOSCRIPT (the

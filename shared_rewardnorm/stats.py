@@ -24,6 +24,9 @@ __all__ = ["RunningStats", "summarize"]
 
 #: Counts must stay below 2^53 so every count is exact as a double (the Lua number type).
 MAX_COUNT = 2**53 - 1
+#: How far (relative to the largest magnitude among min and max) a checkpoint's mean may lie
+#: outside [min, max]: far above the rounding of any sequence of merges, far below a real error.
+MEAN_SLACK = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,8 @@ class RunningStats:
 
         A count of 0 gives the empty stats whatever the other fields hold (the reference writes
         ``min=inf, max=-inf`` then). Integral float counts (``5.0``, from JSON round trips) are
-        accepted. Raises ``InvalidStatsError`` (a ``ValueError``) naming a missing or bad field.
+        accepted. Raises ``InvalidStatsError`` (a ``ValueError``) naming a missing or bad field,
+        or a mean outside [min, max] (beyond rounding).
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"stats state must be a mapping, got {type(state).__name__}")
@@ -158,7 +162,13 @@ class RunningStats:
             count = int(count)
         if type(count) is int and count == 0:
             return cls()
-        return cls(count=count, mean=state["mean"], m2=state["m2"], min=state["min"], max=state["max"])
+        stats = cls(count=count, mean=state["mean"], m2=state["m2"], min=state["min"], max=state["max"])
+        # A mean outside [min, max] is no set of values' summary (a hand-edited or mixed-up
+        # file); merges round, so allow a few parts in a billion of the values' magnitude.
+        slack = MEAN_SLACK * max(abs(stats.min), abs(stats.max))
+        if not stats.min - slack <= stats.mean <= stats.max + slack:
+            raise InvalidStatsError(f"mean {stats.mean!r} lies outside [min, max] = [{stats.min!r}, {stats.max!r}]")
+        return stats
 
 
 def summarize(values: Scores) -> RunningStats:

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from .connection import close_client, resolve_client
-from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, StoreCore
+from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, StoreCore
+from .durability import refuse_unsupported
 from .envinfo import EnvInfo
+from .errors import RewardNormError
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -29,14 +31,22 @@ class StatsStore(StoreCore):
     """Shared running statistics per environment.
 
     Args:
-        redis: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client, a ``redis://`` /
-            ``rediss://`` / ``unix://`` URL, or ``None`` for the embedded in-process store
-            (shared by every store in the process).
+        redis: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (for Sentinel, the
+            primary's client from ``Sentinel(...).master_for(service)``), a ``redis://`` /
+            ``rediss://`` / ``unix://`` / ``redis+sentinel://`` URL, or ``None`` for the
+            embedded in-process store (shared by every store in the process).
         namespace: prefix of every key this store touches (``<namespace>:{<env>}``).
         cluster: with a URL, connect to a Redis Cluster through that node.
         retry: how to retry transient failures (connection errors, timeouts, a server loading
             its data); ``None`` never retries. Retrying never merges a batch twice.
         batch_record_ttl: seconds a client's record of merged batches lives per env.
+        functions: ``True`` calls the Function library only (FCALL), ``False`` the scripts only
+            (EVALSHA), ``None`` tries the Functions and falls back to the scripts.
+        replicas: after every merge, wait (``WAIT``, in the same round trip) until this many
+            replicas hold it, so a failover cannot lose it; 0 (the default) does not wait. A merge
+            that fewer replicas acknowledged raises ``NotReplicatedError`` (it is stored once:
+            calling again is safe). Not on a cluster or the embedded store.
+        replica_timeout: seconds a merge waits for its replicas.
 
     Errors: bad arguments raise ``TypeError``/``ValueError`` before anything is sent; a
     malformed stored hash raises ``CorruptStatsError`` and a key of another type
@@ -45,8 +55,10 @@ class StatsStore(StoreCore):
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
-        super().__init__(namespace, retry, batch_record_ttl)
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
+                 replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
+        super().__init__(namespace, retry, batch_record_ttl, replicas, replica_timeout)
+        refuse_unsupported(self._wait, redis, cluster)
         self._client = resolve_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         self._scripts = register_scripts(self._client, functions)
@@ -142,6 +154,13 @@ class StatsStore(StoreCore):
     def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
         """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``."""
         return self.run(self._metrics_op(envs))
+
+    def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, EnvInfo],
+                                                                 dict[str, RewardNormError]]:
+        """Every env's statistics (or the given envs', empty for absent ones) that can be read,
+        and for each env that cannot (a corrupt hash, a key of another type), its error: one
+        broken env hides no healthy one, as it does for ``all()``. For monitoring tools."""
+        return self.run(self._survey_op(envs))
 
     def export(self) -> dict[str, Any]:
         """A JSON-safe, versioned snapshot of every env in this namespace."""

@@ -44,10 +44,38 @@ def real_redis_url() -> str:
     return REAL_REDIS_URL
 
 
+#: Every namespace this run uses on the shared server starts with this, so the check at the end
+#: of the session (``pytest_sessionfinish``) looks at this run's keys only: other runs may be
+#: using the same server at the same time.
+SESSION_PREFIX = f"srn-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[redis.Redis | None]:
+    """A client of the shared server for cleaning up, or None when none answers."""
+    client = redis.Redis.from_url(REAL_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError:
+        client.close()
+        yield None
+        return
+    yield client
+    client.close()
+
+
 @pytest.fixture
-def namespace() -> str:
-    """A key namespace of this test's own."""
-    return f"srn-test-{uuid.uuid4().hex[:12]}"
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A key namespace of this test's own (tests derive more from it: ``namespace + "-copy"``).
+    After a ``real_redis`` test every key starting with it is deleted from the shared server,
+    whether the test reached the server through ``real_client``, ``real_redis_url`` or a URL of
+    its own: batch records included. Other tests never contact the shared server."""
+    name = f"{SESSION_PREFIX}-{uuid.uuid4().hex[:12]}"
+    real = request.node.get_closest_marker("real_redis") is not None
+    shared_server = request.getfixturevalue("shared_server") if real else None
+    yield name
+    if shared_server is not None:
+        drop_namespace(shared_server, name)
 
 
 @pytest.fixture
@@ -59,7 +87,7 @@ def real_client(real_redis_url: str, namespace: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(params=["embedded", "redis"], ids=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def backend(request: pytest.FixtureRequest, namespace: str) -> Iterator[Any]:
     """What to pass as ``redis=``: ``None`` (the embedded store) or a real ``redis.Redis``."""
     if request.param == "embedded":
@@ -95,3 +123,33 @@ def inspector(server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis(port=server.port, socket_timeout=10)
     yield client
     client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the shared server through a fixture is a ``real_redis`` test, marked or
+    not, so ``-m "not real_redis"`` never reaches the server."""
+    for item in items:
+        if {"real_redis_url", "real_client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_redis)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave the shared server as found: fail the run if any key of this run's namespaces
+    (statistics, batch records) is left, after deleting them. Only when ``real_redis`` tests
+    were selected: ``-m "not real_redis"`` never contacts the shared server."""
+    if not any(item.get_closest_marker("real_redis") for item in getattr(session, "items", [])):
+        return
+    client = redis.Redis.from_url(REAL_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        left = sorted(client.scan_iter(match=f"{SESSION_PREFIX}-*", count=1000))
+        if left:
+            client.delete(*left)
+    except redis.RedisError:
+        return  # no shared server in this run: nothing can be left on it
+    finally:
+        client.close()
+    if left:
+        shown = ", ".join(key.decode(errors="replace") for key in left[:5])
+        print(f"\nthe tests left {len(left)} keys on {REAL_REDIS_URL} (now deleted): {shown}"
+              f"{', ...' if len(left) > 5 else ''}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

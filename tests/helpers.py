@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from shared_rewardnorm import RunningStats
+from shared_rewardnorm.inputs import glob_escape
 
 #: Under SHARED_REWARDNORM_REQUIRE_REDIS=1 a missing Redis (or tool) fails the test instead of
 #: skipping it, so CI cannot pass by skipping everything.
@@ -40,8 +41,10 @@ def require_binaries(*names: str) -> None:
 
 
 def drop_namespace(client: Any, namespace: str) -> None:
-    """Delete every key under ``namespace:`` (SCAN, so any server size is fine)."""
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    """Delete every key whose name starts with ``namespace``: its statistics and batch records,
+    and those of the namespaces a test derives from it (``namespace + "-copy"``). SCAN, so any
+    server size is fine."""
+    keys = list(client.scan_iter(match=f"{glob_escape(namespace)}*", count=1000))
     if keys:
         client.delete(*keys)
 

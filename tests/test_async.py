@@ -22,7 +22,7 @@ from shared_rewardnorm import (
 )
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def url(request: pytest.FixtureRequest, namespace: str) -> Any:
     """``None`` (embedded) or the real server's URL, for clients made inside each event loop."""
     if request.param == "embedded":

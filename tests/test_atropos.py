@@ -62,7 +62,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return offline_models.save_word_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def store_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str | None]:
     """Where the statistics live: the embedded store (None) or the real server; the test's
     namespace is emptied afterwards."""

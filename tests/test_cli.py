@@ -126,13 +126,96 @@ def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> No
 
 
 @pytest.mark.real_redis
-def test_stats_of_named_envs_includes_absent_ones(cli: Any, seeded: StatsStore) -> None:
-    code, out, _ = cli("stats", "gsm8k", "absent", "--json")
-    assert code == 0
+def test_stats_of_a_named_env_without_statistics_says_so_and_fails(cli: Any, seeded: StatsStore,
+                                                                   namespace: str) -> None:
+    code, out, err = cli("stats", "gsm8k", "absent", "--json")
+    assert code == 1
     shown = json.loads(out)
+    assert set(shown["envs"]) == {"gsm8k"}
     assert shown["envs"]["gsm8k"] == env_fields(seeded.info("gsm8k"))
-    assert shown["envs"]["absent"]["count"] == 0
     assert shown["aggregate"] == stats_fields(seeded.aggregate(["gsm8k"]))
+    assert_one_error_line(err, "env 'absent' has no statistics", f"{namespace}:{{absent}} does not exist")
+    code, out, err = cli("stats", "nosuchenv")
+    assert (code, out) == (1, "")
+    assert_one_error_line(err, "env 'nosuchenv' has no statistics")
+
+
+def break_two_envs(client: redis.Redis, namespace: str) -> None:
+    """A corrupt hash and a key of another type next to the seeded envs. A namespace's listing
+    (SCAN for hashes) finds only the first; the second is an env only when named."""
+    client.hset(f"{namespace}:{{broken}}", mapping={"count": "3", "mean": "zero", "m2": "0", "min": "0", "max": "0"})
+    client.set(f"{namespace}:{{other}}", "not a hash")
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("json_output", [False, True], ids=["table", "json"])
+def test_stats_of_a_namespace_shows_every_healthy_env_and_names_the_broken(
+        cli: Any, seeded: StatsStore, real_client: redis.Redis, namespace: str, json_output: bool) -> None:
+    break_two_envs(real_client, namespace)
+    code, out, err = cli("stats", *(["--json"] if json_output else []))
+    assert code == 1
+    shown = set(json.loads(out)["envs"]) if json_output else set(table_rows(out)) - {"aggregate"}
+    assert shown == set(SEED_VALUES)
+    assert_one_error_line(err, "env 'broken'", "corrupt", "mean")
+    code, out, err = cli("stats", "gsm8k", "broken", "other", *(["--json"] if json_output else []))
+    assert code == 1
+    shown = set(json.loads(out)["envs"]) if json_output else set(table_rows(out)) - {"aggregate"}
+    assert shown == {"gsm8k"}
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{PROG}: error: env ") for line in lines), err
+    assert "'broken'" in lines[0] and "corrupt" in lines[0] and "mean" in lines[0]
+    assert "'other'" in lines[1] and "non-hash" in lines[1]
+
+
+@pytest.mark.real_redis
+def test_watch_shows_every_healthy_env_and_names_the_broken(cli: Any, seeded: StatsStore,
+                                                            real_client: redis.Redis, namespace: str) -> None:
+    break_two_envs(real_client, namespace)
+    code, out, _ = cli("watch", "--iterations", "1", "--interval", "0.01")
+    assert code == 1
+    assert set(SEED_VALUES) <= set(table_rows(out.split("\n", 1)[1]))
+    assert "error: env 'broken'" in out
+
+
+@pytest.mark.real_redis
+def test_export_writes_every_healthy_env_and_names_the_broken(cli: Any, seeded: StatsStore, tmp_path: Path,
+                                                              real_client: redis.Redis, namespace: str) -> None:
+    break_two_envs(real_client, namespace)
+    path = tmp_path / "snapshot.json"
+    code, _, err = cli("export", str(path))
+    assert code == 1
+    assert set(json.loads(path.read_text())["envs"]) == set(SEED_VALUES)
+    exported, error = err.strip().splitlines()
+    assert exported.startswith(f"exported 3 envs of namespace {namespace!r}")
+    assert_one_error_line(error, "env 'broken' left out of the snapshot", "corrupt")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--namespace", "", "reset", "gsm8k", "--yes"], "--namespace must not be empty or blank"),
+    (["--namespace", "  ", "reset", "gsm8k", "--yes"], "--namespace must not be empty or blank"),
+    (["reset", "gsm8k", "--yes", "--namespace", ""], "--namespace must not be empty or blank"),
+    (["--url", "", "reset", "gsm8k", "--yes"], "--url must not be empty or blank"),
+    (["stats", "--url", " "], "--url must not be empty or blank"),
+])
+def test_blank_namespace_or_url_is_refused_and_nothing_is_deleted(
+        argv: list[str], message: str, server: RedisServer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default namespace on the server the default URL would reach: it must survive.
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", server.url)
+    StatsStore(server.url).update("gsm8k", [1.0, 2.0])
+    if "--url" not in argv:
+        argv = ["--url", server.url, *argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert StatsStore(server.url).get("gsm8k").count == 2
+
+
+def test_a_blank_url_variable_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", " ")
+    code, _, err = run(capsys, "reset", "gsm8k", "--yes")
+    assert code == 2
+    assert_one_error_line(err, "$SHARED_REWARDNORM_URL is set but blank")
 
 
 @pytest.mark.real_redis

@@ -26,6 +26,7 @@ from shared_rewardnorm.demo import (
     DemoObserver,
     DemoResult,
     EnvOutcome,
+    histogram_figure,
     plot_histograms,
     require_matplotlib,
     run_demo,
@@ -107,6 +108,41 @@ def test_plot_histograms_has_a_row_per_env(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = plot_histograms(fake_result(), tmp_path / "plot.png")
     assert path.stat().st_size > 10_000
+
+
+def test_every_histogram_has_axis_labels() -> None:
+    pytest.importorskip("matplotlib")
+    axes = histogram_figure(fake_result()).get_axes()
+    assert len(axes) == 2 * len(DEMO_ENVS)
+    assert {ax.get_xlabel() for ax in axes} == {"raw reward", "normalized reward (z-score)"}
+    assert {ax.get_ylabel() for ax in axes} == {"rewards in the bin"}
+
+
+class Events(DemoObserver):
+    """Records what the demo reports, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def workers_ready(self, ready: int, total: int) -> None:
+        self.events.append(("ready", ready, total))
+
+    def progress(self, done: int, total: int, elapsed: float) -> None:
+        self.events.append(("progress", done, total))
+
+
+def test_the_demo_reports_from_its_start() -> None:
+    # Spawning the workers takes seconds: it is reported before, during and after.
+    observer = Events()
+    run_demo(DemoConfig(workers=3, batches=2, batch_size=4), observer)
+    first_progress = observer.events.index(("progress", 1, 6))
+    assert observer.events[:first_progress] == [("ready", ready, 3) for ready in range(4)]
+
+
+def test_the_cli_says_it_is_starting_the_workers_at_once() -> None:
+    result = run_cli("demo", *SMALL)
+    lines = result.stdout.splitlines()
+    assert lines[2] == "starting 6 worker processes..." and lines[3] == "worker processes ready: 6/6", lines
 
 
 def test_missing_matplotlib_is_one_line_before_running(monkeypatch: pytest.MonkeyPatch,

@@ -8,7 +8,7 @@ import pytest
 from integrations import import_example
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def url(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
 

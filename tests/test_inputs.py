@@ -74,16 +74,21 @@ def test_good_names_pass() -> None:
         assert validate_env(name) == name
 
 
-@pytest.mark.parametrize(
-    "bad", [[1.0, None], [1.0, math.nan], "abc", [[1.0]], np.array([1.0, np.inf])]
-)
-def test_bad_scores_store_nothing(backend: Any, namespace: str, raw_client: Any, bad: Any) -> None:
+@pytest.mark.parametrize(("bad", "error", "match"), [
+    ([1.0, None], TypeError, r"scores\[1\] is a NoneType"),
+    ([1.0, math.nan], ValueError, r"scores\[1\] = nan is not finite"),
+    ("abc", TypeError, "not a bare str"),
+    ([[1.0]], TypeError, r"scores\[0\] is a nested list"),
+    (np.array([1.0, np.inf]), ValueError, r"scores\[1\] = .*inf.* is not finite"),
+])
+def test_bad_scores_store_nothing(backend: Any, namespace: str, raw_client: Any, bad: Any,
+                                  error: type[Exception], match: str) -> None:
     norm = SharedRewardNormalizer("env", backend, namespace=namespace, warmup=0)
     norm.normalize([1.0, 2.0])
     before = raw_client.hgetall(f"{namespace}:{{env}}")
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(error, match=match):
         norm.normalize(bad)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(error, match=match):
         norm.store.update("env", bad)
     assert raw_client.hgetall(f"{namespace}:{{env}}") == before
     assert norm.count == 2

@@ -115,31 +115,37 @@ def test_export_restore_round_trip_is_exact(backend: Any, namespace: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "damage",
+    ("damage", "match"),
     [
-        lambda s: s.update(format="something else"),
-        lambda s: s.update(version=3),
-        lambda s: s["envs"]["zz-last"].update(half_life=-1.0, decayed={"weight": 0, "mean": 0, "m2": 0}),
-        lambda s: s["envs"]["zz-last"].update(decayed={"weight": 1.0, "mean": 0.0, "m2": 0.0}),  # no half_life
-        lambda s: s["envs"]["zz-last"].update(half_life=10.0, decayed={"weight": -1.0, "mean": 0.0, "m2": 0.0}),
-        lambda s: s["envs"]["zz-last"].update(frozen="yes"),
-        lambda s: s["envs"]["zz-last"].update(merges=-1),
-        lambda s: s["envs"]["zz-last"].update(updated_at=1.5),
-        lambda s: s.pop("envs"),
-        lambda s: s["envs"].update({"bad{env}": {"count": 1, "mean": 0.0, "m2": 0.0, "min": 0.0, "max": 0.0}}),
-        lambda s: s["envs"]["zz-last"].update(m2=-1.0),
-        lambda s: s["envs"]["zz-last"].pop("max"),
-        lambda s: s["envs"]["zz-last"].update(count="many"),
+        (lambda s: s.update(format="something else"), "not a shared_rewardnorm snapshot: format is 'something else'"),
+        (lambda s: s.update(version=3), "unsupported snapshot version 3"),
+        (lambda s: s["envs"]["zz-last"].update(half_life=-1.0, decayed={"weight": 0, "mean": 0, "m2": 0}),
+         "snapshot env 'zz-last': half_life"),
+        (lambda s: s["envs"]["zz-last"].update(decayed={"weight": 1.0, "mean": 0.0, "m2": 0.0}),  # no half_life
+         "snapshot env 'zz-last': .*half_life"),
+        (lambda s: s["envs"]["zz-last"].update(half_life=10.0, decayed={"weight": -1.0, "mean": 0.0, "m2": 0.0}),
+         "snapshot env 'zz-last': .*weight"),
+        (lambda s: s["envs"]["zz-last"].update(frozen="yes"), "snapshot env 'zz-last': frozen"),
+        (lambda s: s["envs"]["zz-last"].update(merges=-1), "snapshot env 'zz-last': merges"),
+        (lambda s: s["envs"]["zz-last"].update(updated_at=1.5), "snapshot env 'zz-last': updated_at"),
+        (lambda s: s.pop("envs"), "snapshot has no 'envs' object"),
+        (lambda s: s["envs"].update({"bad{env}": {"count": 1, "mean": 0.0, "m2": 0.0, "min": 0.0, "max": 0.0}}),
+         r"env name 'bad\{env\}' contains '\{'"),
+        (lambda s: s["envs"]["zz-last"].update(m2=-1.0), "snapshot env 'zz-last': m2 must be >= 0, got -1.0"),
+        (lambda s: s["envs"]["zz-last"].pop("max"), "snapshot env 'zz-last': .*missing max"),
+        (lambda s: s["envs"]["zz-last"].update(count="many"), "snapshot env 'zz-last': count must be an int"),
+        (lambda s: s["envs"]["zz-last"].update(mean=7.0),
+         r"snapshot env 'zz-last': mean 7.0 lies outside \[min, max\] = \[3.0, 3.0\]"),
     ],
 )
-def test_bad_snapshots_write_nothing(backend: Any, namespace: str, damage: Any) -> None:
+def test_bad_snapshots_write_nothing(backend: Any, namespace: str, damage: Any, match: str) -> None:
     store = StatsStore(backend, namespace)
     store.update("aa-first", [1.0, 2.0])
     store.update("zz-last", [3.0])
     snapshot = store.export()
     snapshot["envs"]["aa-first"] = RunningStats(10, 5.0, 1.0, 4.0, 6.0).to_dict()
     damage(snapshot)
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(ValueError, match=match):  # InvalidStatsError is a ValueError
         store.restore(snapshot)
     assert store.get("aa-first").count == 2  # the valid env before the bad one was not written
 

@@ -166,21 +166,27 @@ def test_empty_reference_checkpoint_loads(backend: Any, namespace: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "broken",
+    ("broken", "error", "match"),
     [
-        {"mode": "median"},
-        {"accumulator": {"count": 2, "mean": 0.0, "m2": -1.0, "min": 0.0, "max": 1.0}},
-        {"accumulator": {"count": 2, "mean": math.nan, "m2": 1.0, "min": 0.0, "max": 1.0}},
-        {"accumulator": {"count": 2, "mean": 0.0, "m2": 1.0, "min": 0.0}},
-        {"warmup": "ten"},
-        {"eps": -1.0},
+        ({"mode": "median"}, ValueError, "invalid normalization mode 'median'"),
+        ({"accumulator": {"count": 2, "mean": 0.0, "m2": -1.0, "min": 0.0, "max": 1.0}}, ValueError,
+         "m2 must be >= 0, got -1.0"),
+        ({"accumulator": {"count": 2, "mean": math.nan, "m2": 1.0, "min": 0.0, "max": 1.0}}, ValueError,
+         "mean must be finite, got nan"),
+        ({"accumulator": {"count": 2, "mean": 0.0, "m2": 1.0, "min": 0.0}}, ValueError, "missing max"),
+        ({"accumulator": {"count": 2, "mean": 3.0, "m2": 1.0, "min": 0.0, "max": 1.0}}, ValueError,
+         r"mean 3.0 lies outside \[min, max\] = \[0.0, 1.0\]"),
+        ({"warmup": "ten"}, TypeError, "warmup must be an int, got 'ten'"),
+        ({"eps": -1.0}, ValueError, "eps must be a finite number > 0, got -1.0"),
+        ({"eps": 0}, ValueError, "eps must be a finite number > 0, got 0"),
     ],
 )
-def test_bad_checkpoints_change_nothing(backend: Any, namespace: str, broken: dict) -> None:
+def test_bad_checkpoints_change_nothing(backend: Any, namespace: str, broken: dict, error: type[Exception],
+                                        match: str) -> None:
     norm = SharedRewardNormalizer("env", backend, namespace=namespace, warmup=4)
     norm.normalize([1.0, 2.0, 3.0])
     state = norm.state_dict() | broken
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(error, match=match):
         norm.load_state_dict(state)
     assert norm.warmup == 4 and norm.mode == "zscore"
     assert norm.store.get("env").count == 3
@@ -210,3 +216,23 @@ def test_normalizer_can_share_a_store(backend: Any, namespace: str) -> None:
     a.normalize([1.0])
     b.normalize([1.0, 2.0])
     assert store.get("a").count == 1 and store.get("b").count == 2 and a.store is b.store is store
+
+
+@pytest.mark.parametrize("eps", [0, 0.0, -1e-8, math.inf, math.nan])
+def test_eps_must_be_positive_and_is_checked_before_anything_is_sent(backend: Any, namespace: str,
+                                                                      raw_client: Any, eps: float) -> None:
+    # With eps=0 a batch of equal scores used to be merged, then divide by zero.
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        SharedRewardNormalizer("env", backend, namespace=namespace, eps=eps, warmup=0)
+    assert list(raw_client.scan_iter(match=f"{namespace}:*")) == []
+
+
+@pytest.mark.parametrize("clip", [0, 0.0, -1.0, -math.inf, None])
+def test_a_clip_at_or_below_zero_means_no_clipping_as_in_the_reference(backend: Any, namespace: str,
+                                                                        clip: float | None) -> None:
+    norm = SharedRewardNormalizer("env", backend, namespace=namespace, clip=clip, warmup=0)
+    oracle = OracleNormalizer(clip=clip, warmup=0)
+    assert norm.clip is None
+    batch = [0.0] * 50 + [1000.0]
+    assert norm.normalize(batch) == pytest.approx(oracle.normalize(batch), rel=1e-12)
+    assert max(norm.normalize([1e6])) > 5.0

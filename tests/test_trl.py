@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return import_example("offline_models").save_tiny_llama(tmp_path_factory.mktemp("model"))
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def url(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
 

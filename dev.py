@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Set everything up and run the demo or the tests: ``python3 dev.py demo`` / ``python3 dev.py test``.
+
+Needs nothing but Python 3.10+ (the standard library only). The first run makes a venv in
+``.venv`` and installs the project with what the command needs (``pip install -e ".[test]"``
+for the tests); later runs reuse it, and install again only when ``pyproject.toml`` changed or
+a command needs extras not installed yet (a stamp in the venv records both), so a second run
+starts at once.
+
+``test`` runs pytest (extra arguments go to it) against the Redis at 127.0.0.1:6379 if one
+answers, else one it starts there for the run (no persistence, in a temp dir, stopped by PID
+afterwards) when ``redis-server`` is on PATH; tests that need a server skip without one (fail
+under ``SHARED_REWARDNORM_REQUIRE_REDIS=1``). pytest collecting no test is a failure.
+``.ci/run`` calls this same command with a fresh venv (``--venv DIR --no-editable``).
+
+Another suite with a venv of its own (say an integration with a framework that pins other
+versions) is one more call of ``ensure_venv(path, extras)`` and one more command below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_VENV = REPO / ".venv"
+STAMP = ".shared-rewardnorm-dev.json"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def say(message: str) -> None:
+    print(f"dev.py: {message}", flush=True)
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _project_hash() -> str:
+    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def ensure_venv(venv: Path, extras: set[str], editable: bool = True) -> Path:
+    """A venv at ``venv`` with the project and ``extras`` installed; installs only what is
+    missing or out of date. Returns its python."""
+    python = venv_python(venv)
+    if not python.exists():
+        say(f"creating a venv in {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    stamp_path = venv / STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    wanted = {"project": _project_hash(), "editable": editable}
+    installed = set(stamp.get("extras", []))
+    if all(stamp.get(key) == value for key, value in wanted.items()) and extras <= installed:
+        return python
+    extras = extras | (installed if stamp.get("project") == wanted["project"] else set())
+    target = f".[{','.join(sorted(extras))}]" if extras else "."
+    say(f"installing {target} into {venv} (once; later runs reuse it)")
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True, env=env)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *(["-e"] if editable else []), target],
+                   check=True, cwd=REPO, env=env)
+    stamp_path.write_text(json.dumps({**wanted, "extras": sorted(extras)}))
+    return python
+
+
+def redis_answers(host: str = REDIS_HOST, port: int = REDIS_PORT) -> bool:
+    """Whether a Redis answers PING at host:port (plain RESP over a socket: no client needed)."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(directory: Path) -> subprocess.Popen[bytes] | None:
+    """A redis-server on 127.0.0.1:6379 for this run (no persistence), or None if there is no
+    redis-server to start or it does not answer."""
+    if shutil.which("redis-server") is None:
+        say("no Redis answers at 127.0.0.1:6379 and redis-server is not on PATH: "
+            "the tests that need a server will skip (or fail under SHARED_REWARDNORM_REQUIRE_REDIS=1)")
+        return None
+    say(f"no Redis answers at {REDIS_HOST}:{REDIS_PORT}; starting one for this run in {directory}")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(REDIS_PORT), "--bind", REDIS_HOST, "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--logfile", str(directory / "redis.log"), "--daemonize", "no"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        if redis_answers():
+            return process
+        time.sleep(0.1)
+    log = directory / "redis.log"
+    say("the redis-server started here does not answer; its log:\n" + (log.read_text() if log.exists() else ""))
+    stop(process)
+    return None
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    say(f"stopping the redis-server started for this run (pid {process.pid})")
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cmd_demo(python: Path, rest: list[str]) -> int:
+    return subprocess.run([str(python), "-m", "shared_rewardnorm", "demo", *rest], cwd=REPO).returncode
+
+
+def cmd_test(python: Path, rest: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="shared-rewardnorm-redis-") as directory:
+        server = None if redis_answers() else start_redis(Path(directory))
+        try:
+            # The checkout comes first on sys.path (python -m pytest from the repo), so the tests
+            # check this commit's code even with a non-editable install (see .ci/run).
+            status = subprocess.run([str(python), "-m", "pytest", "-q", *rest], cwd=REPO).returncode
+        finally:
+            stop(server)
+    if status == 5:
+        say("pytest collected no tests; that is a failure")
+        return 1
+    return status
+
+
+COMMANDS = {"demo": (set(), cmd_demo), "test": ({"test"}, cmd_test)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"the venv to use (default {DEFAULT_VENV})")
+    parser.add_argument("--no-editable", action="store_true",
+                        help="a regular install (pip builds the wheel, as a user's install does), as CI does")
+    parser.add_argument("command", choices=sorted(COMMANDS), help="demo: the demo, embedded; test: the test suite")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="passed on (to the demo, or to pytest)")
+    args = parser.parse_args(argv)
+    extras, run = COMMANDS[args.command]
+    python = ensure_venv(args.venv.resolve(), extras, editable=not args.no_editable)
+    return run(python, args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
