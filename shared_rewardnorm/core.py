@@ -505,7 +505,21 @@ class NormalizerCore:
             info = yield from self._refresh_info_op()
         if recent:
             self._require_decay(info, counted=update)
+            self._require_recent_weight(info, counted=update and not info.frozen)
         return normalize_values(values, info.stats, self._settings, info.decayed)
+
+    def _require_recent_weight(self, info: EnvInfo, counted: bool) -> None:
+        """Past warmup, ``statistics="recent"`` needs decayed statistics with some weight. Weight 0
+        (nothing merged since the half-life was set or changed, or since the statistics were
+        replaced) has no mean or std to normalize with; passing raw scores on past warmup would
+        go unnoticed by the trainer, so it is an error saying how to get out of it."""
+        if info.decayed is None or info.decayed.weight > 0 or info.stats.count < self._settings.warmup:
+            return
+        reason = ("it is frozen, so no batch can add any" if info.frozen
+                  else "normalize(update=False) adds none; normalize with update=True to add a batch")
+        raise ValueError(f'statistics="recent" but env {self._env!r} has no recent statistics yet (decayed weight 0: '
+                         f'nothing merged since its half-life was set or changed, or its statistics replaced) and '
+                         f'{reason}; or use statistics="total"' + ("; this batch was counted in the totals" if counted else ""))
 
     def _refresh_info_op(self) -> Operation[EnvInfo]:
         return self._seen((yield from _read_env(self._key)))

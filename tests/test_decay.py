@@ -16,6 +16,7 @@ from shared_rewardnorm import (
     AsyncStatsStore,
     CorruptStatsError,
     DecayedStats,
+    RunningStats,
     SharedRewardNormalizer,
     StatsStore,
 )
@@ -154,12 +155,40 @@ def test_recent_settings_are_validated() -> None:
         SharedRewardNormalizer("env", None, statistics="latest")
 
 
-def test_recent_with_no_batch_since_the_half_life_was_set_is_still_warming_up(backend: Any, namespace: str) -> None:
+def test_recent_with_no_batch_since_the_half_life_was_set_is_an_error_past_warmup(backend: Any,
+                                                                                   namespace: str) -> None:
+    """Weight 0 past warmup has no recent mean or std: an error saying why, never raw scores
+    passed on as if normalized. Before warmup raw scores are the documented behaviour."""
     store = StatsStore(backend, namespace)
     store.update("env", [float(v) for v in range(20)])
     store.configure("env", half_life=10)
+    assert SharedRewardNormalizer("env", store, statistics="recent", warmup=50, clip=3.0).normalize(
+        [1.0, 100.0], update=False) == [1.0, 3.0]  # warming up: raw, clipped
     norm = SharedRewardNormalizer("env", store, statistics="recent", warmup=1, clip=3.0)
-    assert norm.normalize([1.0, 100.0], update=False) == [1.0, 3.0]  # raw, clipped
+    with pytest.raises(ValueError, match=r"env 'env' has no recent statistics yet \(decayed weight 0.*update=False\) adds "
+                                         r"none"):
+        norm.normalize([1.0, 100.0], update=False)
+    store.freeze("env")  # frozen: a merge adds no weight either, and nothing is counted
+    with pytest.raises(ValueError, match=r"decayed weight 0.*it is frozen(?!.*was counted)"):
+        norm.normalize([1.0, 100.0])
+    store.unfreeze("env")
+    norm.normalize([1.0, 100.0])  # a merged batch gives the decayed statistics weight
+    for replace in (lambda: store.set("env", RunningStats.from_values([1.0, 2.0])),
+                    lambda: norm.load_state_dict(norm.state_dict())):
+        replace()
+        with pytest.raises(ValueError, match="decayed weight 0"):
+            norm.normalize([3.0], update=False)
+
+
+def test_normalize_values_refuses_empty_decayed_statistics_past_warmup() -> None:
+    from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
+
+    settings = NormalizerSettings.create(warmup=1, statistics="recent")
+    stats = RunningStats.from_values([1.0, 2.0])
+    with pytest.raises(ValueError, match="past warmup with decayed weight 0"):
+        normalize_values([1.0], stats, settings, DecayedStats())
+    assert normalize_values([1.0], stats, NormalizerSettings.create(warmup=5, statistics="recent"),
+                            DecayedStats()) == [1.0]
 
 
 def test_update_false_reads_without_counting(backend: Any, namespace: str) -> None:
