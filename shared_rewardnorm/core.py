@@ -78,12 +78,13 @@ def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     return replies
 
 
-def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[RunningStats]:
+def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[EnvInfo]:
     """Replace the totals; with ``state`` (a version-2 snapshot's env) everything else too,
-    otherwise the configuration stays and the decayed statistics and activity restart."""
+    otherwise the configuration stays and the decayed statistics and activity restart. Returns
+    the env as the replace left it."""
     args = (encode_stats(stats),) if state is None else (encode_stats(stats), encode_state(state))
     reply = yield RunScript("replace", (key,), args)
-    return decode_reply(reply)[0].stats
+    return decode_reply(reply)[0]
 
 
 def _yes_or_no(name: str, value: Any) -> None:
@@ -266,10 +267,10 @@ class StoreCore:
 
     def _set_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
         key = self.key(env)
-        return _replace(key, _require_stats(stats))
+        return (yield from _replace(key, _require_stats(stats))).stats
 
     def _reset_op(self, env: str) -> Operation[RunningStats]:
-        return _replace(self.key(env), RunningStats())
+        return (yield from _replace(self.key(env), RunningStats())).stats
 
     def _infos_op(self, envs: Iterable[str]) -> Operation[dict[str, EnvInfo]]:
         if isinstance(envs, str):
@@ -346,9 +347,9 @@ class StoreCore:
         restored = {}
         for key, (env, entry) in zip(keys, parsed.items(), strict=True):
             if isinstance(entry, EnvInfo):
-                restored[env] = yield from _replace(key, entry.stats, entry)
+                restored[env] = (yield from _replace(key, entry.stats, entry)).stats
             else:
-                restored[env] = yield from _replace(key, entry)
+                restored[env] = (yield from _replace(key, entry)).stats
         return restored
 
 
@@ -538,7 +539,7 @@ class NormalizerCore:
         # The reference's checkpoints know nothing of statistics="recent": keep this one's.
         settings = NormalizerSettings.create(settings.mode, settings.clip, settings.warmup, settings.eps,
                                              self._settings.statistics)
-        self._stats = yield from _replace(self._key, stats)
+        self._seen((yield from _replace(self._key, stats)))
         self._settings = settings
 
     def __repr__(self) -> str:

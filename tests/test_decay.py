@@ -306,3 +306,17 @@ def test_configure_repairs_a_corrupt_half_life(backend: Any, namespace: str, raw
         store.info("env")
     assert store.configure("env", half_life=20) is True
     assert store.info("env").half_life == 20.0 and store.update("env", [3.0]).count == 3
+
+
+def test_load_state_dict_updates_info(backend: Any, namespace: str) -> None:
+    """``norm.info`` is what the latest round trip returned, the load's replace included: not
+    the merges and decayed statistics from before it."""
+    store = StatsStore(backend, namespace)
+    store.configure("env", half_life=10)
+    norm = SharedRewardNormalizer("env", store, warmup=0)
+    norm.normalize([1.0, 2.0, 3.0])
+    assert norm.info.merges == 1 and norm.info.decayed.weight == 3
+    norm.load_state_dict({**norm.state_dict(), "accumulator": RunningStats.from_values([7.0, 9.0]).to_dict()})
+    assert norm.info == store.info("env")
+    assert norm.info.merges == 0 and norm.info.decayed.weight == 0 and norm.info.stats.count == 2
+    assert norm.info.half_life == 10.0 and norm.stats == norm.info.stats
