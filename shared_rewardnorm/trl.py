@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,8 +49,18 @@ def _callable_name(func: Any) -> str | None:
 
 
 def _is_reward(value: Any) -> bool:
-    """A reward to normalize; ``None`` and NaN mean "no reward for this completion" to TRL."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+    """A reward to normalize; ``None`` and NaN mean "no reward for this completion" to TRL.
+
+    NaN is the one value unequal to itself, which holds for any kind of number (``float``,
+    ``numpy.float32``, a 0-d tensor), where ``isinstance(value, float)`` misses most of them.
+    Anything whose comparison is not a single truth value (a list, an array) is left for the
+    normalizer's input checks to refuse."""
+    if value is None:
+        return False
+    try:
+        return not bool(value != value)
+    except (TypeError, ValueError):
+        return True
 
 
 class SharedNormRewardFunc:
