@@ -174,10 +174,11 @@ def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
     def fields(stats: RunningStats) -> dict[str, Any]:
         return {**{name: getattr(stats, name) for name in STAT_FIELDS}, "std": stats.std}
 
-    def env_fields(info: EnvInfo) -> dict[str, Any]:
-        decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
-        return {**fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
-                "merges": info.merges, "updated_at": info.updated_at}
+    def env_fields(info: EnvInfo) -> dict[str, Any]:  # a snapshot entry, plus the stds
+        entry = {**info.to_dict(), "std": info.stats.std}
+        if info.decayed is not None:
+            entry["decayed"]["std"] = info.decayed.std
+        return entry
 
     return {"namespace": namespace, "envs": {env: env_fields(found[env]) for env in sorted(found)},
             "aggregate": fields(aggregate_of(found))}

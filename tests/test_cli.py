@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import redis
 import redis.cluster
 
 from redis_servers import RedisServer, free_port
-from shared_rewardnorm import EnvInfo, RunningStats, StatsStore
+from shared_rewardnorm import StatsStore
 from shared_rewardnorm.cli import main, redact
 from shared_rewardnorm.snapshot import snapshot_masters
 from shared_rewardnorm.connection import close_client
@@ -103,26 +104,46 @@ def test_stats_table_matches_store(cli: Any, seeded: StatsStore) -> None:
             assert rows[name][5:8] == ["-", "-", "no"] and re.fullmatch(r"\d+s", rows[name][8])
 
 
-def stats_fields(stats: RunningStats) -> dict[str, Any]:
-    return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
-            "m2": stats.m2}
+def summary(values: list[float]) -> dict[str, Any]:
+    """What ``stats --json`` must show for these samples, computed here from the samples
+    (correctly rounded sums), not by the library."""
+    mean = math.fsum(values) / len(values)
+    m2 = math.fsum((v - mean) ** 2 for v in values)
+    return {"count": len(values), "mean": mean, "m2": m2, "std": math.sqrt(m2 / len(values)),
+            "min": min(values), "max": max(values)}
 
 
-def env_fields(info: EnvInfo) -> dict[str, Any]:
-    decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
-    return {**stats_fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
-            "merges": info.merges, "updated_at": info.updated_at}
+def assert_summary(shown: dict[str, Any], values: list[float]) -> None:
+    expected = summary(values)
+    assert {name: shown[name] for name in expected} == pytest.approx(expected, rel=1e-13, abs=1e-15)
 
 
 @pytest.mark.real_redis
 def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> None:
+    """Every field of every env, as known from what was done to them: totals of the samples, a
+    half-life and its decayed statistics, the frozen flag, merges, a recent server time. Floats
+    are the stored doubles exactly."""
+    seeded.configure("tool_use", half_life=4)
+    seeded.update("tool_use", [1.0, 3.0])  # the decayed statistics start here: weight 2, mean 2, m2 2
+    seeded.freeze("code")
     code, out, _ = cli("stats", "--json")
     assert code == 0
-    assert json.loads(out) == {
-        "namespace": namespace,
-        "envs": {env: env_fields(seeded.info(env)) for env in seeded.all()},
-        "aggregate": stats_fields(seeded.aggregate()),
-    }
+    shown = json.loads(out)
+    assert shown["namespace"] == namespace and set(shown) == {"namespace", "envs", "aggregate"}
+    values = {**SEED_VALUES, "tool_use": SEED_VALUES["tool_use"] + [1.0, 3.0]}
+    assert set(shown["envs"]) == set(values)
+    for env, entry in shown["envs"].items():
+        assert set(entry) == {"count", "mean", "m2", "std", "min", "max", "decayed", "half_life", "frozen",
+                              "merges", "updated_at"}
+        assert_summary(entry, values[env])
+        assert entry["mean"] == seeded.get(env).mean and entry["m2"] == seeded.get(env).m2  # exact
+        assert entry["frozen"] is (env == "code") and entry["merges"] == (2 if env == "tool_use" else 1)
+        assert isinstance(entry["updated_at"], int) and abs(entry["updated_at"] / 1000 - time.time()) < 120
+        if env == "tool_use":
+            assert entry["half_life"] == 4.0 and entry["decayed"] == {"weight": 2.0, "mean": 2.0, "m2": 2.0, "std": 1.0}
+        else:
+            assert entry["half_life"] is None and entry["decayed"] is None
+    assert_summary(shown["aggregate"], [v for env in sorted(values) for v in values[env]])
 
 
 @pytest.mark.real_redis
@@ -130,9 +151,10 @@ def test_stats_of_named_envs_includes_absent_ones(cli: Any, seeded: StatsStore) 
     code, out, _ = cli("stats", "gsm8k", "absent", "--json")
     assert code == 0
     shown = json.loads(out)
-    assert shown["envs"]["gsm8k"] == env_fields(seeded.info("gsm8k"))
-    assert shown["envs"]["absent"]["count"] == 0
-    assert shown["aggregate"] == stats_fields(seeded.aggregate(["gsm8k"]))
+    assert set(shown["envs"]) == {"gsm8k", "absent"}
+    assert_summary(shown["envs"]["gsm8k"], SEED_VALUES["gsm8k"])
+    assert shown["envs"]["absent"]["count"] == 0 and shown["envs"]["absent"]["merges"] == 0
+    assert_summary(shown["aggregate"], SEED_VALUES["gsm8k"])
 
 
 @pytest.mark.real_redis
@@ -329,7 +351,7 @@ def test_console_script(real_redis_url: str, namespace: str, seeded: StatsStore)
     result = subprocess.run([*cli_command(), "--url", real_redis_url, "--namespace", namespace, "stats", "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["aggregate"] == stats_fields(seeded.aggregate())
+    assert_summary(json.loads(result.stdout)["aggregate"], [v for env in sorted(SEED_VALUES) for v in SEED_VALUES[env]])
 
 
 def test_console_script_without_server() -> None:

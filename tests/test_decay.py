@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -302,7 +303,7 @@ def test_configure_repairs_a_corrupt_half_life(backend: Any, namespace: str, raw
     store = StatsStore(backend, namespace)
     store.update("env", [1.0, 2.0])
     raw_client.hset(store.key("env"), "half_life", "oops")
-    with pytest.raises(CorruptStatsError):
+    with pytest.raises(CorruptStatsError, match=rf"corrupt stats hash {re.escape(store.key('env'))}: half_life is 'oops'"):
         store.info("env")
     assert store.configure("env", half_life=20) is True
     assert store.info("env").half_life == 20.0 and store.update("env", [3.0]).count == 3
