@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -132,7 +133,8 @@ def open_store(args: argparse.Namespace) -> Iterator[StatsStore]:
 
 
 def read_stats(store: StatsStore, envs: Sequence[str]) -> dict[str, EnvInfo]:
-    """The named envs (empty for absent ones), or every env in the namespace with statistics."""
+    """The named envs (empty for absent ones), or every env in the namespace (as ``envs`` and
+    ``export`` list them: configured or frozen ones without statistics too)."""
     return store.infos(envs) if envs else store.infos()
 
 
@@ -414,12 +416,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _bounded(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)``, at least (or above) ``minimum``."""
+    """An argparse type: ``kind(text)``, finite, at least (or above) ``minimum``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):  # float("nan") and float("inf") parse, and nan passes any bound
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
         return value

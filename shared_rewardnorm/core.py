@@ -306,8 +306,10 @@ class StoreCore:
         return {env: info.stats for env, info in found.items() if not info.stats.is_empty}
 
     def _selected_infos_op(self, envs: Iterable[str] | None) -> Operation[dict[str, EnvInfo]]:
+        """The named envs, or (``None``) every env ``envs()`` lists, configured or frozen ones
+        without statistics included, as ``export`` writes them."""
         if envs is None:
-            return {env: info for env, info in (yield from self._all_infos_op()).items() if not info.stats.is_empty}
+            return (yield from self._all_infos_op())
         return (yield from self._infos_op(envs))
 
     def _aggregate_op(self, envs: Iterable[str] | None = None) -> Operation[RunningStats]:
@@ -317,6 +319,8 @@ class StoreCore:
     def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
         metrics: dict[str, float] = {}
         for env, info in sorted((yield from self._selected_infos_op(envs)).items()):
+            if envs is None and info.stats.is_empty:  # all envs: those with statistics to report
+                continue
             metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
         return metrics
 

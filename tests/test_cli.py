@@ -503,6 +503,10 @@ def test_configure_freeze_unfreeze_and_what_stats_shows(cli: Any, seeded: StatsS
 @pytest.mark.parametrize("argv, message", [
     (("configure", "gsm8k"), "one of the arguments --half-life --no-decay is required"),
     (("configure", "gsm8k", "--half-life", "0"), "must be > 0"),
+    (("configure", "gsm8k", "--half-life", "-1"), "must be > 0"),
+    (("configure", "gsm8k", "--half-life", "nan"), "must be a finite number, got nan"),
+    (("configure", "gsm8k", "--half-life", "inf"), "must be a finite number, got inf"),
+    (("watch", "--interval", "nan"), "must be a finite number, got nan"),
     (("configure", "gsm8k", "--half-life", "10", "--no-decay"), "not allowed with argument"),
     (("freeze",), "the following arguments are required: ENV"),
 ])
@@ -510,6 +514,25 @@ def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], a
                                            message: str) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
+
+
+@pytest.mark.real_redis
+def test_stats_lists_configured_and_frozen_envs_without_statistics(cli: Any, seeded: StatsStore) -> None:
+    """``stats`` shows every env ``envs`` and ``export`` list: a frozen or configured env with
+    no statistics yet is a row, not nothing."""
+    assert cli("freeze", "new")[0] == 0
+    assert cli("configure", "decaying", "--half-life", "10")[0] == 0
+    assert seeded.envs() == ["code", "decaying", "gsm8k", "new", "tool_use"]
+    rows = table_rows(cli("stats")[1])
+    assert set(rows) == {*seeded.envs(), "aggregate"}
+    assert rows["new"][0] == "0" and rows["new"][7] == "yes" and rows["decaying"][5:8] == ["0", "0", "no"]
+    shown = json.loads(cli("stats", "--json")[1])
+    assert set(shown["envs"]) == set(seeded.export()["envs"]) == set(seeded.envs())
+    assert shown["envs"]["new"]["frozen"] is True and shown["envs"]["new"]["count"] == 0
+    assert shown["envs"]["decaying"]["half_life"] == 10.0
+    assert_summary(shown["aggregate"], [v for env in sorted(SEED_VALUES) for v in SEED_VALUES[env]])
+    assert set(seeded.infos()) == set(seeded.envs())
+    assert "reward_norm/new/count" not in seeded.metrics()  # metrics of all envs: those with statistics
 
 
 @pytest.mark.real_redis
