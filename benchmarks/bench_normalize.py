@@ -462,13 +462,10 @@ def _watch_normalizer(client: redis.Redis, key: str) -> Callable[[list[float]], 
                     if stored[0] is None:
                         merged = batch
                     else:
-                        old = RunningStats(int(stored[0]), float(stored[1]), float(stored[2]),
-                                           float(stored[3]), float(stored[4]))
+                        old = RunningStats(int(stored[0]), *map(float, stored[1:]))
                         merged = old.merge(batch)
                     pipe.multi()
-                    pipe.hset(key, mapping={"count": merged.count, "mean": repr(merged.mean),
-                                            "m2": repr(merged.m2), "min": repr(merged.min),
-                                            "max": repr(merged.max)})
+                    pipe.hset(key, mapping={name: repr(getattr(merged, name)) for name in STAT_FIELDS})
                     pipe.execute()
                     break
                 except WatchError:

@@ -22,7 +22,6 @@ shared statistics' metrics.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Literal, Optional
 
@@ -32,7 +31,9 @@ from pydantic import Field, field_validator, model_validator
 
 from .aio import AsyncSharedRewardNormalizer
 from .connection import URL_VARIABLE, check_url
+from .errors import RewardNormError
 from .inputs import validate_env, validate_namespace
+from .loops import PerLoop
 from .normalization import NormalizerSettings
 
 __all__ = ["SharedRewardNormConfig", "SharedRewardNormMixin"]
@@ -121,8 +122,7 @@ class SharedRewardNormMixin:
             raise TypeError(f"{type(self).__name__} needs a SharedRewardNormConfig (set env_config_cls and "
                             f"return one from config_init), got {type(config).__name__}")
         validate_env(self._reward_norm_env_name(config))
-        self._shared_normalizer: AsyncSharedRewardNormalizer | None = None
-        self._shared_normalizer_loop: asyncio.AbstractEventLoop | None = None
+        self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]
 
     def _reward_norm_env_name(self, config: SharedRewardNormConfig) -> str:
@@ -138,37 +138,34 @@ class SharedRewardNormMixin:
         """The shared normalizer, or ``None`` when ``reward_normalization`` is ``"none"``.
 
         Created on first use inside the running event loop (an asyncio client belongs to the
-        loop it first ran in), and again if the env is later driven by another loop.
+        loop it first ran in), and again if the env is later driven by another loop (the old
+        one is closed in its loop if that still runs, else dropped: see ``loops.PerLoop``).
         """
-        config = self.config
-        if config.reward_normalization == "none":
+        if self.config.reward_normalization == "none":
             return None
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if self._shared_normalizer is None or self._shared_normalizer_loop is not loop:
-            self._shared_normalizer = AsyncSharedRewardNormalizer(
-                self.reward_norm_env, config.reward_norm_redis_url, mode=config.reward_normalization,
-                clip=config.reward_clip, warmup=config.reward_normalization_warmup,
-                namespace=config.reward_norm_namespace)
-            self._shared_normalizer_loop = loop
-        return self._shared_normalizer
+        return self._reward_norm_loops.get()
+
+    def _make_reward_normalizer(self) -> AsyncSharedRewardNormalizer:
+        config = self.config
+        return AsyncSharedRewardNormalizer(
+            self.reward_norm_env, config.reward_norm_redis_url, mode=config.reward_normalization,
+            clip=config.reward_clip, warmup=config.reward_normalization_warmup,
+            namespace=config.reward_norm_namespace)
 
     async def close_reward_normalizer(self) -> None:
         """Close the shared normalizer's connections (before the event loop that used it ends);
         a later use opens new ones."""
-        norm, self._shared_normalizer = self._shared_normalizer, None
-        if norm is not None:
-            await norm.aclose()
+        await self._reward_norm_loops.aclose()
 
     def _passes_base_env_checks(self, group: Any, abort_on_any_max_length_exceeded: bool) -> bool:
         """Whether ``BaseEnv.handle_send_to_api`` keeps ``group`` (before its equal-scores check):
-        the groups it drops must not enter the statistics either."""
-        if not isinstance(group, dict) or None in group or "scores" not in group:
+        the groups it drops must not enter the statistics either. The expressions are BaseEnv's
+        (atroposlib 0.4.0), failures included: ``group_overrides=None`` raises its
+        ``AttributeError`` here too."""
+        if group is None:
             return False
-        group_size = (group.get("group_overrides") or {}).get("group_size", self.config.group_size)
-        if len(group.get("tokens", [])) != group_size:
+        group_size = group.get("group_overrides", {}).get("group_size", self.config.group_size)
+        if None in group or len(group.get("tokens", [])) != group_size or "scores" not in group:
             return False
         max_len = getattr(self, "max_token_len", -1)
         return not (abort_on_any_max_length_exceeded and max_len > 0
@@ -184,9 +181,11 @@ class SharedRewardNormMixin:
         norm = self.reward_normalizer
         if norm is not None:
             groups = scored_data if isinstance(scored_data, list) else [scored_data]
-            for group in groups:
-                if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded):
-                    group["scores"] = await norm.normalize(group["scores"])
+            # Every group is checked before any is counted: a group that makes BaseEnv raise
+            # (so that it sends nothing) raises here first, and nothing enters the statistics.
+            kept = [group for group in groups if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded)]
+            for group in kept:
+                group["scores"] = await norm.normalize(group["scores"])
         return await super().handle_send_to_api(  # type: ignore[misc]
             scored_data, item, do_send_to_api, abort_on_any_max_length_exceeded)
 
@@ -199,6 +198,6 @@ class SharedRewardNormMixin:
         if norm is not None:
             try:
                 wandb_metrics.update(await norm.metrics_dict())
-            except redis.RedisError as exc:
+            except (redis.RedisError, RewardNormError) as exc:  # RewardNormError: a corrupt hash, say
                 logger.warning("reward_norm metrics for %r not logged this step: %s", self.reward_norm_env, exc)
         await super().wandb_log(wandb_metrics)  # type: ignore[misc]

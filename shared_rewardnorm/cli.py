@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -202,10 +203,11 @@ def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
     def fields(stats: RunningStats) -> dict[str, Any]:
         return {**{name: getattr(stats, name) for name in STAT_FIELDS}, "std": stats.std}
 
-    def env_fields(info: EnvInfo) -> dict[str, Any]:
-        decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
-        return {**fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
-                "merges": info.merges, "updated_at": info.updated_at}
+    def env_fields(info: EnvInfo) -> dict[str, Any]:  # a snapshot entry, plus the stds
+        entry = {**info.to_dict(), "std": info.stats.std}
+        if info.decayed is not None:
+            entry["decayed"]["std"] = info.decayed.std
+        return entry
 
     return {"namespace": namespace, "envs": {env: env_fields(found[env]) for env in sorted(found)},
             "aggregate": fields(aggregate_of(found))}
@@ -472,12 +474,14 @@ def _not_blank(option: str) -> Callable[[str], str]:
 
 
 def _bounded(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)``, at least (or above) ``minimum``."""
+    """An argparse type: ``kind(text)``, finite, at least (or above) ``minimum``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):  # float("nan") and float("inf") parse, and nan passes any bound
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
         return value

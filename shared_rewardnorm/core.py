@@ -80,12 +80,13 @@ def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     return replies
 
 
-def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[RunningStats]:
+def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[EnvInfo]:
     """Replace the totals; with ``state`` (a version-2 snapshot's env) everything else too,
-    otherwise the configuration stays and the decayed statistics and activity restart."""
+    otherwise the configuration stays and the decayed statistics and activity restart. Returns
+    the env as the replace left it."""
     args = (encode_stats(stats),) if state is None else (encode_stats(stats), encode_state(state))
     reply = yield RunScript("replace", (key,), args)
-    return decode_reply(reply)[0].stats
+    return decode_reply(reply)[0]
 
 
 def _yes_or_no(name: str, value: Any) -> None:
@@ -284,10 +285,10 @@ class StoreCore:
 
     def _set_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
         key = self.key(env)
-        return _replace(key, _require_stats(stats))
+        return (yield from _replace(key, _require_stats(stats))).stats
 
     def _reset_op(self, env: str) -> Operation[RunningStats]:
-        return _replace(self.key(env), RunningStats())
+        return (yield from _replace(self.key(env), RunningStats())).stats
 
     def _infos_op(self, envs: Iterable[str]) -> Operation[dict[str, EnvInfo]]:
         names = _env_names(envs)
@@ -321,8 +322,10 @@ class StoreCore:
         return {env: info.stats for env, info in found.items() if not info.stats.is_empty}
 
     def _selected_infos_op(self, envs: Iterable[str] | None) -> Operation[dict[str, EnvInfo]]:
+        """The named envs, or (``None``) every env ``envs()`` lists, configured or frozen ones
+        without statistics included, as ``export`` writes them."""
         if envs is None:
-            return {env: info for env, info in (yield from self._all_infos_op()).items() if not info.stats.is_empty}
+            return (yield from self._all_infos_op())
         return (yield from self._infos_op(envs))
 
     def _aggregate_op(self, envs: Iterable[str] | None = None) -> Operation[RunningStats]:
@@ -332,6 +335,8 @@ class StoreCore:
     def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
         metrics: dict[str, float] = {}
         for env, info in sorted((yield from self._selected_infos_op(envs)).items()):
+            if envs is None and info.stats.is_empty:  # all envs: those with statistics to report
+                continue
             metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
         return metrics
 
@@ -376,9 +381,9 @@ class StoreCore:
         restored = {}
         for key, (env, entry) in zip(keys, parsed.items(), strict=True):
             if isinstance(entry, EnvInfo):
-                restored[env] = yield from _replace(key, entry.stats, entry)
+                restored[env] = (yield from _replace(key, entry.stats, entry)).stats
             else:
-                restored[env] = yield from _replace(key, entry)
+                restored[env] = (yield from _replace(key, entry)).stats
         return restored
 
 
@@ -553,7 +558,21 @@ class NormalizerCore:
             info = yield from self._refresh_info_op()
         if recent:
             self._require_decay(info, counted=update)
+            self._require_recent_weight(info, counted=update and not info.frozen)
         return normalize_values(values, info.stats, self._settings, info.decayed)
+
+    def _require_recent_weight(self, info: EnvInfo, counted: bool) -> None:
+        """Past warmup, ``statistics="recent"`` needs decayed statistics with some weight. Weight 0
+        (nothing merged since the half-life was set or changed, or since the statistics were
+        replaced) has no mean or std to normalize with; passing raw scores on past warmup would
+        go unnoticed by the trainer, so it is an error saying how to get out of it."""
+        if info.decayed is None or info.decayed.weight > 0 or info.stats.count < self._settings.warmup:
+            return
+        reason = ("it is frozen, so no batch can add any" if info.frozen
+                  else "normalize(update=False) adds none; normalize with update=True to add a batch")
+        raise ValueError(f'statistics="recent" but env {self._env!r} has no recent statistics yet (decayed weight 0: '
+                         f'nothing merged since its half-life was set or changed, or its statistics replaced) and '
+                         f'{reason}; or use statistics="total"' + ("; this batch was counted in the totals" if counted else ""))
 
     def _refresh_info_op(self) -> Operation[EnvInfo]:
         return self._seen((yield from _read_env(self._key)))
@@ -572,7 +591,7 @@ class NormalizerCore:
         # The reference's checkpoints know nothing of statistics="recent": keep this one's.
         settings = NormalizerSettings.create(settings.mode, settings.clip, settings.warmup, settings.eps,
                                              self._settings.statistics)
-        self._stats = yield from _replace(self._key, stats)
+        self._seen((yield from _replace(self._key, stats)))
         self._settings = settings
 
     def __repr__(self) -> str:

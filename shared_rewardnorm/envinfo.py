@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidStatsError
-from .schema import STAT_FIELDS
+from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, DECAY_FIELDS, STAT_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
-__all__ = ["DecayedStats", "EnvInfo"]
+__all__ = ["DecayedStats", "EnvInfo", "DECAYED_KEYS", "SNAPSHOT_KEYS"]
+
+#: The keys of a snapshot's ``decayed`` object, one per ``DECAY_FIELDS`` entry (the hash's
+#: ``wmean``/``wm2`` are ``mean``/``m2`` inside the object).
+DECAYED_KEYS = ("weight", "mean", "m2")
+#: The keys of a version-2 snapshot entry, every one required: the totals, then ``decayed``
+#: (the ``DECAY_FIELDS`` as one object, or null), the configuration and the activity.
+SNAPSHOT_KEYS = STAT_FIELDS + ("decayed",) + CONFIG_FIELDS + ACTIVITY_FIELDS
 
 
 def _finite(name: str, value: Any, minimum: float | None = None) -> float:
@@ -61,14 +68,15 @@ class DecayedStats:
         return math.sqrt(self.variance)
 
     def to_dict(self) -> dict[str, float]:
-        return {"weight": self.weight, "mean": self.mean, "m2": self.m2}
+        """``weight``, ``mean`` and ``m2`` (``DECAYED_KEYS``): a snapshot's ``decayed`` object."""
+        return {name: getattr(self, name) for name in DECAYED_KEYS}
 
     @classmethod
     def from_dict(cls, state: Any) -> DecayedStats:
         """Validate a ``to_dict`` mapping (weight and m2 >= 0, all finite)."""
         if not isinstance(state, Mapping):
             raise TypeError(f"decayed must be a mapping or None, got {type(state).__name__}")
-        missing = [name for name in ("weight", "mean", "m2") if name not in state]
+        missing = [name for name in DECAYED_KEYS if name not in state]
         if missing:
             raise InvalidStatsError(f"decayed is missing {', '.join(missing)}")
         return cls(_finite("decayed weight", state["weight"], 0.0), _finite("decayed mean", state["mean"]),
@@ -109,27 +117,33 @@ class EnvInfo:
         configuration but no statistics writes zeros, not the reference's ``min=inf``: strict
         JSON has no infinity."""
         totals = self.stats.to_dict() if self.stats.count else {name: 0.0 for name in STAT_FIELDS} | {"count": 0}
-        return {**totals, "decayed": None if self.decayed is None else self.decayed.to_dict(),
-                "half_life": self.half_life, "frozen": self.frozen, "merges": self.merges,
-                "updated_at": self.updated_at}
+        entry = {**totals, "decayed": None if self.decayed is None else self.decayed.to_dict()}
+        entry.update((name, getattr(self, name)) for name in CONFIG_FIELDS + ACTIVITY_FIELDS)
+        return entry
 
     @classmethod
     def from_dict(cls, state: Any) -> EnvInfo:
         """Validate a ``to_dict`` mapping completely; raises ``ValueError``/``TypeError``
-        naming the first problem."""
+        naming the first problem. Every key of ``SNAPSHOT_KEYS`` is required (``null`` where
+        ``to_dict`` writes it): a missing one is an error, never a default, so a restore cannot
+        quietly drop a half-life or a frozen flag."""
         stats = RunningStats.from_dict(state)
-        half_life = state.get("half_life")
+        missing = [name for name in SNAPSHOT_KEYS if name not in state]
+        if missing:
+            raise InvalidStatsError(f"missing {', '.join(missing)} (a version-2 entry has every one of "
+                                    f"{', '.join(SNAPSHOT_KEYS)})")
+        half_life = state["half_life"]
         if half_life is not None:
             half_life = _finite("half_life", half_life, 0.0)
             if half_life == 0:
                 raise InvalidStatsError("half_life must be > 0 (or null for none)")
-        decayed = state.get("decayed")
+        decayed = state["decayed"]
         if (decayed is None) != (half_life is None):
             raise InvalidStatsError("decayed and half_life must both be set or both be null")
-        frozen = state.get("frozen", False)
+        frozen = state["frozen"]
         if not isinstance(frozen, bool):
             raise InvalidStatsError(f"frozen must be true or false, got {frozen!r}")
-        updated_at = state.get("updated_at")
+        updated_at = state["updated_at"]
         return cls(stats=stats, decayed=None if decayed is None else DecayedStats.from_dict(decayed),
-                   half_life=half_life, frozen=frozen, merges=_count("merges", state.get("merges", 0)),
+                   half_life=half_life, frozen=frozen, merges=_count("merges", state["merges"]),
                    updated_at=None if updated_at is None else _count("updated_at", updated_at))

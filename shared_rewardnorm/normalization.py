@@ -63,8 +63,8 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
                      decayed: DecayedStats | None = None) -> list[float]:
     """Normalize validated scores with ``stats`` (which already include them; with
     ``statistics="recent"`` the z-score's mean and std come from ``decayed`` instead, while
-    warmup still counts all samples, and a decayed weight of 0, no batch since the half-life
-    was set, counts as still warming up).
+    warmup still counts all samples; past warmup a decayed weight of 0 is a ``ValueError``:
+    there is no recent mean or std, and raw scores must not pass as normalized ones).
 
     Large batches are computed with numpy; the arithmetic is the same IEEE operations in the
     same order as the pure-Python path, so both give identical results.
@@ -77,8 +77,10 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
     if settings.statistics == "recent":
         if decayed is None:
             raise ValueError('statistics="recent" needs decayed statistics: configure a half-life for the env')
+        if warm and decayed.weight == 0:
+            raise ValueError('statistics="recent" past warmup with decayed weight 0: no recent statistics to '
+                             'normalize with (merge a batch first, or use statistics="total")')
         center = decayed
-        warm = warm and decayed.weight > 0
     if not warm:
         offset, scale, constant = 0.0, 1.0, None
     elif settings.mode == "zscore":

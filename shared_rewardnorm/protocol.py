@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import CorruptStatsError
 from .envinfo import DecayedStats, EnvInfo
-from .schema import ACTIVITY_FIELDS, DECAY_FIELDS, ENV_FIELDS, STAT_FIELDS
+from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, DECAY_FIELDS, ENV_FIELDS, STAT_FIELDS, STATE_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
 __all__ = [
@@ -38,11 +38,13 @@ def encode_stats(stats: RunningStats) -> str:
 
 
 def encode_state(info: EnvInfo) -> str:
-    """The state argument of ``replace`` (a snapshot's env): ``"weight wmean wm2 half_life
-    frozen merges updated_at"``, 17 significant digits; half_life 0 for none."""
-    decayed = info.decayed or DecayedStats()
-    return "%.17g %.17g %.17g %.17g %d %d %d" % (decayed.weight, decayed.mean, decayed.m2, info.half_life or 0,
-                                                 info.frozen, info.merges, info.updated_at or 0)
+    """The state argument of ``replace`` (a snapshot's env): the ``STATE_FIELDS`` in order
+    (``"weight wmean wm2 half_life frozen merges updated_at"``), floats with 17 significant
+    digits, integers and the flag with ``%d``; ``None`` (no half-life, never merged) as 0."""
+    values: dict[str, float | int] = dict(zip(DECAY_FIELDS, (info.decayed or DecayedStats()).to_dict().values(),
+                                              strict=True))
+    values.update((name, getattr(info, name) or 0) for name in CONFIG_FIELDS + ACTIVITY_FIELDS)
+    return " ".join(("%.17g" if isinstance(values[name], float) else "%d") % values[name] for name in STATE_FIELDS)
 
 
 def encode_sequence(sequence: int) -> str:

@@ -113,8 +113,8 @@ class StatsStore(StoreCore):
         return self.run(self._info_op(env))
 
     def infos(self, envs: Iterable[str] | None = None) -> dict[str, EnvInfo]:
-        """``info`` of several envs in one round trip per server, or of every env in the
-        namespace with statistics (``None``)."""
+        """``info`` of several envs in one round trip per server, or (``None``) of every env in
+        the namespace that ``envs`` lists: with statistics, a half-life or the frozen flag."""
         return self.run(self._selected_infos_op(envs))
 
     def configure(self, env: str, *, half_life: float | None) -> bool:
@@ -139,7 +139,8 @@ class StatsStore(StoreCore):
         return self.run(self._get_many_op(envs))
 
     def envs(self) -> list[str]:
-        """Names of the envs with statistics in this namespace (SCAN on every master), sorted."""
+        """Names of the envs in this namespace (SCAN on every master), sorted: those with
+        statistics, a half-life or the frozen flag."""
         return self.run(self._envs_op())
 
     def all(self) -> dict[str, RunningStats]:

@@ -18,10 +18,8 @@ nothing: per-group standardization cancels it) is in docs/TRAINING.md.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +27,7 @@ from .aio import AsyncSharedRewardNormalizer
 from .connection import check_url, resolve_async_client, resolve_client, url_from_environment
 from .core import NormalizerCore, metrics_from_stats
 from .inputs import validate_env, validate_namespace
+from .loops import PerLoop
 from .normalization import NormalizerSettings
 from .normalizer import SharedRewardNormalizer
 
@@ -50,8 +49,18 @@ def _callable_name(func: Any) -> str | None:
 
 
 def _is_reward(value: Any) -> bool:
-    """A reward to normalize; ``None`` and NaN mean "no reward for this completion" to TRL."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+    """A reward to normalize; ``None`` and NaN mean "no reward for this completion" to TRL.
+
+    NaN is the one value unequal to itself, which holds for any kind of number (``float``,
+    ``numpy.float32``, a 0-d tensor), where ``isinstance(value, float)`` misses most of them.
+    Anything whose comparison is not a single truth value (a list, an array) is left for the
+    normalizer's input checks to refuse."""
+    if value is None:
+        return False
+    try:
+        return not bool(value != value)
+    except (TypeError, ValueError):
+        return True
 
 
 class SharedNormRewardFunc:
@@ -100,7 +109,8 @@ class SharedNormRewardFunc:
         self._func, self._redis, self._namespace = func, redis, namespace
         self._settings = dict(mode=mode, clip=clip, warmup=warmup, eps=eps)
         self._norm: NormalizerCore | None = None
-        self._norm_loop: asyncio.AbstractEventLoop | None = None
+        # Async functions: one normalizer per event loop (made on first call).
+        self._loops: PerLoop[AsyncSharedRewardNormalizer] | None = None
         self.__name__ = name if name is not None else self._env
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = getattr(func, "__doc__", None)
@@ -165,7 +175,7 @@ class SharedNormRewardFunc:
                             f"{type(self._redis).__name__}: pass redis= as a URL (or None with "
                             "$SHARED_REWARDNORM_URL) for a reward function that crosses processes")
         state = dict(self.__dict__)
-        state["_norm"] = state["_norm_loop"] = None
+        state["_norm"] = state["_loops"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -174,7 +184,7 @@ class SharedNormRewardFunc:
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedNormRewardFunc:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)  # the same function and client; a fresh normalizer
-        copy._norm = copy._norm_loop = None
+        copy._norm = copy._loops = None
         copy._settings = dict(self._settings)
         memo[id(self)] = copy
         return copy
@@ -197,15 +207,14 @@ class _AsyncSharedNormRewardFunc(SharedNormRewardFunc):
         return self._finish(rewards, positions, normalized, kwargs.get("log_metric"))
 
     def _async_normalizer(self) -> AsyncSharedRewardNormalizer:
-        loop = asyncio.get_running_loop()
-        if self._norm is None or self._norm_loop is not loop:
-            self._norm = AsyncSharedRewardNormalizer(self._env, self._redis, namespace=self._namespace,
-                                                     **self._settings)
-            self._norm_loop = loop
-        return self._norm  # type: ignore[return-value]
+        if self._loops is None:
+            self._loops = PerLoop(lambda: AsyncSharedRewardNormalizer(
+                self._env, self._redis, namespace=self._namespace, **self._settings))
+        self._norm = self._loops.get()
+        return self._norm
 
     async def aclose(self) -> None:
         """Close the connections this wrapper opened, inside the loop that used them."""
-        norm, self._norm = self._norm, None
-        if isinstance(norm, AsyncSharedRewardNormalizer):
-            await norm.aclose()
+        loops, self._loops, self._norm = self._loops, None, None
+        if loops is not None:
+            await loops.aclose()

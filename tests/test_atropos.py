@@ -53,7 +53,7 @@ class GroupsEnv(SharedRewardNormMixin, BaseEnv):
     async def collect_trajectories(self, item: dict[str, Any]) -> tuple[ScoredDataGroup, list[Any]]:
         n, length = item.get("size", len(item["scores"])), item.get("length", 3)
         group = ScoredDataGroup(tokens=[[5] * length for _ in range(n)], masks=[[5] * length for _ in range(n)],
-                                scores=list(item["scores"]), group_overrides={})
+                                scores=list(item["scores"]), group_overrides=item.get("overrides", {}))
         return group, []
 
 
@@ -288,6 +288,7 @@ def test_process_mode_writes_normalized_scores(tokenizer_dir: str, namespace: st
     oracle = OracleNormalizer(mode="minmax", warmup=0)
     assert_groups_close(written, [oracle.normalize(scores) for scores in raw])  # process mode keeps equal groups
     assert len(written) == 3
+    assert StatsStore(None, namespace).get(env.reward_norm_env).count == sum(map(len, raw)) == 3 * GROUP
 
 
 def test_the_fields_are_options_of_the_env_cli(tokenizer_dir: str) -> None:
@@ -365,3 +366,78 @@ def test_the_example_demo_runs_as_documented() -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("replica")]
     assert [line.split()[1] for line in lines] == ["0", "1", "0", "1"]
     assert [int(line.split("shared count ")[1].split(",")[0]) for line in lines] == [4, 8, 12, 16]
+
+
+def test_a_group_sized_by_its_overrides_is_counted(tokenizer_dir: str, namespace: str) -> None:
+    """BaseEnv takes a group's size from ``group_overrides["group_size"]`` when it is set: such
+    a group is sent, so it is normalized and counted; one of the config's size that says
+    otherwise is dropped, and not counted."""
+    env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_normalization_warmup=0,
+                   reward_clip=0.0)
+    items = [{"scores": [1.0, 2.0, 6.0], "size": 3, "overrides": {"group_size": 3}},
+             {"scores": [0.0, 1.0, 2.0, 3.0], "overrides": {"group_size": 3}}]
+    drive([env], run_items(env, items))
+    assert_groups_close([group["scores"] for group in env.sent], [OracleNormalizer(warmup=0, clip=0.0).normalize(
+        [1.0, 2.0, 6.0])])
+    assert StatsStore(None, namespace).get("groups_env").count == 3
+
+
+def test_group_overrides_none_counts_nothing_as_base_env_sends_nothing(tokenizer_dir: str, namespace: str) -> None:
+    """BaseEnv (atroposlib 0.4.0) calls ``group.get("group_overrides", {}).get(...)``, so an
+    explicit ``None`` makes it raise before sending anything: the mixin raises the same error
+    before counting anything, the valid group before it included."""
+    env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_normalization_warmup=0)
+    good = ScoredDataGroup(tokens=[[5] * 3] * GROUP, masks=[[5] * 3] * GROUP, scores=[0.0, 1.0, 2.0, 3.0],
+                           group_overrides={})
+    bad = ScoredDataGroup(tokens=[[5] * 3] * GROUP, masks=[[5] * 3] * GROUP, scores=[0.0, 1.0, 2.0, 4.0],
+                          group_overrides=None)
+    plain = make_env(tokenizer_dir, namespace)  # reward_normalization="none": BaseEnv's own behaviour
+    for subject in (plain, env):
+        with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
+            drive([subject], subject.handle_send_to_api([dict(good), dict(bad)]))
+        assert subject.sent == []
+    assert StatsStore(None, namespace).envs() == []
+
+
+def test_wandb_log_survives_a_corrupt_hash(tokenizer_dir: str, namespace: str, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A ``CorruptStatsError`` (a library error, not a ``redis.RedisError``) must not stop the
+    step's logging either: the metrics are logged without ours, with a warning naming why."""
+    import fakeredis
+
+    from shared_rewardnorm.connection import embedded_server
+
+    env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_normalization_warmup=0)
+    env.config.use_wandb = True
+    logged: list[dict[str, Any]] = []
+    monkeypatch.setattr(atropos_base.wandb, "log", lambda metrics, step=None: logged.append(dict(metrics)))
+
+    async def no_server_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return metrics
+
+    env.server.servers[0].wandb_metrics = no_server_metrics
+    fakeredis.FakeRedis(server=embedded_server()).hset(f"{namespace}:{{groups_env}}", "mean", "nan")
+
+    async def main() -> None:
+        await env.wandb_log({"mine": 1.0})
+
+    with caplog.at_level("WARNING", logger="shared_rewardnorm.atropos"):
+        drive([env], main())
+    [metrics] = logged
+    assert metrics["mine"] == 1.0 and not any(key.startswith("reward_norm/") for key in metrics)
+    assert "reward_norm metrics for 'groups_env' not logged this step: corrupt stats hash" in caplog.text
+
+
+def test_a_new_event_loop_gets_a_new_normalizer(tokenizer_dir: str, namespace: str) -> None:
+    """Driven by a second loop, the env makes a new normalizer; the first, whose loop is gone,
+    is dropped (not used from the wrong loop), and counting goes on in the same statistics."""
+    env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_normalization_warmup=0)
+    seen = []
+
+    async def one(item: dict[str, Any]) -> None:
+        await run_items(env, [item])
+        seen.append(env.reward_normalizer)
+
+    asyncio.run(one({"scores": [0.0, 1.0, 2.0, 3.0]}))
+    drive([env], one({"scores": [1.0, 2.0, 3.0, 4.0]}))
+    assert seen[0] is not seen[1] and seen[1].count == 8

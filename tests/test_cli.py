@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import redis
 import redis.cluster
 
 from redis_servers import RedisServer, free_port
-from shared_rewardnorm import EnvInfo, RunningStats, StatsStore
+from shared_rewardnorm import StatsStore
 from shared_rewardnorm.cli import main, redact
 from shared_rewardnorm.snapshot import snapshot_masters
 from shared_rewardnorm.connection import close_client
@@ -103,26 +104,46 @@ def test_stats_table_matches_store(cli: Any, seeded: StatsStore) -> None:
             assert rows[name][5:8] == ["-", "-", "no"] and re.fullmatch(r"\d+s", rows[name][8])
 
 
-def stats_fields(stats: RunningStats) -> dict[str, Any]:
-    return {"count": stats.count, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
-            "m2": stats.m2}
+def summary(values: list[float]) -> dict[str, Any]:
+    """What ``stats --json`` must show for these samples, computed here from the samples
+    (correctly rounded sums), not by the library."""
+    mean = math.fsum(values) / len(values)
+    m2 = math.fsum((v - mean) ** 2 for v in values)
+    return {"count": len(values), "mean": mean, "m2": m2, "std": math.sqrt(m2 / len(values)),
+            "min": min(values), "max": max(values)}
 
 
-def env_fields(info: EnvInfo) -> dict[str, Any]:
-    decayed = None if info.decayed is None else {**info.decayed.to_dict(), "std": info.decayed.std}
-    return {**stats_fields(info.stats), "decayed": decayed, "half_life": info.half_life, "frozen": info.frozen,
-            "merges": info.merges, "updated_at": info.updated_at}
+def assert_summary(shown: dict[str, Any], values: list[float]) -> None:
+    expected = summary(values)
+    assert {name: shown[name] for name in expected} == pytest.approx(expected, rel=1e-13, abs=1e-15)
 
 
 @pytest.mark.real_redis
 def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> None:
+    """Every field of every env, as known from what was done to them: totals of the samples, a
+    half-life and its decayed statistics, the frozen flag, merges, a recent server time. Floats
+    are the stored doubles exactly."""
+    seeded.configure("tool_use", half_life=4)
+    seeded.update("tool_use", [1.0, 3.0])  # the decayed statistics start here: weight 2, mean 2, m2 2
+    seeded.freeze("code")
     code, out, _ = cli("stats", "--json")
     assert code == 0
-    assert json.loads(out) == {
-        "namespace": namespace,
-        "envs": {env: env_fields(seeded.info(env)) for env in seeded.all()},
-        "aggregate": stats_fields(seeded.aggregate()),
-    }
+    shown = json.loads(out)
+    assert shown["namespace"] == namespace and set(shown) == {"namespace", "envs", "aggregate"}
+    values = {**SEED_VALUES, "tool_use": SEED_VALUES["tool_use"] + [1.0, 3.0]}
+    assert set(shown["envs"]) == set(values)
+    for env, entry in shown["envs"].items():
+        assert set(entry) == {"count", "mean", "m2", "std", "min", "max", "decayed", "half_life", "frozen",
+                              "merges", "updated_at"}
+        assert_summary(entry, values[env])
+        assert entry["mean"] == seeded.get(env).mean and entry["m2"] == seeded.get(env).m2  # exact
+        assert entry["frozen"] is (env == "code") and entry["merges"] == (2 if env == "tool_use" else 1)
+        assert isinstance(entry["updated_at"], int) and abs(entry["updated_at"] / 1000 - time.time()) < 120
+        if env == "tool_use":
+            assert entry["half_life"] == 4.0 and entry["decayed"] == {"weight": 2.0, "mean": 2.0, "m2": 2.0, "std": 1.0}
+        else:
+            assert entry["half_life"] is None and entry["decayed"] is None
+    assert_summary(shown["aggregate"], [v for env in sorted(values) for v in values[env]])
 
 
 @pytest.mark.real_redis
@@ -132,8 +153,8 @@ def test_stats_of_a_named_env_without_statistics_says_so_and_fails(cli: Any, see
     assert code == 1
     shown = json.loads(out)
     assert set(shown["envs"]) == {"gsm8k"}
-    assert shown["envs"]["gsm8k"] == env_fields(seeded.info("gsm8k"))
-    assert shown["aggregate"] == stats_fields(seeded.aggregate(["gsm8k"]))
+    assert_summary(shown["envs"]["gsm8k"], SEED_VALUES["gsm8k"])
+    assert_summary(shown["aggregate"], SEED_VALUES["gsm8k"])
     assert_one_error_line(err, "env 'absent' has no statistics", f"{namespace}:{{absent}} does not exist")
     code, out, err = cli("stats", "nosuchenv")
     assert (code, out) == (1, "")
@@ -412,7 +433,7 @@ def test_console_script(real_redis_url: str, namespace: str, seeded: StatsStore)
     result = subprocess.run([*cli_command(), "--url", real_redis_url, "--namespace", namespace, "stats", "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["aggregate"] == stats_fields(seeded.aggregate())
+    assert_summary(json.loads(result.stdout)["aggregate"], [v for env in sorted(SEED_VALUES) for v in SEED_VALUES[env]])
 
 
 def test_console_script_without_server() -> None:
@@ -564,6 +585,10 @@ def test_configure_freeze_unfreeze_and_what_stats_shows(cli: Any, seeded: StatsS
 @pytest.mark.parametrize("argv, message", [
     (("configure", "gsm8k"), "one of the arguments --half-life --no-decay is required"),
     (("configure", "gsm8k", "--half-life", "0"), "must be > 0"),
+    (("configure", "gsm8k", "--half-life", "-1"), "must be > 0"),
+    (("configure", "gsm8k", "--half-life", "nan"), "must be a finite number, got nan"),
+    (("configure", "gsm8k", "--half-life", "inf"), "must be a finite number, got inf"),
+    (("watch", "--interval", "nan"), "must be a finite number, got nan"),
     (("configure", "gsm8k", "--half-life", "10", "--no-decay"), "not allowed with argument"),
     (("freeze",), "the following arguments are required: ENV"),
 ])
@@ -571,6 +596,25 @@ def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], a
                                            message: str) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
+
+
+@pytest.mark.real_redis
+def test_stats_lists_configured_and_frozen_envs_without_statistics(cli: Any, seeded: StatsStore) -> None:
+    """``stats`` shows every env ``envs`` and ``export`` list: a frozen or configured env with
+    no statistics yet is a row, not nothing."""
+    assert cli("freeze", "new")[0] == 0
+    assert cli("configure", "decaying", "--half-life", "10")[0] == 0
+    assert seeded.envs() == ["code", "decaying", "gsm8k", "new", "tool_use"]
+    rows = table_rows(cli("stats")[1])
+    assert set(rows) == {*seeded.envs(), "aggregate"}
+    assert rows["new"][0] == "0" and rows["new"][7] == "yes" and rows["decaying"][5:8] == ["0", "0", "no"]
+    shown = json.loads(cli("stats", "--json")[1])
+    assert set(shown["envs"]) == set(seeded.export()["envs"]) == set(seeded.envs())
+    assert shown["envs"]["new"]["frozen"] is True and shown["envs"]["new"]["count"] == 0
+    assert shown["envs"]["decaying"]["half_life"] == 10.0
+    assert_summary(shown["aggregate"], [v for env in sorted(SEED_VALUES) for v in SEED_VALUES[env]])
+    assert set(seeded.infos()) == set(seeded.envs())
+    assert "reward_norm/new/count" not in seeded.metrics()  # metrics of all envs: those with statistics
 
 
 @pytest.mark.real_redis

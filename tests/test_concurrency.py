@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import random
+from typing import Any
 
 import pytest
 
 from helpers import assert_summarizes
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
+from worker_processes import run_workers
 
 PROCESSES, BATCHES = 8, 120
 
@@ -18,7 +19,7 @@ def worker_batches(worker: int) -> list[list[float]]:
     return [[rng.gauss(worker * 10.0, 1.0 + worker) for _ in range(rng.randint(1, 40))] for _ in range(BATCHES)]
 
 
-def run_worker(url: str, namespace: str, worker: int, start: multiprocessing.synchronize.Event) -> None:
+def run_worker(url: str, namespace: str, worker: int, start: Any, failures: Any) -> None:
     norm = SharedRewardNormalizer("shared", url, namespace=namespace, warmup=0)
     start.wait(30)
     for batch in worker_batches(worker):
@@ -29,16 +30,8 @@ def run_worker(url: str, namespace: str, worker: int, start: multiprocessing.syn
 
 @pytest.mark.real_redis
 def test_processes_merge_exactly(real_redis_url: str, namespace: str, real_client: object) -> None:
-    context = multiprocessing.get_context("spawn")
-    start = context.Event()
-    workers = [context.Process(target=run_worker, args=(real_redis_url, namespace, i, start))
-               for i in range(PROCESSES)]
-    for process in workers:
-        process.start()
-    start.set()
-    for process in workers:
-        process.join(120)
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    exit_codes, reported = run_workers(run_worker, PROCESSES, real_redis_url, namespace)
+    assert reported == [] and exit_codes == [0] * PROCESSES
 
     everything = [v for worker in range(PROCESSES) for batch in worker_batches(worker) for v in batch]
     stats = StatsStore(real_redis_url, namespace).get("shared")

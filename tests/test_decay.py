@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from shared_rewardnorm import (
     AsyncStatsStore,
     CorruptStatsError,
     DecayedStats,
+    RunningStats,
     SharedRewardNormalizer,
     StatsStore,
 )
@@ -154,12 +156,40 @@ def test_recent_settings_are_validated() -> None:
         SharedRewardNormalizer("env", None, statistics="latest")
 
 
-def test_recent_with_no_batch_since_the_half_life_was_set_is_still_warming_up(backend: Any, namespace: str) -> None:
+def test_recent_with_no_batch_since_the_half_life_was_set_is_an_error_past_warmup(backend: Any,
+                                                                                   namespace: str) -> None:
+    """Weight 0 past warmup has no recent mean or std: an error saying why, never raw scores
+    passed on as if normalized. Before warmup raw scores are the documented behaviour."""
     store = StatsStore(backend, namespace)
     store.update("env", [float(v) for v in range(20)])
     store.configure("env", half_life=10)
+    assert SharedRewardNormalizer("env", store, statistics="recent", warmup=50, clip=3.0).normalize(
+        [1.0, 100.0], update=False) == [1.0, 3.0]  # warming up: raw, clipped
     norm = SharedRewardNormalizer("env", store, statistics="recent", warmup=1, clip=3.0)
-    assert norm.normalize([1.0, 100.0], update=False) == [1.0, 3.0]  # raw, clipped
+    with pytest.raises(ValueError, match=r"env 'env' has no recent statistics yet \(decayed weight 0.*update=False\) adds "
+                                         r"none"):
+        norm.normalize([1.0, 100.0], update=False)
+    store.freeze("env")  # frozen: a merge adds no weight either, and nothing is counted
+    with pytest.raises(ValueError, match=r"decayed weight 0.*it is frozen(?!.*was counted)"):
+        norm.normalize([1.0, 100.0])
+    store.unfreeze("env")
+    norm.normalize([1.0, 100.0])  # a merged batch gives the decayed statistics weight
+    for replace in (lambda: store.set("env", RunningStats.from_values([1.0, 2.0])),
+                    lambda: norm.load_state_dict(norm.state_dict())):
+        replace()
+        with pytest.raises(ValueError, match="decayed weight 0"):
+            norm.normalize([3.0], update=False)
+
+
+def test_normalize_values_refuses_empty_decayed_statistics_past_warmup() -> None:
+    from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
+
+    settings = NormalizerSettings.create(warmup=1, statistics="recent")
+    stats = RunningStats.from_values([1.0, 2.0])
+    with pytest.raises(ValueError, match="past warmup with decayed weight 0"):
+        normalize_values([1.0], stats, settings, DecayedStats())
+    assert normalize_values([1.0], stats, NormalizerSettings.create(warmup=5, statistics="recent"),
+                            DecayedStats()) == [1.0]
 
 
 def test_update_false_reads_without_counting(backend: Any, namespace: str) -> None:
@@ -273,7 +303,21 @@ def test_configure_repairs_a_corrupt_half_life(backend: Any, namespace: str, raw
     store = StatsStore(backend, namespace)
     store.update("env", [1.0, 2.0])
     raw_client.hset(store.key("env"), "half_life", "oops")
-    with pytest.raises(CorruptStatsError):
+    with pytest.raises(CorruptStatsError, match=rf"corrupt stats hash {re.escape(store.key('env'))}: half_life is 'oops'"):
         store.info("env")
     assert store.configure("env", half_life=20) is True
     assert store.info("env").half_life == 20.0 and store.update("env", [3.0]).count == 3
+
+
+def test_load_state_dict_updates_info(backend: Any, namespace: str) -> None:
+    """``norm.info`` is what the latest round trip returned, the load's replace included: not
+    the merges and decayed statistics from before it."""
+    store = StatsStore(backend, namespace)
+    store.configure("env", half_life=10)
+    norm = SharedRewardNormalizer("env", store, warmup=0)
+    norm.normalize([1.0, 2.0, 3.0])
+    assert norm.info.merges == 1 and norm.info.decayed.weight == 3
+    norm.load_state_dict({**norm.state_dict(), "accumulator": RunningStats.from_values([7.0, 9.0]).to_dict()})
+    assert norm.info == store.info("env")
+    assert norm.info.merges == 0 and norm.info.decayed.weight == 0 and norm.info.stats.count == 2
+    assert norm.info.half_life == 10.0 and norm.stats == norm.info.stats

@@ -5,7 +5,6 @@ when retried after an unfreeze."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 from typing import Any
 
@@ -16,7 +15,7 @@ from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 from shared_rewardnorm.protocol import DUPLICATE, FROZEN, MERGED, batch_record_key, decode_reply, encode_stats
 from shared_rewardnorm.scripts import script_source
 from shared_rewardnorm.stats import RunningStats
-from worker_processes import stop_workers
+from worker_processes import run_workers
 
 PROCESSES, BATCHES = 8, 60
 
@@ -114,7 +113,7 @@ def test_freeze_refuses_a_key_of_another_type(backend: Any, namespace: str, raw_
     assert raw_client.get(store.key("taken")) == b"x"
 
 
-def frozen_worker(url: str, namespace: str, worker: int, mean: float, std: float,
+def frozen_worker(url: str, namespace: str, mean: float, std: float, worker: int,
                   start: Any, failures: Any) -> None:
     """Normalize BATCHES batches into the frozen env; each result must be the z-score against
     the frozen statistics, and the normalizer must see the env frozen."""
@@ -142,22 +141,9 @@ def test_a_frozen_env_stays_unchanged_while_8_processes_normalize(real_redis_url
     store.freeze("shared")
     before = real_client.hgetall(store.key("shared"))
     stats = store.get("shared")
-    context = multiprocessing.get_context("spawn")
-    start, failures = context.Event(), context.Queue()
-    workers = [context.Process(target=frozen_worker,
-                               args=(real_redis_url, namespace, i, stats.mean, stats.std, start, failures))
-               for i in range(PROCESSES)]
-    for process in workers:
-        process.start()
-    start.set()
-    for process in workers:
-        process.join(120)
-    reported = []
-    while not failures.empty():
-        reported.append(failures.get())
-    stop_workers(workers, failures)
+    exit_codes, reported = run_workers(frozen_worker, PROCESSES, real_redis_url, namespace, stats.mean, stats.std)
     assert reported == []
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    assert exit_codes == [0] * PROCESSES
     assert real_client.hgetall(store.key("shared")) == before
     store.unfreeze("shared")
     assert store.update("shared", [4.0]).count == 5

@@ -143,7 +143,8 @@ def test_bad_snapshots_write_nothing(backend: Any, namespace: str, damage: Any, 
     store.update("aa-first", [1.0, 2.0])
     store.update("zz-last", [3.0])
     snapshot = store.export()
-    snapshot["envs"]["aa-first"] = RunningStats(10, 5.0, 1.0, 4.0, 6.0).to_dict()
+    # A valid, different entry before the bad one: restore must not write it either.
+    snapshot["envs"]["aa-first"].update(RunningStats(10, 5.0, 1.0, 4.0, 6.0).to_dict())
     damage(snapshot)
     with pytest.raises(ValueError, match=match):  # InvalidStatsError is a ValueError
         store.restore(snapshot)

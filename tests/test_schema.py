@@ -60,3 +60,38 @@ def test_a_missing_field_is_reported_as_missing(backend: Any, namespace: str, ra
             operation()
         assert (info.value.key, info.value.field) == (key, field)
     assert raw_client.hgetall(key) == before
+
+
+@pytest.mark.parametrize("field", ["decayed", *schema.CONFIG_FIELDS, *schema.ACTIVITY_FIELDS])
+def test_a_version_2_snapshot_entry_missing_a_key_is_refused(backend: Any, namespace: str, raw_client: Any,
+                                                             field: str) -> None:
+    """A version-2 entry without, say, ``frozen`` would otherwise restore as not frozen: every
+    key is required, the error names the env and the key, and nothing is written."""
+    store = StatsStore(backend, namespace)
+    store.configure("env", half_life=8)
+    store.update("env", [1.0, 2.0])
+    store.freeze("env")
+    snapshot = store.export()
+    entry = dict(snapshot["envs"]["env"])
+    del entry[field]
+    before = raw_client.hgetall(store.key("env"))
+    with pytest.raises(ValueError, match=rf"snapshot env 'env': missing {field} \(a version-2 entry"):
+        store.restore({**snapshot, "envs": {"env": entry}})
+    assert raw_client.hgetall(store.key("env")) == before
+    # A version-1 entry still needs only the totals.
+    totals = {name: entry.get(name, snapshot["envs"]["env"][name]) for name in schema.STAT_FIELDS}
+    store.restore({**snapshot, "version": 1, "envs": {"env": totals}})
+    assert store.info("env").frozen and store.get("env").count == 2
+
+
+def test_the_state_argument_follows_state_fields() -> None:
+    """encode_state writes the words in ``STATE_FIELDS`` order, as replace.lua reads them."""
+    from shared_rewardnorm import RunningStats
+    from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
+    from shared_rewardnorm.protocol import encode_state
+
+    info = EnvInfo(RunningStats(), DecayedStats(2.0, 1.5, 0.25), 10.0, True, 3, 1700000000000)
+    assert dict(zip(schema.STATE_FIELDS, encode_state(info).split(" "), strict=True)) == {
+        "weight": "2", "wmean": "1.5", "wm2": "0.25", "half_life": "10", "frozen": "1", "merges": "3",
+        "updated_at": "1700000000000"}
+    assert encode_state(EnvInfo()) == " ".join(["0"] * len(schema.STATE_FIELDS))

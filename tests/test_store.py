@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import pytest
@@ -117,6 +118,79 @@ def test_scripts_validate_their_own_arguments(raw_client: Any, namespace: str, o
         raw_client.eval(script_source(operation), 1, key, argument)
     message = str(info.value)
     assert message.startswith("REWARDNORM_INVALID") and key in message and field in message
+    assert raw_client.hgetall(key) == before
+
+
+#: A valid state argument of replace.lua: "weight wmean wm2 half_life frozen merges updated_at".
+GOOD_STATE = "2 1.5 0.5 10 0 3 1700000000000"
+
+
+def state_args_cases() -> list[tuple[str, str]]:
+    """replace.lua's state argument with one thing wrong, and what the error must say."""
+    words = GOOD_STATE.split(" ")
+
+    def spoiled(index: int, text: str) -> str:
+        return " ".join(words[:index] + [text] + words[index + 1:])
+
+    return [
+        (spoiled(3, "0"), 'weight must be 0 without a half_life, got "2"'),  # half_life 0, weight 2
+        ("0 0 0.5 0 0 3 1700000000000", 'wm2 must be 0 without a half_life, got "0.5"'),
+        (spoiled(4, "2"), 'frozen must be 0 or 1, got "2"'),
+        (" ".join(words[:-1]), 'state must be "weight wmean wm2 half_life frozen merges updated_at"'),
+        (GOOD_STATE + " 7", "updated_at must be an integer >= 0"),
+        ("", 'state must be "weight'),
+        (spoiled(0, "-1"), 'weight must be a finite decimal number >= 0, got "-1"'),
+        (spoiled(2, "-0.5"), "wm2 must be a finite decimal number >= 0"),
+        (spoiled(3, "0x10"), 'half_life must be a positive finite number, got "0x10"'),
+        (spoiled(3, "-10"), "half_life must be a positive finite number"),
+        (spoiled(1, "nan"), 'wmean must be a finite decimal number, got "nan"'),
+        (spoiled(1, "inf"), "wmean must be a finite decimal number"),
+        (spoiled(5, "1.5"), "merges must be an integer >= 0"),
+        (spoiled(5, "-1"), "merges must be an integer >= 0"),
+        (spoiled(6, "9007199254740993"), "updated_at must be an integer >= 0 and < 2\\^53"),
+    ]
+
+
+@pytest.mark.parametrize("state, message", state_args_cases())
+def test_replace_validates_its_state_argument(raw_client: Any, namespace: str, state: str, message: str) -> None:
+    """A snapshot's state as redis-cli could send it: refused with the key and what is wrong,
+    and the stored env stays as it was."""
+    key = f"{namespace}:{{env}}"
+    raw_client.hset(key, mapping={"count": "1", "mean": "5", "m2": "0", "min": "5", "max": "5", "std": "0",
+                                  "half_life": "4", "weight": "1", "wmean": "5", "wm2": "0", "frozen": "1"})
+    before = raw_client.hgetall(key)
+    with pytest.raises(redis.ResponseError, match=rf"^REWARDNORM_INVALID {re.escape(key)} {message}"):
+        raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1", state)
+    assert raw_client.hgetall(key) == before
+
+
+def test_replace_accepts_the_good_state(raw_client: Any, namespace: str) -> None:
+    """The cases above spoil a state that is valid: it is stored as given."""
+    key = f"{namespace}:{{env}}"
+    reply = raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1", GOOD_STATE)
+    assert reply.split() == ("2 1 0 1 1 " + GOOD_STATE).encode().split()
+
+
+@pytest.mark.parametrize("script, arguments, message", [
+    ("configure", (), "configure expects 1 key(s) and 1 argument(s), got 1 and 0"),
+    ("configure", ("10", "20"), "configure expects 1 key(s) and 1 argument(s), got 1 and 2"),
+    ("freeze", (), "freeze expects 1 key(s) and 1 argument(s), got 1 and 0"),
+    ("freeze", ("1", "1"), "freeze expects 1 key(s) and 1 argument(s), got 1 and 2"),
+    ("freeze", ("01",), 'frozen must be 1 (freeze) or 0 (unfreeze), got "01"'),
+    ("freeze", (" 1",), 'frozen must be 1 (freeze) or 0 (unfreeze), got " 1"'),
+    ("freeze", ("1.0",), 'frozen must be 1 (freeze) or 0 (unfreeze), got "1.0"'),
+    ("configure", ("None",), 'half_life must be a positive finite number or "none", got "None"'),
+    ("configure", ("10 ",), 'half_life must be a positive finite number or "none", got "10 "'),
+    ("configure", ("-inf",), 'half_life must be a positive finite number or "none", got "-inf"'),
+])
+def test_configure_and_freeze_validate_their_arguments(raw_client: Any, namespace: str, script: str,
+                                                       arguments: tuple[str, ...], message: str) -> None:
+    key = f"{namespace}:{{env}}"
+    raw_client.hset(key, mapping={"count": "1", "mean": "5", "m2": "0", "min": "5", "max": "5", "std": "0",
+                                  "half_life": "4", "weight": "1", "wmean": "5", "wm2": "0"})
+    before = raw_client.hgetall(key)
+    with pytest.raises(redis.ResponseError, match=f"^REWARDNORM_INVALID .*{re.escape(message)}"):
+        raw_client.eval(script_source(script), 1, key, *arguments)
     assert raw_client.hgetall(key) == before
 
 

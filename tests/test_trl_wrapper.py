@@ -10,6 +10,7 @@ import math
 import pickle
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
@@ -66,6 +67,33 @@ def test_none_and_nan_pass_through_uncounted(backend: Any, namespace: str) -> No
     assert store.get("length_reward").count == 2 and store.get("nan_reward").count == 2
     wrapped.close()
     nans.close()
+
+
+class TensorLike:
+    """What a torch 0-d tensor does that matters here: ``!=`` gives an object with a truth
+    value, not a ``bool``, and ``float()`` works."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __ne__(self, other: object) -> Any:
+        return np.bool_(not self.value == getattr(other, "value", other))
+
+    def __float__(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize("nan", [np.float32("nan"), np.float64("nan"), TensorLike(math.nan)],
+                         ids=["float32", "float64", "tensor-like"])
+def test_nan_of_any_numeric_type_passes_through_uncounted(backend: Any, namespace: str, nan: Any) -> None:
+    def rewards(prompts: list[str], completions: list[str], **kwargs: Any) -> list[Any]:
+        return [nan if c == "skip" else np.float32(len(c)) for c in completions]
+
+    wrapped = SharedNormRewardFunc(rewards, redis=backend, namespace=namespace, warmup=0, clip=0)
+    out = wrapped(prompts=PROMPTS, completions=["skip", "a", "skip", "aaa"])
+    assert out[0] is nan and out[2] is nan and out[1] == pytest.approx(-1.0) and out[3] == pytest.approx(1.0)
+    assert StatsStore(backend, namespace).get("rewards").count == 2
+    wrapped.close()
 
 
 def test_reports_through_log_metric(backend: Any, namespace: str) -> None:
