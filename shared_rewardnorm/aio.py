@@ -10,8 +10,9 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from .coalesce import MergeCoalescer
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
-from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
+from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore, _require_stats
 from .requests import Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
@@ -30,13 +31,22 @@ class AsyncStatsStore(StoreCore):
             or ``None`` for the embedded store (the same embedded server the sync classes use).
         namespace: prefix of every key this store touches.
         cluster: with a URL, connect to a Redis Cluster through that node.
-        retry, batch_record_ttl: as for ``StatsStore``.
+        retry, batch_record_ttl, functions: as for ``StatsStore``.
+        coalesce: merge concurrent ``update``/``merge``/``normalize`` calls into the same env as
+            one summary in one script call (see ``shared_rewardnorm.coalesce``): at most one
+            merge per env in flight, the batches arriving meanwhile go out together when it
+            returns. ``False`` sends every call's merge on its own.
     """
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
-                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None) -> None:
+                 batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
+                 coalesce: bool = True) -> None:
         super().__init__(namespace, retry, batch_record_ttl)
+        if not isinstance(coalesce, bool):
+            raise TypeError(f"coalesce must be True or False, got {coalesce!r}")
+        #: Runs the merges when ``coalesce`` is on (``None`` otherwise).
+        self.coalescer = MergeCoalescer(self) if coalesce else None
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
@@ -55,11 +65,20 @@ class AsyncStatsStore(StoreCore):
 
     async def update(self, env: str, values: Any) -> RunningStats:
         """See ``StatsStore.update``."""
-        return await self._run(self._update_op(env, values))
+        key = self.key(env)
+        return await self._merge_summary(key, RunningStats.from_values(values))
 
     async def merge(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.merge``."""
-        return await self._run(self._merge_op(env, stats))
+        key = self.key(env)
+        return await self._merge_summary(key, _require_stats(stats))
+
+    async def _merge_summary(self, key: str, stats: RunningStats) -> RunningStats:
+        """Merge a validated summary into ``key``: through the coalescer when it is on and
+        there is something to merge, else as the sync store does."""
+        if self.coalescer is not None and stats.count > 0:
+            return await self.coalescer.merge(key, stats)
+        return await self._run(self._merge_at(key, stats))
 
     async def get(self, env: str) -> RunningStats:
         """See ``StatsStore.get``."""
@@ -185,8 +204,14 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         return self._store
 
     async def normalize(self, scores: Any) -> list[float]:
-        """See ``SharedRewardNormalizer.normalize``."""
-        return await self._store._run(self._normalize_op(scores))
+        """See ``SharedRewardNormalizer.normalize``. Concurrent calls into the same env through
+        one store share a merge (the store's ``coalesce``); each is normalized with the
+        statistics its merge returned."""
+        values, summary = self._prepare(scores)
+        if summary is None:
+            return self._normalized(values, self._stats)
+        stats = self._stats = await self._store._merge_summary(self._key, summary)
+        return self._normalized(values, stats)
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""

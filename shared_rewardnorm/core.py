@@ -18,7 +18,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .errors import RewardNormError
-from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
+from .inputs import Scores, coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
 from .protocol import as_text, batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
 from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
@@ -171,17 +171,12 @@ class StoreCore:
         """Merge a summary into the stats at ``key`` exactly once; empty summaries only read."""
         if stats.count == 0:
             return (yield from _read(key))
-        client_id = self.client_id
         encoded = encode_stats(stats)
         request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
         if request is None or request.args[0] != encoded:
-            sequence = self._sequences.get(key)
-            if sequence is None:
-                sequence = self._sequences.setdefault(key, itertools.count(1))
-            request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                                (encoded, encode_sequence(next(sequence)), self._record_ttl))
+            request = self._merge_request(key, encoded)
         try:
-            reply = yield request
+            return (yield from self._send_merge(request))
         except (RewardNormError, ResponseError):
             raise  # the server refused the merge: nothing was written
         except BaseException:  # GeneratorExit too: an abandoned operation never saw its reply
@@ -191,6 +186,21 @@ class StoreCore:
             # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
+
+    def _merge_request(self, key: str, encoded: str) -> RunScript:
+        """The merge of a new batch (an encoded summary) into ``key``, with a batch identity of
+        its own: this client's next sequence number for the key."""
+        client_id = self.client_id  # first: a forked child renews its identity and sequences
+        sequence = self._sequences.get(key)
+        if sequence is None:
+            sequence = self._sequences.setdefault(key, itertools.count(1))
+        return RunScript("merge", (key, batch_record_key(key, client_id)),
+                         (encoded, encode_sequence(next(sequence)), self._record_ttl))
+
+    def _send_merge(self, request: RunScript) -> Operation[RunningStats]:
+        """Send a merge request (a new one, or one sent before: its identity makes that safe)
+        and return the statistics of its reply."""
+        reply = yield request
         stats, merged = decode_reply(reply)
         if not merged:
             self.duplicates += 1
@@ -395,12 +405,25 @@ class NormalizerCore:
         return self._stats.count >= self._settings.warmup
 
     def _normalize_op(self, scores: Any) -> Operation[list[float]]:
+        values, summary = self._prepare(scores)
+        if summary is not None:
+            self._stats = yield from self._store_core._merge_at(self._key, summary)
+        return self._normalized(values, self._stats)
+
+    def _prepare(self, scores: Any) -> tuple[Scores, RunningStats | None]:
+        """Validate the caller's scores (before anything is sent or joins a coalesced merge)
+        and summarize them; the summary is ``None`` when there is nothing to record: an empty
+        batch, or mode ``"none"``, which records nothing, as in the reference."""
         values = coerce_scores(scores)
+        if len(values) == 0 or self._settings.mode == "none":
+            return values, None
+        return values, summarize(values)
+
+    def _normalized(self, values: Scores, stats: RunningStats) -> list[float]:
+        """The scores normalized with the statistics their merge returned."""
         if len(values) == 0:
             return []
-        if self._settings.mode != "none":  # "none" records nothing, as in the reference
-            self._stats = yield from self._store_core._merge_at(self._key, summarize(values))
-        return normalize_values(values, self._stats, self._settings)
+        return normalize_values(values, stats, self._settings)
 
     def _refresh_op(self) -> Operation[RunningStats]:
         self._stats = yield from _read(self._key)

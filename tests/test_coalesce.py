@@ -1,0 +1,244 @@
+"""Coalesced asyncio merges: concurrent calls into one env share a script call, each caller gets
+the statistics of the merge that carried its batch, its own errors stay its own, and exactly
+once holds for the combined batch (lost replies, retries, cancelled callers)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from drop_proxy import DropProxy
+from helpers import assert_summarizes, drop_namespace
+from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, RetryPolicy, RunningStats, StatsStore
+from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
+
+FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def url(request: pytest.FixtureRequest, namespace: str) -> Any:
+    """``None`` (embedded) or the real server's URL; the namespace is deleted afterwards."""
+    if request.param == "embedded":
+        yield None
+        store = StatsStore(None, namespace)
+        drop_namespace(store.client, namespace)
+    else:
+        client = request.getfixturevalue("real_client")  # drops the namespace on the way out
+        yield request.getfixturevalue("real_redis_url")
+        del client
+
+
+def make_batches(seed: int, count: int, size: int = 16) -> list[list[float]]:
+    rng = random.Random(seed)
+    return [[rng.gauss(2.0, 3.0) for _ in range(size)] for _ in range(count)]
+
+
+def test_concurrent_calls_share_one_merge(url: Any, namespace: str) -> None:
+    """64 coroutines at once: the first goes out alone, the 63 that arrive while it is in flight
+    go out together when it returns. Every caller is normalized with the stats its merge
+    returned."""
+    batches = make_batches(1, 64)
+    settings = NormalizerSettings.create("zscore", 5.0, 10, 1e-8)
+
+    async def run() -> tuple[list[list[float]], int, int]:
+        store = AsyncStatsStore(url, namespace)
+        norm = AsyncSharedRewardNormalizer("env", store, warmup=10)
+        results = await asyncio.gather(*(norm.normalize(batch) for batch in batches))
+        sent = store.coalescer.requests_sent
+        await store.aclose()
+        return results, sent, store.coalescer.calls
+
+    results, sent, calls = asyncio.run(run())
+    assert (sent, calls) == (2, 64)
+    first = RunningStats.from_values(batches[0])
+    assert results[0] == normalize_values(batches[0], first, settings)
+    everything = RunningStats.combine([first, RunningStats.combine(RunningStats.from_values(b) for b in batches[1:])])
+    final = StatsStore(url, namespace).get("env")
+    assert final == everything
+    assert_summarizes(final, [v for batch in batches for v in batch])
+    for batch, got in zip(batches[1:], results[1:]):
+        assert got == normalize_values(batch, final, settings)
+
+
+def test_script_calls_per_normalize_call(url: Any, namespace: str) -> None:
+    """64 coroutines, each normalizing 20 batches one after another: at most one merge per env
+    in flight and one group behind it, so a handful of script calls carry all 1280 batches."""
+    batches = make_batches(2, 64 * 20)
+
+    async def run() -> tuple[int, int]:
+        store = AsyncStatsStore(url, namespace)
+        norm = AsyncSharedRewardNormalizer("env", store)
+
+        async def worker(index: int) -> None:
+            for batch in batches[index::64]:
+                await norm.normalize(batch)
+
+        await asyncio.gather(*(worker(i) for i in range(64)))
+        await store.aclose()
+        return store.coalescer.requests_sent, store.coalescer.calls
+
+    sent, calls = asyncio.run(run())
+    assert calls == len(batches)
+    assert sent <= 0.25 * calls, f"{sent} script calls for {calls} normalize calls"
+    assert_summarizes(StatsStore(url, namespace).get("env"), [v for batch in batches for v in batch])
+
+
+def test_without_coalescing_every_call_sends_its_own(url: Any, namespace: str) -> None:
+    batches = make_batches(3, 16)
+
+    async def run() -> AsyncStatsStore:
+        store = AsyncStatsStore(url, namespace, coalesce=False)
+        norm = AsyncSharedRewardNormalizer("env", store)
+        await asyncio.gather(*(norm.normalize(batch) for batch in batches))
+        await store.aclose()
+        return store
+
+    assert asyncio.run(run()).coalescer is None
+    assert_summarizes(StatsStore(url, namespace).get("env"), [v for batch in batches for v in batch])
+
+
+def test_coalesce_setting_is_checked() -> None:
+    with pytest.raises(TypeError, match="coalesce must be True or False, got 'yes'"):
+        AsyncStatsStore(None, "ns", coalesce="yes")
+
+
+def test_each_callers_bad_input_stays_its_own(url: Any, namespace: str) -> None:
+    """A bad batch fails its own call, before joining a group; the other calls of the same
+    moment merge as usual."""
+    batches: list[Any] = make_batches(4, 8)
+    batches[3] = [1.0, float("nan")]
+    batches[5] = [1.0, "2"]
+
+    async def run() -> list[Any]:
+        store = AsyncStatsStore(url, namespace)
+        norm = AsyncSharedRewardNormalizer("env", store)
+        results = await asyncio.gather(*(norm.normalize(batch) for batch in batches), return_exceptions=True)
+        await store.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert isinstance(results[3], ValueError) and "scores[1]" in str(results[3]) and "not finite" in str(results[3])
+    assert isinstance(results[5], TypeError) and "scores[1] is a str" in str(results[5])
+    good = [b for i, b in enumerate(batches) if i not in (3, 5)]
+    assert all(isinstance(results[i], list) for i in range(8) if i not in (3, 5))
+    assert_summarizes(StatsStore(url, namespace).get("env"), [v for batch in good for v in batch])
+
+
+def test_update_and_merge_coalesce_too(url: Any, namespace: str) -> None:
+    batches = make_batches(5, 10)
+
+    async def run() -> tuple[list[RunningStats], int]:
+        store = AsyncStatsStore(url, namespace)
+        results = await asyncio.gather(*(store.update("env", batch) for batch in batches[:5]),
+                                       *(store.merge("env", RunningStats.from_values(b)) for b in batches[5:]))
+        with pytest.raises(TypeError, match="stats must be RunningStats, got dict"):
+            await store.merge("env", {"count": 1})
+        await store.aclose()
+        return results, store.coalescer.requests_sent
+
+    results, sent = asyncio.run(run())
+    assert sent == 2
+    final = StatsStore(url, namespace).get("env")
+    assert results[-1] == final and all(result == final for result in results[1:])
+    assert_summarizes(final, [v for batch in batches for v in batch])
+
+
+def test_a_caller_cancelled_before_its_group_went_out_is_not_counted(url: Any, namespace: str) -> None:
+    batches = make_batches(6, 3)
+
+    async def run() -> None:
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)  # the first merge is in flight
+        second = asyncio.ensure_future(store.update("env", batches[1]))
+        third = asyncio.ensure_future(store.update("env", batches[2]))
+        await asyncio.sleep(0)  # both waiting in the group behind it
+        second.cancel()
+        await asyncio.gather(first, third)
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert store.coalescer.requests_sent == 2
+        await store.aclose()
+
+    asyncio.run(run())
+    assert_summarizes(StatsStore(url, namespace).get("env"), batches[0] + batches[2])
+
+
+def test_a_caller_cancelled_after_its_group_went_out_counts_once(url: Any, namespace: str) -> None:
+    """The group goes on without the cancelled caller; when it sends its batch again, that is
+    recognized as the batch its group already merged."""
+    batches = make_batches(7, 3)
+
+    async def run() -> None:
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)
+        group = [asyncio.ensure_future(store.update("env", b)) for b in batches[1:]]
+        await first  # the group behind it went out as first returned
+        await asyncio.sleep(0)
+        assert store.coalescer.requests_sent == 2
+        group[0].cancel()
+        final = await group[1]
+        with pytest.raises(asyncio.CancelledError):
+            await group[0]
+        assert final.count == 48
+        again = await store.update("env", batches[1])  # the cancelled caller tries again
+        assert again.count == 48 and store.duplicates == 1
+        await store.aclose()
+
+    asyncio.run(run())
+    assert_summarizes(StatsStore(url, namespace).get("env"), [v for batch in batches for v in batch])
+
+
+def port_of(url: str) -> int:
+    return redis.connection.parse_url(url)["port"]
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("who_retries", ["store", "caller", "caller after a timeout"])
+def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
+                                                   who_retries: str) -> None:
+    """32 coroutines normalizing concurrently through a proxy that loses replies after the
+    script ran: groups retried by the store, by every caller of a failed group, and callers
+    whose own timeout cancelled them while their group was held: every batch counts once."""
+    per_worker = 25
+    sent = make_batches(50 + len(who_retries), 32 * per_worker, size=8)
+    hold = 1.0 if who_retries == "caller after a timeout" else 0.0
+    with DropProxy(port_of(real_redis_url), drop_rate=0.08, seed=11, hold=hold) as proxy:
+
+        async def run() -> tuple[int, int, int]:
+            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+            policy = FAST_RETRY if who_retries == "store" else None
+            store = AsyncStatsStore(client, namespace, retry=policy, functions=False)
+            norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
+            caller_retries = 0
+
+            async def worker(index: int) -> None:
+                nonlocal caller_retries
+                for batch in sent[index::32]:
+                    while True:
+                        try:
+                            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
+                            break
+                        except (redis.ConnectionError, asyncio.TimeoutError):
+                            assert who_retries != "store"
+                            caller_retries += 1
+
+            await asyncio.gather(*(worker(i) for i in range(32)))
+            await client.aclose()
+            return caller_retries, store.duplicates, store.coalescer.requests_sent
+
+        caller_retries, duplicates, requests = asyncio.run(run())
+    assert proxy.drops >= 3, "the proxy should have lost some replies"
+    assert duplicates >= 1
+    assert requests < len(sent) / 2, "the merges should have been coalesced"
+    if who_retries != "store":
+        assert caller_retries >= proxy.drops
+    assert_summarizes(StatsStore(real_client, namespace).get("env"), [v for batch in sent for v in batch])
