@@ -173,6 +173,36 @@ class Runner:
         return entry["usec"] / entry["calls"]
 
 
+def main_thread_cpu(client: redis.Redis) -> float:
+    """Seconds of CPU the server's main thread has used (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+def capacity(client: redis.Redis, runner: Runner, by_name: dict[str, Variant], rounds: int,
+             calls: int) -> list[list[Any]]:
+    """Server CPU per request when requests come one at a time (no pipelining, so each pays its
+    own read, parse, reply and event-loop wakeup): INFO cpu of the main thread around ``calls``
+    sequential calls, interleaved over ``rounds``. What one core can sustain follows."""
+    measured: dict[str, list[float]] = {"PING": [], "no-op": [], "merge": []}
+    one_at_a_time = Runner(client, calls, pipeline_depth=1)
+    for _ in range(rounds):
+        for name in measured:
+            before = main_thread_cpu(client)
+            if name == "PING":
+                for _call in range(calls):
+                    client.ping()
+            else:
+                one_at_a_time.shas = runner.shas
+                one_at_a_time.run(by_name[name], calls)
+            measured[name].append(1e6 * (main_thread_cpu(client) - before) / calls)
+    rows = []
+    for name, usec in measured.items():
+        per_call = statistics.median(usec)
+        rows.append([name, f"{per_call:.1f}", f"{1e6 / per_call:,.0f}" if per_call > 0 else "-"])
+    return rows
+
+
 def breakdown(by_name: dict[str, Variant]) -> list[list[Any]]:
     """Where the merge's time goes: differences between medians of the variants (each step's
     cost is what adding it to the script added)."""
@@ -277,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
                        "x no-op range", "what"], rows)
             out.heading("Where the merge's server time goes (differences of medians)")
             out.table(["step", "usec", "share", "note"], breakdown({v.name: v for v in live}))
+            if any(v.name == "merge" for v in live):
+                progress("capacity: server CPU per request, one at a time")
+                out.heading("Server CPU per request, one request at a time (INFO cpu, main thread)")
+                out.table(["request", "server CPU usec/request (median of rounds)", "requests/s one core sustains"],
+                          capacity(client, runner, {v.name: v for v in live}, rounds=max(3, rounds // 2),
+                                   calls=max(1000, calls // 4)))
+                out.note("unpipelined, each request pays its own socket read, parsing, reply and event-loop wakeup; "
+                         "many concurrent clients share wakeups, so a busy server spends somewhat less per request. "
+                         "requests/s = 1e6 / CPU usec: what one Redis core could do if it did nothing else")
             out.note(f"{rounds} rounds x {calls} pipelined calls (100 per pipeline) per variant, variants shuffled "
                      "in each round; CONFIG RESETSTAT before each variant, on a private redis-server")
             out.note("the merge runs a batch of 16's summary into one env; every call a new batch number, so the "
