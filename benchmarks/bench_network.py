@@ -51,6 +51,7 @@ from common import Printer, fmt_rate, fmt_ratio, machine_rows, make_batches, npr
 from shared_rewardnorm import (  # noqa: E402
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
+    RewardNormError,
     RunningStats,
     SharedRewardNormalizer,
     StatsStore,
@@ -109,38 +110,46 @@ def _per_value_normalizer(client: redis.Redis, key: str) -> Callable[[list[float
     return normalize
 
 
-def _run_sync(run: Callable[[list[float]], Any], batches: list[list[float]], start: float, seconds: float) -> int:
+def _run_sync(run: Callable[[list[float]], Any], batches: list[list[float]], start: float,
+              seconds: float) -> tuple[int, int]:
+    """(calls that succeeded, calls refused with one of our errors) until the deadline."""
     while time.time() < start:
         time.sleep(0.001)
-    calls = 0
+    calls = errors = 0
     deadline = start + seconds
     while time.time() < deadline:
-        run(batches[calls % len(batches)])
-        calls += 1
-    return calls
+        try:
+            run(batches[(calls + errors) % len(batches)])
+            calls += 1
+        except RewardNormError:
+            errors += 1
+    return calls, errors
 
 
 async def _run_async(url: str, ns: str, env: str, coalesce: bool, batches: list[list[float]], start: float,
-                     seconds: float) -> tuple[int, int]:
+                     seconds: float) -> tuple[int, int, int]:
     store = AsyncStatsStore(url, ns, coalesce=coalesce)
     norm = AsyncSharedRewardNormalizer(env, store)
     await store.merge(env + "-warm", RunningStats.from_values(batches[0]))  # script load, FCALL fallback
-    calls = 0
+    calls = errors = 0
     deadline = start + seconds
 
     async def worker(offset: int) -> None:
-        nonlocal calls
+        nonlocal calls, errors
         i = offset
         while time.time() < deadline:
-            await norm.normalize(batches[i % len(batches)])
-            calls += 1
+            try:
+                await norm.normalize(batches[i % len(batches)])
+                calls += 1
+            except RewardNormError:  # e.g. StaleBatchError: refused, nothing written
+                errors += 1
             i += COROUTINES
 
     await asyncio.sleep(max(0.0, start - time.time()))
     await asyncio.gather(*(worker(i) for i in range(COROUTINES)))
     sent = store.coalescer.requests_sent if store.coalescer is not None else calls
     await store.aclose()
-    return calls, sent
+    return calls, sent, errors
 
 
 def _worker(index: int, tasks: Any, results: Any) -> None:
@@ -157,20 +166,26 @@ def _worker(index: int, tasks: Any, results: Any) -> None:
             client = clients[url] = redis.Redis.from_url(url)
         key = f"{ns}:{{{env}}}"
         sent = None
-        if method == "ours":
-            store = StatsStore(client, ns)
-            store.merge(env + "-warm", RunningStats.from_values(batches[0]))
-            calls = _run_sync(SharedRewardNormalizer(env, store).normalize, batches, start, seconds)
-        elif method == "watch":
-            calls = _run_sync(_watch_normalizer(client, key), batches, start, seconds)
-        elif method == "per-value":
-            run = _per_value_normalizer(client, key)
-            run(batches[0][:1])  # loads the script (into a key of its own below)
-            client.delete(key)
-            calls = _run_sync(run, batches, start, seconds)
-        else:
-            calls, sent = asyncio.run(_run_async(url, ns, env, method == "async coalesced", batches, start, seconds))
-        results.put((index, calls, sent if sent is not None else calls))
+        errors = 0
+        failure = ""
+        try:
+            if method == "ours":
+                store = StatsStore(client, ns)
+                store.merge(env + "-warm", RunningStats.from_values(batches[0]))
+                calls, errors = _run_sync(SharedRewardNormalizer(env, store).normalize, batches, start, seconds)
+            elif method == "watch":
+                calls, errors = _run_sync(_watch_normalizer(client, key), batches, start, seconds)
+            elif method == "per-value":
+                run = _per_value_normalizer(client, key)
+                run(batches[0][:1])  # loads the script (into a key of its own below)
+                client.delete(key)
+                calls, errors = _run_sync(run, batches, start, seconds)
+            else:
+                calls, sent, errors = asyncio.run(_run_async(url, ns, env, method == "async coalesced", batches,
+                                                             start, seconds))
+        except Exception as exc:  # report it rather than leave the main process waiting
+            calls, failure = 0, f"{type(exc).__name__}: {exc}"[:200]
+        results.put((index, calls, sent if sent is not None else calls, errors, failure))
     for client in clients.values():
         client.close()
 
@@ -244,16 +259,21 @@ def main(argv: list[str] | None = None) -> int:
                             start = time.time() + (3.0 if cell_number == 1 else 0.5)
                             for i in range(procs):
                                 tasks[i].put((method, proxies[delay][0], ns, env, start, seconds))
-                            done = [results.get(timeout=600) for _ in range(procs)]
+                            done = [results.get(timeout=seconds + 300) for _ in range(procs)]
                             calls = sum(d[1] for d in done)
                             sent = sum(d[2] for d in done)
+                            errors = sum(d[3] for d in done)
+                            failures = [d[4] for d in done if d[4]]
+                            if failures:
+                                progress(f"  {method}: a worker failed: {failures[0]}")
                             if method == "watch" or method == "per-value":
                                 raw = client.hget(f"{ns}:{{{env}}}", "count")
                                 final = int(raw) if raw is not None else 0
                             else:
                                 final = store.get(env).count
                             cells.setdefault((delay, procs, method), []).append(
-                                {"rate": calls / seconds, "calls": calls, "sent": sent, "exact": final == calls * BATCH})
+                                {"rate": calls / seconds, "calls": calls, "sent": sent, "errors": errors,
+                                 "failed": bool(failures), "exact": final == calls * BATCH})
         finally:
             for queue_ in tasks:
                 queue_.put(None)
@@ -283,18 +303,24 @@ def main(argv: list[str] | None = None) -> int:
                         per_call = BATCH
                     elif method == "watch":
                         per_call = float("nan")
+                    errors = sum(c["errors"] for c in mine)
+                    failed = sum(c["failed"] for c in mine)
                     rows.append([LABELS[method], fmt_rate(statistics.median(rates)),
                                  fmt_ratio(statistics.median(ratios)),
                                  "-" if per_call != per_call else f"{per_call:.2f}",
+                                 f"{errors}" + (f" ({failed} cells failed)" if failed else ""),
                                  "exact" if all(c["exact"] for c in mine) else "NOT exact"])
                 out.table(["method", "calls/s (median of rounds)", "vs ours sync (median of per-round ratios)",
-                           "script calls per normalize", "final counts"], rows)
+                           "script calls per normalize", "calls refused", "final counts"], rows)
         out.note(f"{rounds} rounds x {seconds:g} s per cell, methods shuffled in each round; ratios within a round")
         out.note(f"asyncio rows: one event loop per process with {COROUTINES} coroutines; script calls per "
                  "normalize counted by the coalescer (uncoalesced: one per call)")
         out.note(f"this machine has {nproc()} cores shared by the client processes, the proxy process and "
                  "redis-server: at 8 processes the figures are CPU-bound as much as latency-bound, and the "
                  "proxy's threads add their own scheduling delay (see the measured round trips)")
+        out.note("calls refused: our errors raised to the caller (nothing written; e.g. StaleBatchError when a "
+                 "connection held up in the proxy delivers a batch 1024 or more behind its client's latest); "
+                 "the final count must then equal 16 x the calls that succeeded")
         out.note("absolute calls/s are noisy on a shared machine; compare the ratios")
     return 0
 
