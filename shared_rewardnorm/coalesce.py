@@ -144,6 +144,12 @@ class MergeCoalescer:
 
     def _sent(self, key: str, lane: _Lane, group: _Group, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        # A safety net: whatever ended the send (cancelled before it started, a bug), no member
+        # may wait for ever; members already answered are skipped.
+        if task.cancelled():
+            self._answer(group.members, error=asyncio.CancelledError())
+        elif task.exception() is not None:
+            self._answer(group.members, error=task.exception())
         self._next(key, lane, group, cancelled=task.cancelled())
 
     def _next(self, key: str, lane: _Lane, group: _Group, cancelled: bool) -> None:

@@ -16,7 +16,14 @@ from redis.retry import Retry
 
 from drop_proxy import DropProxy
 from helpers import assert_summarizes, drop_namespace
-from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, RetryPolicy, RunningStats, StatsStore
+from shared_rewardnorm import (
+    AsyncSharedRewardNormalizer,
+    AsyncStatsStore,
+    RetryPolicy,
+    RunningStats,
+    StatsOverflowError,
+    StatsStore,
+)
 from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
 
 FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
@@ -242,3 +249,23 @@ def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespac
     if who_retries != "store":
         assert caller_retries >= proxy.drops
     assert_summarizes(StatsStore(real_client, namespace).get("env"), [v for batch in sent for v in batch])
+
+
+def test_batches_that_cannot_be_combined_go_out_one_by_one(url: Any, namespace: str) -> None:
+    """Two batches valid alone whose combination is not finite: each is sent on its own and
+    gets its own answer (here the second one's merge overflows on the server, the first's not)."""
+
+    async def run() -> list[Any]:
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", [1.0]))
+        await asyncio.sleep(0)  # in flight: the next two form a group behind it
+        results = await asyncio.gather(first, store.update("env", [1e154]), store.update("env", [-1e154]),
+                                       return_exceptions=True)
+        assert store.coalescer.requests_sent == 3
+        await store.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert results[1].count == 2
+    assert isinstance(results[2], StatsOverflowError) and "not finite" in str(results[2])
+    assert StatsStore(url, namespace).get("env").count == 2
