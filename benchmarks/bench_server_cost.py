@@ -25,7 +25,9 @@ The variants are built from the repository's ``lua/`` files through the library'
 Variants whose helper no longer exists (the helpers were renamed) are reported as n/a rather
 than stopping the run. ``--script NAME=FILE[+FILE...]`` adds a candidate script (the files
 concatenated, e.g. a scratch ``stats_lib.lua`` then a scratch ``merge.lua``), called exactly
-like the merge with a record, to see what a rework saves before committing it.
+like the merge with a record, to see what a rework saves before committing it;
+``--function NAME=TOPFILE+FILE`` the same as a Function (TOPFILE, e.g. the helpers, at the
+library's top level, built once at load).
 
 Every figure is also given as a ratio to the no-op of the same round; absolute microseconds
 move with the machine's load, the ratios much less. The script prints tables and asserts
@@ -77,6 +79,8 @@ class Variant:
     source: str = ""
     with_record: bool = False  # two keys and three arguments, as the merge with a record
     fcall: bool = False
+    function: str = ""  # the Function to FCALL (default: the library's merge)
+    library: str = ""  # a candidate's own Function library, loaded in prepare()
     sequence: int = 0  # the last batch number sent: each variant keeps its own record, no gaps
     usec: list[float] = field(default_factory=list)  # usec per call, one per round
     ratio: list[float] = field(default_factory=list)  # against the no-op of the same round
@@ -91,7 +95,7 @@ class Variant:
         return self.source if self.body is None else helpers_source() + "\n" + self.body
 
 
-def variants(extra: list[tuple[str, str]]) -> list[Variant]:
+def variants(extra: list[tuple[str, str, str | None]]) -> list[Variant]:
     """The variants, from the current lua/ files. Partial ones name the helpers of
     ``stats_lib.lua``; a missing helper shows up as a compile or run error, reported as n/a."""
     parsed = "local s, err = parse_stats_arg(KEYS[1], ARGV[1], 1)\nif err then return err end\n"
@@ -117,8 +121,15 @@ def variants(extra: list[tuple[str, str]]) -> list[Variant]:
         Variant("merge (FCALL)", "the same merge as a Function of the library", None,
                 source=script_source("merge"), with_record=True, fcall=True),
     ]
-    for name, text in extra:
-        found.append(Variant(name, "candidate (--script)", None, source=text, with_record=True))
+    for name, text, top in extra:
+        if top is None:
+            found.append(Variant(name, "candidate (--script)", None, source=text, with_record=True))
+        else:  # --function: the first file at the library's top level, the rest the function's body
+            function = f"bench_candidate_{len(found)}"
+            library = (f"#!lua name={function}\n{top}\nredis.register_function('{function}', "
+                       f"function(KEYS, ARGV)\n{text}\nend)\n")
+            found.append(Variant(name, "candidate (--function)", None, source=text, with_record=True, fcall=True,
+                                 function=function, library=library))
     return found
 
 
@@ -136,7 +147,9 @@ class Runner:
         """Load the script (or check the Function exists) and make one call, so a broken
         variant is found before the rounds (and reported as n/a)."""
         try:
-            if not variant.fcall:
+            if variant.library:
+                self.client.function_load(variant.library, replace=True)
+            elif not variant.fcall:
                 self.shas[variant.name] = self.client.script_load(variant.script())
             self.run(variant, 1)
         except redis.ResponseError as exc:
@@ -149,7 +162,7 @@ class Runner:
         else:
             keys, args = (KEY,), (self.encoded,)
         if variant.fcall:
-            pipe.fcall(function_name("merge"), len(keys), *keys, *args)
+            pipe.fcall(variant.function or function_name("merge"), len(keys), *keys, *args)
         else:
             pipe.evalsha(self.shas[variant.name], len(keys), *keys, *args)
 
@@ -244,13 +257,22 @@ def breakdown(by_name: dict[str, Variant]) -> list[list[Any]]:
     return rows
 
 
-def parse_extra(specs: list[str]) -> list[tuple[str, str]]:
-    extra = []
-    for spec in specs:
+def parse_extra(scripts: list[str], functions: list[str]) -> list[tuple[str, str, str | None]]:
+    """``--script NAME=FILE[+FILE...]`` (one script, the files concatenated) and ``--function
+    NAME=TOPFILE+FILE[+FILE...]`` (a Function library: the first file at its top level, built once
+    when it loads, the others the function's body): (name, body, top level or None)."""
+    extra: list[tuple[str, str, str | None]] = []
+    for spec, is_function in [(spec, False) for spec in scripts] + [(spec, True) for spec in functions]:
         name, sep, files = spec.partition("=")
-        if not sep or not name or not files:
-            raise SystemExit(f"--script takes NAME=FILE[+FILE...], got {spec!r}")
-        extra.append((name, "\n".join(Path(f).read_text(encoding="utf-8") for f in files.split("+"))))
+        paths = files.split("+")
+        if not sep or not name or not files or (is_function and len(paths) < 2):
+            option = "--function NAME=TOPFILE+FILE[+FILE...]" if is_function else "--script NAME=FILE[+FILE...]"
+            raise SystemExit(f"{option} expected, got {spec!r}")
+        texts = [Path(path).read_text(encoding="utf-8") for path in paths]
+        if is_function:
+            extra.append((name, "\n".join(texts[1:]), texts[0]))
+        else:
+            extra.append((name, "\n".join(texts), None))
     return extra
 
 
@@ -262,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, help="pipelined calls per variant and round (default 20000, quick 3000)")
     parser.add_argument("--script", action="append", default=[], metavar="NAME=FILE[+FILE]",
                         help="also measure this candidate merge script (files concatenated)")
+    parser.add_argument("--function", action="append", default=[], metavar="NAME=TOPFILE+FILE[+FILE]",
+                        help="also measure this candidate as a Function (FCALL): TOPFILE at the library's top "
+                             "level, the other files the function's body")
     parser.add_argument("--candidates-only", action="store_true",
                         help="with --script: measure only the no-op, the merge and the candidates (more rounds "
                              "in the same time)")
@@ -269,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (3 if args.quick else 9)
     calls = args.calls or (3000 if args.quick else 20000)
     out = Printer(args.markdown)
-    extra = parse_extra(args.script)
+    extra = parse_extra(args.script, args.function)
     with tempfile.TemporaryDirectory(prefix="bench-server-cost-") as tmp, RedisServer(Path(tmp), NO_PERSISTENCE) as server:
         client = redis.Redis(port=server.port)
         try:
@@ -279,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             runner = Runner(client, calls, pipeline_depth=100)
             measured = variants(extra)
             if args.candidates_only:
-                measured = [v for v in measured if v.name in ("no-op", "merge") or v.what.startswith("candidate")]
+                measured = [v for v in measured
+                            if v.name in ("no-op", "merge", "merge (FCALL)") or v.what.startswith("candidate")]
             for variant in measured:
                 runner.prepare(variant)
             live = [v for v in measured if not v.error]
