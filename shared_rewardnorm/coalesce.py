@@ -7,14 +7,16 @@ per env, at most one merge is in flight; batches that arrive meanwhile form a gr
 the merge in flight returns, the group goes out as one summary (Chan's formula makes the
 combination exact: ``RunningStats.combine``). Every member of a group receives the statistics
 its group's merge returned. Nobody waits longer than the merge already in flight: an idle env
-sends a batch at once.
+sends a batch at once, from the caller's own task (so a lone caller pays what an uncoalesced
+merge pays); only groups go out in a task of their own.
 
 Exactly once holds for a group as for a single batch, because a group is one merge with one
 batch identity:
 
 - a lost reply that the store's retry policy retries sends the same request again;
 - a caller cancelled (a timeout) after its group went out does not stop the group, which still
-  answers the other members; a cancelled caller's batch is remembered with its group's request,
+  answers the other members (a batch sent alone is cancelled with its caller, and the group
+  behind it goes out at once); a cancelled caller's batch is remembered with its group's request,
   and when the caller sends the same batch again, that request goes again, so the script
   reports it as merged (or merges it, if the group never arrived) and it counts once;
 - a group whose fate is unknown (the retries ran out) fails for every member, and every member's
@@ -113,15 +115,13 @@ class MergeCoalescer:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
+        if lane.in_flight is None:
+            return await self._send_alone(key, lane, encoded)
         member = _Member(stats, encoded, asyncio.get_running_loop().create_future())
-        if lane.in_flight is not None:
-            if lane.forming is None:
-                lane.forming = _Group()
-            group = lane.forming
-            group.members.append(member)
-        else:
-            group = _Group([member])
-            self._launch(key, lane, group)
+        if lane.forming is None:
+            lane.forming = _Group()
+        group = lane.forming
+        group.members.append(member)
         try:
             return await member.answer
         except asyncio.CancelledError:
@@ -135,6 +135,26 @@ class MergeCoalescer:
                     # the next group go out now; this one finishes in the background.
                     self._next(key, lane, group, cancelled=False)
             raise
+
+    async def _send_alone(self, key: str, lane: _Lane, encoded: str) -> Any:
+        """The env is idle: send this batch at once, from the caller's own task (no task or
+        future of its own: a lone caller pays what an uncoalesced merge pays). Batches arriving
+        meanwhile form the group that goes out when this returns, or when this caller is
+        cancelled (then its batch is remembered, as any merge whose answer was never seen)."""
+        store = self._store
+        group = lane.in_flight = _Group()  # no members: nobody waits on an answer slot
+        try:
+            request = group.request = store._merge_request(key, encoded)
+            self.requests_sent += 1
+            try:
+                return await store._run(store._send_merge(request))
+            except _REFUSED:
+                raise
+            except BaseException:
+                self._remember(key, request, [encoded])
+                raise
+        finally:
+            self._next(key, lane, group, cancelled=False)
 
     def _launch(self, key: str, lane: _Lane, group: _Group) -> None:
         lane.in_flight = group

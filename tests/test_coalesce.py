@@ -14,6 +14,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from delay_proxy import DelayProxy
 from drop_proxy import DropProxy
 from helpers import assert_summarizes, drop_namespace
 from shared_rewardnorm import (
@@ -269,3 +270,32 @@ def test_batches_that_cannot_be_combined_go_out_one_by_one(url: Any, namespace: 
     assert results[1].count == 2
     assert isinstance(results[2], StatsOverflowError) and "not finite" in str(results[2])
     assert StatsStore(url, namespace).get("env").count == 2
+
+
+@pytest.mark.real_redis
+def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_redis_url: str, namespace: str,
+                                                                        real_client: Any) -> None:
+    """A batch sent alone (the env was idle) by a caller then cancelled: the batches waiting
+    behind it go out at once, and the caller's retry is recognized whatever became of the
+    first send. (Through a proxy holding each direction 0.1 s, so the first is still in flight
+    when it is cancelled.)"""
+    batches = make_batches(8, 2)
+    with DelayProxy(port_of(real_redis_url), delay=0.1) as proxy:
+
+        async def run() -> None:
+            store = AsyncStatsStore(proxy.url, namespace, functions=False)
+            await store.get("env")  # connected, so the first merge below goes out at once
+            first = asyncio.ensure_future(store.update("env", batches[0]))
+            await asyncio.sleep(0.05)  # sent, not answered yet
+            second = asyncio.ensure_future(store.update("env", batches[1]))
+            await asyncio.sleep(0)  # waiting behind it
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert (await second).count in (16, 32)
+            assert (await store.update("env", batches[0])).count == 32  # the retry: counted once
+            assert store.coalescer.requests_sent == 3
+            await store.aclose()
+
+        asyncio.run(run())
+    assert_summarizes(StatsStore(real_client, namespace).get("env"), batches[0] + batches[1])
