@@ -65,14 +65,14 @@ class _Member:
     stats: RunningStats
     encoded: str
     answer: asyncio.Future[Any]
+    request: RunScript | None = None  # the merge that carried it, once sent
 
 
 @dataclass(eq=False)
 class _Group:
-    """Batches merged as one; ``request`` is set when the group goes out."""
+    """Batches merged as one (each member notes the request that carried it)."""
 
     members: list[_Member] = field(default_factory=list)
-    request: RunScript | None = None
 
 
 @dataclass(eq=False)
@@ -125,11 +125,11 @@ class MergeCoalescer:
         try:
             return await member.answer
         except asyncio.CancelledError:
-            if group.request is None:  # not sent yet: leave the group, nothing to remember
+            if member.request is None:  # not sent yet: leave the group, nothing to remember
                 if member in group.members:
                     group.members.remove(member)
             else:  # sent: the group goes on without this caller, who may send its batch again
-                self._remember(key, group.request, [encoded])
+                self._remember(key, member.request, [encoded])
                 if all(other.answer.done() for other in group.members):
                     # Nobody waits for this merge any more (a stuck connection, timeouts): let
                     # the next group go out now; this one finishes in the background.
@@ -144,7 +144,7 @@ class MergeCoalescer:
         store = self._store
         group = lane.in_flight = _Group()  # no members: nobody waits on an answer slot
         try:
-            request = group.request = store._merge_request(key, encoded)
+            request = store._merge_request(key, encoded)
             self.requests_sent += 1
             try:
                 return await store._run(store._send_merge(request))
@@ -200,10 +200,13 @@ class MergeCoalescer:
             # batch is that batch, so there are several): each goes out alone, and gets its own
             # answer or error.
             for member in members:
-                await self._send_group(key, _Group([member]))
+                if not member.answer.done():  # skip a caller cancelled meanwhile
+                    await self._send_group(key, _Group([member]))
             return
         store = self._store
-        request = group.request = store._merge_request(key, encode_stats(combined))
+        request = store._merge_request(key, encode_stats(combined))
+        for member in members:
+            member.request = request
         self.requests_sent += 1
         try:
             result = await store._run(store._send_merge(request))
