@@ -1,6 +1,7 @@
 """Coalesced asyncio merges: concurrent calls into one env share a script call, each caller gets
 the statistics of the merge that carried its batch, its own errors stay its own, and exactly
-once holds for the combined batch (lost replies, retries, cancelled callers)."""
+once holds for the combined batch (cancelled callers here; lost replies and retries through the
+drop proxy in test_exactly_once.py)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,17 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from delay_proxy import DelayProxy
-from drop_proxy import DropProxy
 from helpers import assert_summarizes, drop_namespace
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
-    RetryPolicy,
     RunningStats,
     StatsOverflowError,
     StatsStore,
 )
 from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
-
-FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -38,9 +32,8 @@ def url(request: pytest.FixtureRequest, namespace: str) -> Any:
         store = StatsStore(None, namespace)
         drop_namespace(store.client, namespace)
     else:
-        client = request.getfixturevalue("real_client")  # drops the namespace on the way out
+        request.getfixturevalue("real_client")  # drops the namespace on the way out
         yield request.getfixturevalue("real_redis_url")
-        del client
 
 
 def make_batches(seed: int, count: int, size: int = 16) -> list[list[float]]:
@@ -207,49 +200,6 @@ def test_a_caller_cancelled_after_its_group_went_out_counts_once(url: Any, names
 
 def port_of(url: str) -> int:
     return redis.connection.parse_url(url)["port"]
-
-
-@pytest.mark.real_redis
-@pytest.mark.parametrize("who_retries", ["store", "caller", "caller after a timeout"])
-def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
-                                                   who_retries: str) -> None:
-    """32 coroutines normalizing concurrently through a proxy that loses replies after the
-    script ran: groups retried by the store, by every caller of a failed group, and callers
-    whose own timeout cancelled them while their group was held: every batch counts once."""
-    per_worker = 25
-    sent = make_batches(50 + len(who_retries), 32 * per_worker, size=8)
-    hold = 1.0 if who_retries == "caller after a timeout" else 0.0
-    with DropProxy(port_of(real_redis_url), drop_rate=0.08, seed=11, hold=hold) as proxy:
-
-        async def run() -> tuple[int, int, int]:
-            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
-            policy = FAST_RETRY if who_retries == "store" else None
-            store = AsyncStatsStore(client, namespace, retry=policy, functions=False)
-            norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
-            caller_retries = 0
-
-            async def worker(index: int) -> None:
-                nonlocal caller_retries
-                for batch in sent[index::32]:
-                    while True:
-                        try:
-                            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
-                            break
-                        except (redis.ConnectionError, asyncio.TimeoutError):
-                            assert who_retries != "store"
-                            caller_retries += 1
-
-            await asyncio.gather(*(worker(i) for i in range(32)))
-            await client.aclose()
-            return caller_retries, store.duplicates, store.coalescer.requests_sent
-
-        caller_retries, duplicates, requests = asyncio.run(run())
-    assert proxy.drops >= 3, "the proxy should have lost some replies"
-    assert duplicates >= 1
-    assert requests < len(sent) / 2, "the merges should have been coalesced"
-    if who_retries != "store":
-        assert caller_retries >= proxy.drops
-    assert_summarizes(StatsStore(real_client, namespace).get("env"), [v for batch in sent for v in batch])
 
 
 def test_batches_that_cannot_be_combined_go_out_one_by_one(url: Any, namespace: str) -> None:
