@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         out.heading("asyncio store (many coroutines, one process) vs sync store, batch 16")
         results: dict[str, list[float]] = {"sync": []}
         per_call: dict[str, list[float]] = {"sync": [1.0]}
-        levels = [(1, True), (8, True), (32, True), (64, True), (128, True), (64, False)]
+        levels = [(1, True), (8, True), (32, True), (64, True), (128, True), (1, False), (64, False)]
 
         def name(level: int, coalesce: bool) -> str:
             return f"async x{level}" + ("" if coalesce else ", coalesce=False")
