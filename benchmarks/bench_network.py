@@ -244,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(5)
         store = StatsStore(client, ns)
         try:
-            rtts = {delay: rtt_us(url) for delay, (url, _p, _x) in proxies.items()}
-            rtts[0.0] = rtt_us(args.url)
+            rtt_rounds: dict[float, list[float]] = {delay: [] for delay in [0.0, *delays]}
             cell_number = 0
             for round_number in range(rounds):
+                rtt_rounds[0.0].append(rtt_us(args.url))
+                for delay in delays:
+                    rtt_rounds[delay].append(rtt_us(proxies[delay][0]))
                 for delay in delays:
                     for procs in procs_levels:
                         order = list(METHODS)
@@ -285,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                     process.kill()
                     process.join()
 
-        out.heading("Round trip through the proxy (PING, median of 300, one client)")
-        out.table(["one-way delay set", "PING round trip (us)"],
-                  [["none (direct)", f"{rtts[0.0]:.0f}"]] + [[f"{d * 1000:g} ms", f"{rtts[d]:.0f}"] for d in delays])
+        out.heading("Round trip through the proxy (PING, one client, median of 300 at the start of each round)")
+        out.table(["one-way delay set", "PING round trip (us), median of rounds", "per round"],
+                  [["none (direct)" if d == 0 else f"{d * 1000:g} ms", f"{statistics.median(r):.0f}",
+                    " / ".join(f"{x:.0f}" for x in r)] for d, r in rtt_rounds.items()])
         for delay in delays:
             for procs in procs_levels:
                 out.heading(f"{delay * 1000:g} ms each way, {procs} process{'es' if procs > 1 else ''}: "
