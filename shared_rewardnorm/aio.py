@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from .coalesce import MergeCoalescer
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
-from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore, _require_stats
-from .requests import Operation, Request
+from .core import DEFAULT_BATCH_RECORD_TTL, SEND_FAILURES, NormalizerCore, StoreCore
+from .requests import MergeBatch, Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
 from .stats import RunningStats
@@ -47,6 +47,7 @@ class AsyncStatsStore(StoreCore):
             raise TypeError(f"coalesce must be True or False, got {coalesce!r}")
         #: Runs the merges when ``coalesce`` is on (``None`` otherwise).
         self.coalescer = MergeCoalescer(self) if coalesce else None
+        self._coalesces = coalesce
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
@@ -65,20 +66,11 @@ class AsyncStatsStore(StoreCore):
 
     async def update(self, env: str, values: Any) -> RunningStats:
         """See ``StatsStore.update``."""
-        key = self.key(env)
-        return await self._merge_summary(key, RunningStats.from_values(values))
+        return await self._run(self._update_op(env, values))
 
     async def merge(self, env: str, stats: RunningStats) -> RunningStats:
         """See ``StatsStore.merge``."""
-        key = self.key(env)
-        return await self._merge_summary(key, _require_stats(stats))
-
-    async def _merge_summary(self, key: str, stats: RunningStats) -> RunningStats:
-        """Merge a validated summary into ``key``: through the coalescer when it is on and
-        there is something to merge, else as the sync store does."""
-        if self.coalescer is not None and stats.count > 0:
-            return await self.coalescer.merge(key, stats)
-        return await self._run(self._merge_at(key, stats))
+        return await self._run(self._merge_op(env, stats))
 
     async def get(self, env: str) -> RunningStats:
         """See ``StatsStore.get``."""
@@ -145,7 +137,10 @@ class AsyncStatsStore(StoreCore):
             except StopIteration as done:
                 return done.value
             try:
-                reply = await self._issue(request)
+                if type(request) is MergeBatch:  # only when coalescing: see StoreCore._merge_at
+                    reply = await self.coalescer.merge(request.key, request.stats)
+                else:
+                    reply = await self._issue(request)
             except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
                 operation.throw(exc)  # the operation may note the failure; it re-raises
                 raise
@@ -207,11 +202,7 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         """See ``SharedRewardNormalizer.normalize``. Concurrent calls into the same env through
         one store share a merge (the store's ``coalesce``); each is normalized with the
         statistics its merge returned."""
-        values, summary = self._prepare(scores)
-        if summary is None:
-            return self._normalized(values, self._stats)
-        stats = self._stats = await self._store._merge_summary(self._key, summary)
-        return self._normalized(values, stats)
+        return await self._store._run(self._normalize_op(scores))
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""

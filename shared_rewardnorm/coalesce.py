@@ -33,7 +33,10 @@ A caller's own errors stay its own: scores are validated before a batch joins a 
 the server raises for the env (a corrupt hash, a key of another type) reach every member.
 
 The coalescer does not look into what a merge returns: whatever ``StoreCore._send_merge``
-returns is handed to every member.
+returns is handed to every member. Operations reach it through one seam: with coalescing on,
+``StoreCore._merge_at`` yields a ``MergeBatch`` request instead of the script call, and the
+asyncio driver hands it here; so every operation that merges (``update``, ``merge``,
+``normalize``, whatever it does around the merge) coalesces without knowing it.
 """
 
 from __future__ import annotations

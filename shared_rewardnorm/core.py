@@ -18,10 +18,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .errors import RewardNormError
-from .inputs import Scores, coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
+from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
 from .normalization import MODES, NormalizerSettings, normalize_values
 from .protocol import as_text, batch_record_key, decode_reply, decode_stored, encode_sequence, encode_stats
-from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
+from .requests import LoadFunctions, MergeBatch, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import ClientScripts
 from .stats import RunningStats, summarize
@@ -119,6 +119,9 @@ class StoreCore:
     #: Set by the sync and asyncio subclasses: their redis-py client and how it runs scripts.
     _client: Any
     _scripts: ClientScripts
+    #: Whether merges go to the driver as ``MergeBatch`` requests (an asyncio store that
+    #: coalesces them) rather than as the merge script's call.
+    _coalesces = False
 
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL) -> None:
@@ -171,6 +174,8 @@ class StoreCore:
         """Merge a summary into the stats at ``key`` exactly once; empty summaries only read."""
         if stats.count == 0:
             return (yield from _read(key))
+        if self._coalesces:  # the store's coalescer sends it, maybe with others (see coalesce.py)
+            return (yield MergeBatch(key, stats))
         encoded = encode_stats(stats)
         request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
         if request is None or request.args[0] != encoded:
@@ -405,25 +410,12 @@ class NormalizerCore:
         return self._stats.count >= self._settings.warmup
 
     def _normalize_op(self, scores: Any) -> Operation[list[float]]:
-        values, summary = self._prepare(scores)
-        if summary is not None:
-            self._stats = yield from self._store_core._merge_at(self._key, summary)
-        return self._normalized(values, self._stats)
-
-    def _prepare(self, scores: Any) -> tuple[Scores, RunningStats | None]:
-        """Validate the caller's scores (before anything is sent or joins a coalesced merge)
-        and summarize them; the summary is ``None`` when there is nothing to record: an empty
-        batch, or mode ``"none"``, which records nothing, as in the reference."""
         values = coerce_scores(scores)
-        if len(values) == 0 or self._settings.mode == "none":
-            return values, None
-        return values, summarize(values)
-
-    def _normalized(self, values: Scores, stats: RunningStats) -> list[float]:
-        """The scores normalized with the statistics their merge returned."""
         if len(values) == 0:
             return []
-        return normalize_values(values, stats, self._settings)
+        if self._settings.mode != "none":  # "none" records nothing, as in the reference
+            self._stats = yield from self._store_core._merge_at(self._key, summarize(values))
+        return normalize_values(values, self._stats, self._settings)
 
     def _refresh_op(self) -> Operation[RunningStats]:
         self._stats = yield from _read(self._key)
