@@ -10,12 +10,13 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from .coalesce import MergeCoalescer
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, NormalizerCore, StoreCore
 from .durability import refuse_unsupported
 from .envinfo import EnvInfo
 from .errors import RewardNormError
-from .requests import Operation, Request
+from .requests import MergeBatch, Operation, Request
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scripts import register_scripts
 from .sentinel import aclose_sentinels
@@ -36,14 +37,24 @@ class AsyncStatsStore(StoreCore):
         namespace: prefix of every key this store touches.
         cluster: with a URL, connect to a Redis Cluster through that node.
         retry, batch_record_ttl, functions, replicas, replica_timeout: as for ``StatsStore``.
+        coalesce: merge concurrent ``update``/``merge``/``normalize`` calls into the same env as
+            one summary in one script call (see ``shared_rewardnorm.coalesce``): at most one
+            merge per env in flight, the batches arriving meanwhile go out together when it
+            returns. ``False`` sends every call's merge on its own.
     """
 
     def __init__(self, redis: Any = None, namespace: str = "rewardnorm", *, cluster: bool = False,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, functions: bool | None = None,
-                 replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
+                 replicas: int = 0, replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
+                 coalesce: bool = True) -> None:
         super().__init__(namespace, retry, batch_record_ttl, replicas, replica_timeout)
         refuse_unsupported(self._wait, redis, cluster)
+        if not isinstance(coalesce, bool):
+            raise TypeError(f"coalesce must be True or False, got {coalesce!r}")
+        #: Runs the merges when ``coalesce`` is on (``None`` otherwise).
+        self.coalescer = MergeCoalescer(self) if coalesce else None
+        self._coalesces = coalesce
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
@@ -161,7 +172,10 @@ class AsyncStatsStore(StoreCore):
             except StopIteration as done:
                 return done.value
             try:
-                reply = await self._issue(request)
+                if type(request) is MergeBatch:  # only when coalescing: see StoreCore._merge_at
+                    reply = await self.coalescer.merge(request.key, request.stats)
+                else:
+                    reply = await self._issue(request)
             except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
                 operation.throw(exc)  # the operation may note the failure; it re-raises
                 raise
@@ -221,7 +235,9 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         return self._store
 
     async def normalize(self, scores: Any, update: bool = True) -> list[float]:
-        """See ``SharedRewardNormalizer.normalize``."""
+        """See ``SharedRewardNormalizer.normalize``. Concurrent calls into the same env through
+        one store share a merge (the store's ``coalesce``); each is normalized with the
+        statistics its merge returned."""
         return await self._store.run(self._normalize_op(scores, update))
 
     async def refresh(self) -> RunningStats:

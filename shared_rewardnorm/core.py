@@ -33,7 +33,7 @@ from .protocol import (
     encode_state,
     encode_stats,
 )
-from .requests import LoadFunctions, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
+from .requests import LoadFunctions, MergeBatch, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
 from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from .scripts import ClientScripts
 from .stats import RunningStats, summarize
@@ -154,6 +154,9 @@ class StoreCore:
     #: Set by the sync and asyncio subclasses: their redis-py client and how it runs scripts.
     _client: Any
     _scripts: ClientScripts
+    #: Whether merges go to the driver as ``MergeBatch`` requests (an asyncio store that
+    #: coalesces them) rather than as the merge script's call.
+    _coalesces = False
 
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, replicas: int = 0,
@@ -211,18 +214,17 @@ class StoreCore:
         return the env as the merge left it; empty summaries only read."""
         if stats.count == 0:
             return (yield from _read_env(key))
-        client_id = self.client_id
+        if self._coalesces:  # the store's coalescer sends it, maybe with others (see coalesce.py)
+            return (yield MergeBatch(key, stats))
         encoded = encode_stats(stats)
         request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
         if request is None or request.args[0] != encoded:
-            sequence = self._sequences.get(key)
-            if sequence is None:
-                sequence = self._sequences.setdefault(key, itertools.count(1))
-            request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                                (encoded, encode_sequence(next(sequence)), self._record_ttl),
-                                None if self._wait is None else self._wait.args)
+            request = self._merge_request(key, encoded)
         try:
-            reply = yield request
+            return (yield from self._send_merge(request))
+        except NotReplicatedError:
+            self._unacknowledged[key] = request  # merged once: the caller's retry re-waits, counted once
+            raise
         except (RewardNormError, ResponseError):
             raise  # the server refused the merge: nothing was written
         except BaseException:  # GeneratorExit too: an abandoned operation never saw its reply
@@ -232,17 +234,32 @@ class StoreCore:
             # summary is always a batch of its own.
             self._unacknowledged[key] = request
             raise
+
+    def _merge_request(self, key: str, encoded: str) -> RunScript:
+        """The merge of a new batch (an encoded summary) into ``key``, with a batch identity of
+        its own: this client's next sequence number for the key (and ``WAIT`` after it with
+        ``replicas=``)."""
+        client_id = self.client_id  # first: a forked child renews its identity and sequences
+        sequence = self._sequences.get(key)
+        if sequence is None:
+            sequence = self._sequences.setdefault(key, itertools.count(1))
+        return RunScript("merge", (key, batch_record_key(key, client_id)),
+                         (encoded, encode_sequence(next(sequence)), self._record_ttl),
+                         None if self._wait is None else self._wait.args)
+
+    def _send_merge(self, request: RunScript) -> Operation[EnvInfo]:
+        """Send a merge request (a new one, or one sent before: its identity makes that safe)
+        and return the env as its reply shows it. With ``replicas=``, raise
+        ``NotReplicatedError`` after the merge is known stored once, if too few replicas
+        acknowledged it (sending the same request again is then the way to retry)."""
+        reply = yield request
         if self._wait is not None:
             reply, acknowledged = reply
         info, outcome = decode_reply(reply)
         if outcome == DUPLICATE:
             self.duplicates += 1
         if self._wait is not None:
-            try:
-                self._wait.check(key, acknowledged)
-            except NotReplicatedError:
-                self._unacknowledged[key] = request  # the caller's retry re-waits, counted once
-                raise
+            self._wait.check(request.keys[0], acknowledged)
         return info
 
     @property

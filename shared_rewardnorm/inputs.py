@@ -27,6 +27,7 @@ _UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
 #: Batches at least this long are handled as numpy arrays (validated, summarized and normalized
 #: in one array); shorter ones are faster as plain lists.
 NUMPY_MIN_BATCH = 64
+_JUST_FLOAT = {float}
 
 
 def _describe(value: Any) -> str:
@@ -98,8 +99,10 @@ def coerce_scores(scores: Any) -> Scores:
             array = None
         if array is not None and array.ndim == 1 and array.dtype.kind in "fiub":
             return _coerce_array(array)
-    # Fast path: a short list of Python floats, all finite (the common case in a trainer).
-    elif all(type(value) is float for value in scores) and all(map(math.isfinite, scores)):
+    # Fast path, the common case in a trainer: a short list of Python floats. The sum of finite
+    # floats is finite unless it overflows, and any NaN or infinity makes it NaN or infinite,
+    # so a finite sum proves every element finite (an overflowing sum takes the slow path).
+    elif set(map(type, scores)) == _JUST_FLOAT and math.isfinite(sum(scores)):
         return scores
     values = [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
               for i, value in enumerate(scores)]

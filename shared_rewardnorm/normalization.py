@@ -99,9 +99,11 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
         if clip is not None:
             np.clip(result, -clip, clip, out=result)
         return result.tolist()
-    if warm:
-        values = [(value - offset) / scale for value in values]
     if clip is None:
-        return list(values)
+        return [(value - offset) / scale for value in values] if warm else list(values)
     low = -clip
-    return [low if value < low else clip if value > clip else value for value in values]
+    if not warm:
+        return [low if value < low else clip if value > clip else value for value in values]
+    # One pass: normalize and clip each score (the same operations as two passes).
+    return [low if (scaled := (value - offset) / scale) < low else clip if scaled > clip else scaled
+            for value in values]

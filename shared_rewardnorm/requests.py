@@ -17,8 +17,9 @@ from redis.exceptions import ResponseError
 
 from .errors import WrongTypeError, translate_response_error
 from .scripts import ClientScripts, function_library
+from .stats import RunningStats
 
-__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "Request", "Operation"]
+__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "MergeBatch", "Request", "Operation"]
 
 T = TypeVar("T")
 
@@ -133,6 +134,16 @@ class LoadFunctions(_PassErrorsThrough):
         return client.function_load(function_library(), replace=True)
 
 
-Request = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
+@dataclass(frozen=True, slots=True)
+class MergeBatch:
+    """A validated, non-empty batch summary to merge into ``key``, handed to a store that
+    coalesces merges (``AsyncStatsStore(coalesce=True)``) instead of the script call: the store
+    answers with what the merge returned, not with a raw reply. Not issued on a client."""
+
+    key: str
+    stats: RunningStats
+
+
+Request = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions | MergeBatch
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

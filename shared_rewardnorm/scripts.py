@@ -38,6 +38,7 @@ __all__ = [
     "library_name",
     "ClientScripts",
     "register_scripts",
+    "helpers_source",
 ]
 
 #: One Lua file per atomic operation.
@@ -186,3 +187,9 @@ class ClientScripts:
 def register_scripts(client: Any, functions: bool | None = None) -> ClientScripts:
     """How ``client`` will run our operations (no round trip: redis-py loads scripts lazily)."""
     return ClientScripts(client, functions)
+
+
+def helpers_source() -> str:
+    """The text of ``stats_lib.lua``, the helpers every operation's script starts with (the
+    server-cost benchmark builds its partial variants of the merge from it)."""
+    return _read_lua(_LIBRARY)

@@ -210,3 +210,48 @@ def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: s
     if who_retries != "store":
         assert caller_retries == proxy.drops
     assert_env_matches(StatsStore(real_client, namespace), sent)
+
+
+@pytest.mark.real_redis
+@pytest.mark.parametrize("who_retries", ["store", "caller", "caller after a timeout"])
+def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
+                                                   who_retries: str) -> None:
+    """32 coroutines normalizing into one env at once, so their merges are coalesced, through a
+    proxy that loses replies after the script ran: a group retried by the store, every caller
+    of a failed group retrying its own batch, and callers whose own timeout cancelled them while
+    their merge was held: every batch counts once."""
+    sent = batches(seed=60 + len(who_retries), count=800)
+    hold = 1.0 if who_retries == "caller after a timeout" else 0.0
+    with DropProxy(port_of(real_redis_url), drop_rate=0.08, seed=11, hold=hold) as proxy:
+
+        async def run() -> tuple[int, int, int]:
+            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+            policy = FAST_RETRY if who_retries == "store" else None
+            store = AsyncStatsStore(client, namespace, retry=policy, functions=False)
+            norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
+            caller_retries = 0
+
+            async def worker(index: int) -> None:
+                nonlocal caller_retries
+                for batch in sent[index::32]:
+                    while True:
+                        try:
+                            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
+                            break
+                        except (redis.ConnectionError, asyncio.TimeoutError):
+                            assert who_retries != "store"
+                            caller_retries += 1
+
+            await asyncio.gather(*(worker(i) for i in range(32)))
+            await client.aclose()
+            return caller_retries, store.duplicates, store.coalescer.requests_sent
+
+        caller_retries, duplicates, requests = asyncio.run(run())
+    assert proxy.drops >= 3, "the proxy should have lost some replies"
+    assert duplicates >= 1
+    assert requests < len(sent) / 2, "the merges should have been coalesced"
+    if who_retries != "store":
+        assert caller_retries >= proxy.drops
+    info = StatsStore(real_client, namespace).info("env")
+    assert_matches_reference(info.stats, sent)
+    assert info.merges <= requests  # one merge per group that landed, none twice

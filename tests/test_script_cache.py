@@ -273,7 +273,8 @@ def test_pipeline_loads_the_flushed_script_async(server: RedisServer, inspector:
     first, second, _ = batches(7)
 
     async def scenario() -> None:
-        store = AsyncStatsStore(server.url, namespace, functions=False)
+        # Not coalescing: the merge's first request is then the script call itself.
+        store = AsyncStatsStore(server.url, namespace, functions=False, coalesce=False)
         try:
             await store.update("env", first)
             inspector.script_flush()

@@ -1,0 +1,277 @@
+"""Coalesced merges for the asyncio store: concurrent merges into one env share a script call.
+
+An asyncio environment scores many rollouts at once, so dozens of ``normalize`` calls into the
+same env can be waiting on the same store together. Sending each as its own merge makes the
+server run the script once per call, and one Redis core is the capacity of one env. Instead,
+per env, at most one merge is in flight; batches that arrive meanwhile form a group, and when
+the merge in flight returns, the group goes out as one summary (Chan's formula makes the
+combination exact: ``RunningStats.combine``). Every member of a group receives the statistics
+its group's merge returned. Nobody waits longer than the merge already in flight: an idle env
+sends a batch at once, from the caller's own task (so a lone caller pays what an uncoalesced
+merge pays); only groups go out in a task of their own.
+
+Exactly once holds for a group as for a single batch, because a group is one merge with one
+batch identity:
+
+- a lost reply that the store's retry policy retries sends the same request again;
+- a caller cancelled (a timeout) after its group went out does not stop the group, which still
+  answers the other members (a batch sent alone is cancelled with its caller, and the group
+  behind it goes out at once); a cancelled caller's batch is remembered with its group's request,
+  and when the caller sends the same batch again, that request goes again, so the script
+  reports it as merged (or merges it, if the group never arrived) and it counts once;
+- a group whose fate is unknown (the retries ran out) fails for every member, and every member's
+  batch is remembered the same way, for the members that try again.
+
+A remembered batch is kept until a batch with the same summary is merged into that env through
+this store (at most ``REMEMBER_LIMIT`` summaries per env): unlike the single merge (which
+forgets after the next different batch), members of one failed group retry in no particular
+order, mixed with other coroutines' new batches. The price: a new batch whose summary equals a
+remembered one (same count, mean, m2, min and max) is taken as its retry, so if the remembered
+batch had been merged, the new one is not.
+
+A caller's own errors stay its own: scores are validated before a batch joins a group. Errors
+the server raises for the env (a corrupt hash, a key of another type) reach every member.
+
+The coalescer does not look into what a merge returns: whatever ``StoreCore._send_merge``
+returns is handed to every member. Operations reach it through one seam: with coalescing on,
+``StoreCore._merge_at`` yields a ``MergeBatch`` request instead of the script call, and the
+asyncio driver hands it here; so every operation that merges (``update``, ``merge``,
+``normalize``, whatever it does around the merge) coalesces without knowing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from .errors import NotReplicatedError, RewardNormError
+from .protocol import encode_stats
+from .requests import RunScript
+from .stats import RunningStats
+
+if TYPE_CHECKING:
+    from .aio import AsyncStatsStore
+
+__all__ = ["MergeCoalescer"]
+
+#: Errors that mean the server refused a merge (nothing was written): not worth remembering.
+_REFUSED = (RewardNormError, ResponseError)
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether ``error`` means nothing was written. ``NotReplicatedError`` does not: its merge is
+    stored once, and the callers' retry must send that same request (to wait for the replicas
+    again without counting twice), so it is remembered like a merge whose reply was lost."""
+    return isinstance(error, _REFUSED) and not isinstance(error, NotReplicatedError)
+
+
+@dataclass(eq=False)
+class _Member:
+    """One caller's batch in a group, and where its answer goes."""
+
+    stats: RunningStats
+    encoded: str
+    answer: asyncio.Future[Any]
+    request: RunScript | None = None  # the merge that carried it, once sent
+
+
+@dataclass(eq=False)
+class _Group:
+    """Batches merged as one (each member notes the request that carried it)."""
+
+    members: list[_Member] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One env's state: the group whose merge is in flight, and the group forming behind it."""
+
+    in_flight: _Group | None = None
+    forming: _Group | None = None
+
+
+#: Remembered batches kept per env at most (the oldest summaries are forgotten first): callers
+#: that never send their batch again must not make the memory grow without bound.
+REMEMBER_LIMIT = 1024
+
+
+class MergeCoalescer:
+    """Runs an ``AsyncStatsStore``'s merges, combining concurrent ones per env (see the module
+    docstring). One per store; it lives in the store's event loop."""
+
+    def __init__(self, store: AsyncStatsStore) -> None:
+        self._store = store
+        self._lanes: dict[str, _Lane] = {}
+        # Per env, per batch summary: merges whose answer the callers never saw (oldest first).
+        self._remembered: dict[str, dict[str, list[RunScript]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Merge requests sent (groups, single batches and re-sent remembered ones; the store's
+        #: own retries of one request are not counted again): for benchmarks and monitoring.
+        self.requests_sent = 0
+        #: Merges asked of this coalescer (a caller sending a batch again counts again).
+        self.calls = 0
+
+    async def merge(self, key: str, stats: RunningStats) -> Any:
+        """Merge one non-empty, validated batch summary into ``key``, exactly once, and return
+        the statistics of the merge that carried it."""
+        encoded = encode_stats(stats)
+        self.calls += 1
+        remembered = self._recall(key, encoded)
+        if remembered is not None:
+            return await self._send_again(key, remembered, encoded)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if lane.in_flight is None:
+            return await self._send_alone(key, lane, encoded)
+        member = _Member(stats, encoded, asyncio.get_running_loop().create_future())
+        if lane.forming is None:
+            lane.forming = _Group()
+        group = lane.forming
+        group.members.append(member)
+        try:
+            return await member.answer
+        except asyncio.CancelledError:
+            if member.request is None:  # not sent yet: leave the group, nothing to remember
+                if member in group.members:
+                    group.members.remove(member)
+            else:  # sent: the group goes on without this caller, who may send its batch again
+                self._remember(key, member.request, [encoded])
+                if all(other.answer.done() for other in group.members):
+                    # Nobody waits for this merge any more (a stuck connection, timeouts): let
+                    # the next group go out now; this one finishes in the background.
+                    self._next(key, lane, group, cancelled=False)
+            raise
+
+    async def _send_alone(self, key: str, lane: _Lane, encoded: str) -> Any:
+        """The env is idle: send this batch at once, from the caller's own task (no task or
+        future of its own: a lone caller pays what an uncoalesced merge pays). Batches arriving
+        meanwhile form the group that goes out when this returns, or when this caller is
+        cancelled (then its batch is remembered, as any merge whose answer was never seen)."""
+        store = self._store
+        group = lane.in_flight = _Group()  # no members: nobody waits on an answer slot
+        try:
+            request = store._merge_request(key, encoded)
+            self.requests_sent += 1
+            try:
+                return await store.run(store._send_merge(request))
+            except BaseException as exc:
+                if not _refused(exc):
+                    self._remember(key, request, [encoded])
+                raise
+        finally:
+            self._next(key, lane, group, cancelled=False)
+
+    def _launch(self, key: str, lane: _Lane, group: _Group) -> None:
+        lane.in_flight = group
+        task = asyncio.get_running_loop().create_task(self._send_group(key, group))
+        self._tasks.add(task)  # keep a reference: the loop holds tasks only weakly
+        task.add_done_callback(lambda done: self._sent(key, lane, group, done))
+
+    def _sent(self, key: str, lane: _Lane, group: _Group, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # A safety net: whatever ended the send (cancelled before it started, a bug), no member
+        # may wait for ever; members already answered are skipped.
+        if task.cancelled():
+            self._answer(group.members, error=asyncio.CancelledError())
+        elif task.exception() is not None:
+            self._answer(group.members, error=task.exception())
+        self._next(key, lane, group, cancelled=task.cancelled())
+
+    def _next(self, key: str, lane: _Lane, group: _Group, cancelled: bool) -> None:
+        """``group``'s merge returned (or nobody waits for it): send the group that formed
+        meanwhile, or mark the env idle. A cancelled send (the loop is shutting down) cancels
+        the waiting group instead of starting it."""
+        if lane.in_flight is not group:
+            return  # the lane moved on already
+        waiting, lane.forming = lane.forming, None
+        if waiting is not None and waiting.members:
+            if cancelled:
+                self._answer(waiting.members, error=asyncio.CancelledError())
+            else:
+                self._launch(key, lane, waiting)
+                return
+        lane.in_flight = None
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]
+
+    async def _send_group(self, key: str, group: _Group) -> None:
+        members = list(group.members)
+        if not members:  # every caller left before it went out
+            return
+        try:
+            combined = RunningStats.combine(member.stats for member in members)
+        except ValueError:
+            # The batches are valid alone but their combination is not finite (a combine of one
+            # batch is that batch, so there are several): each goes out alone, and gets its own
+            # answer or error.
+            for member in members:
+                if not member.answer.done():  # skip a caller cancelled meanwhile
+                    await self._send_group(key, _Group([member]))
+            return
+        store = self._store
+        request = store._merge_request(key, encode_stats(combined))
+        for member in members:
+            member.request = request
+        self.requests_sent += 1
+        try:
+            result = await store.run(store._send_merge(request))
+        except BaseException as exc:
+            if not _refused(exc):  # the fate of the merge is unknown, or it is not replicated
+                self._remember(key, request, [m.encoded for m in members if not m.answer.done()])
+            self._answer(members, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self._answer(members, result=result)
+
+    @staticmethod
+    def _answer(members: list[_Member], result: Any = None, error: BaseException | None = None) -> None:
+        for member in members:
+            if member.answer.done():  # a cancelled caller
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                member.answer.cancel()
+            elif error is not None:
+                member.answer.set_exception(error)
+            else:
+                member.answer.set_result(result)
+
+    async def _send_again(self, key: str, request: RunScript, encoded: str) -> Any:
+        """A caller sends again a batch whose merge it never saw answered: the same request,
+        so the script merges it only if it never arrived."""
+        store = self._store
+        self.requests_sent += 1
+        try:
+            return await store.run(store._send_merge(request))
+        except BaseException as exc:
+            if not _refused(exc):
+                self._remember(key, request, [encoded])
+            raise
+
+    def _remember(self, key: str, request: RunScript, encodings: list[str]) -> None:
+        """Note that the callers of these batches never saw ``request``'s answer."""
+        if not encodings:
+            return
+        by_summary = self._remembered.setdefault(key, {})
+        for encoded in encodings:
+            by_summary.setdefault(encoded, []).append(request)
+        while len(by_summary) > REMEMBER_LIMIT:
+            del by_summary[next(iter(by_summary))]
+
+    def _recall(self, key: str, encoded: str) -> RunScript | None:
+        """The oldest remembered merge that carried a batch with this summary, forgotten as it
+        is handed out (each remembered batch is sent again once)."""
+        by_summary = self._remembered.get(key)
+        requests = by_summary.get(encoded) if by_summary else None
+        if not requests:
+            return None
+        request = requests.pop(0)
+        if not requests:
+            del by_summary[encoded]
+            if not by_summary:
+                del self._remembered[key]
+        return request
