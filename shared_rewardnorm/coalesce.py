@@ -20,7 +20,10 @@ batch identity:
   and when the caller sends the same batch again, that request goes again, so the script
   reports it as merged (or merges it, if the group never arrived) and it counts once;
 - a group whose fate is unknown (the retries ran out) fails for every member, and every member's
-  batch is remembered the same way, for the members that try again.
+  batch is remembered the same way, for the members that try again;
+- a group merged once but not acknowledged by enough replicas (``replicas=``,
+  ``NotReplicatedError``) is remembered the same way: a member's retry resends the group's merge,
+  which counts nothing twice and waits for the replicas again.
 
 A remembered batch is kept until a batch with the same summary is merged into that env through
 this store (at most ``REMEMBER_LIMIT`` summaries per env): unlike the single merge (which

@@ -138,6 +138,29 @@ def test_the_async_store_waits_in_the_same_round_trip(real_redis_url: str, real_
     assert StatsStore(real_client, namespace).get("e").count == 1
 
 
+@pytest.mark.real_redis
+def test_a_coalesced_group_not_replicated_counts_once_when_its_callers_retry(
+        real_redis_url: str, real_client: redis.Redis, namespace: str) -> None:
+    """Concurrent callers whose batches went out as one coalesced merge: each gets
+    NotReplicatedError, and each caller's retry resends that group's merge (counted once)."""
+    batches = [[float(i), float(i) + 0.5] for i in range(12)]
+
+    async def scenario() -> tuple[int, int]:
+        async with AsyncStatsStore(real_redis_url, namespace, replicas=1, replica_timeout=0.05) as store:
+            for attempt in range(2):  # the first try, then every caller's retry of the same batch
+                outcomes = await asyncio.gather(*(store.update("e", batch) for batch in batches),
+                                                return_exceptions=True)
+                assert all(isinstance(outcome, NotReplicatedError) for outcome in outcomes), outcomes
+            return store.coalescer.requests_sent, store.duplicates
+    requests, duplicates = asyncio.run(scenario())
+    assert requests < 2 * len(batches)  # some batches did share a merge
+    assert duplicates >= 1
+    stats = StatsStore(real_client, namespace).get("e")
+    assert stats.count == sum(map(len, batches))  # every batch once, although every caller retried
+    values = [value for batch in batches for value in batch]
+    assert stats.mean == pytest.approx(sum(values) / len(values), rel=1e-12)
+
+
 @pytest.mark.own_server
 def test_fcall_and_wait_go_in_one_pipeline(server: Any, inspector: redis.Redis) -> None:
     store = StatsStore(server.url, functions=True, replicas=1, replica_timeout=0.05)
