@@ -129,7 +129,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the shared server through a fixture is a ``real_redis`` test, marked or
     not, so ``-m "not real_redis"`` never reaches the server."""
     for item in items:
-        if {"real_redis_url", "real_client"} & set(getattr(item, "fixturenames", ())):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if ({"real_redis_url", "real_client"} & set(getattr(item, "fixturenames", ()))
+                or any(isinstance(value, str) and value == "redis" for value in params.values())):
+            # (the second: a backend parameter "redis" that forgot its mark)
             item.add_marker(pytest.mark.real_redis)
 
 

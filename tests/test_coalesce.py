@@ -24,7 +24,7 @@ from shared_rewardnorm import (
 from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
 def url(request: pytest.FixtureRequest, namespace: str) -> Any:
     """``None`` (embedded) or the real server's URL; the namespace is deleted afterwards."""
     if request.param == "embedded":
