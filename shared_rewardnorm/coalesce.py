@@ -124,7 +124,7 @@ class MergeCoalescer:
         self.calls += 1
         remembered = self._recall(key, encoded)
         if remembered is not None:
-            return await self._send_again(key, remembered, encoded)
+            return await self._send_one(key, remembered, encoded)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -154,17 +154,9 @@ class MergeCoalescer:
         future of its own: a lone caller pays what an uncoalesced merge pays). Batches arriving
         meanwhile form the group that goes out when this returns, or when this caller is
         cancelled (then its batch is remembered, as any merge whose answer was never seen)."""
-        store = self._store
         group = lane.in_flight = _Group()  # no members: nobody waits on an answer slot
         try:
-            request = store._merge_request(key, encoded)
-            self.requests_sent += 1
-            try:
-                return await store.run(store._send_merge(request))
-            except BaseException as exc:
-                if not _refused(exc):
-                    self._remember(key, request, [encoded])
-                raise
+            return await self._send_one(key, self._store._merge_request(key, encoded), encoded)
         finally:
             self._next(key, lane, group, cancelled=False)
 
@@ -243,13 +235,13 @@ class MergeCoalescer:
             else:
                 member.answer.set_result(result)
 
-    async def _send_again(self, key: str, request: RunScript, encoded: str) -> Any:
-        """A caller sends again a batch whose merge it never saw answered: the same request,
-        so the script merges it only if it never arrived."""
-        store = self._store
+    async def _send_one(self, key: str, request: RunScript, encoded: str) -> Any:
+        """Send one caller's merge from its own task: a batch alone (``_send_alone``), or a batch
+        sent again whose merge its caller never saw answered, as the same request, so that the
+        script merges it only if it never arrived. Remembered again if its answer is lost again."""
         self.requests_sent += 1
         try:
-            return await store.run(store._send_merge(request))
+            return await self._store.run(self._store._send_merge(request))
         except BaseException as exc:
             if not _refused(exc):
                 self._remember(key, request, [encoded])
