@@ -78,7 +78,10 @@ def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
     if baseline is not None:
         merges["baseline"] = client.script_load(baseline)
     summary = encode_stats(RunningStats.from_values([0.25, 1.5, -0.75, 2.0]))
-    sequence = 0
+    # One sequence per merge script, as each has its own record: a shared counter would leave
+    # each record a window of gaps at every round (the numbers the other script used), and time
+    # the gap bookkeeping instead of the usual merge.
+    sequence = dict.fromkeys(merges, 0)
     results: dict[str, list[float]] = {name: [] for name in ("noop", *merges, *(f"{m}/noop" for m in merges))}
     for _ in range(rounds):
         noop = _timed(client, [(noop_sha, (), ())] * calls)
@@ -88,8 +91,8 @@ def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
             record = batch_record_key(key, "0123456789abcdef")
             batch = []
             for _ in range(calls):
-                sequence += 1
-                batch.append((sha, (key, record), (summary, encode_sequence(sequence), "86400")))
+                sequence[name] += 1
+                batch.append((sha, (key, record), (summary, encode_sequence(sequence[name]), "86400")))
             usec = _timed(client, batch)
             results[name].append(usec)
             results[f"{name}/noop"].append(usec / noop)
