@@ -8,7 +8,14 @@ usec per call of both and their ratio; the table reports the median and quartile
 ``--baseline REV`` the merge script of that git revision (its stats_lib.lua and merge.lua) runs
 in the same rounds, into its own env, so a change is measured against what it replaces.
 
-    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV] [--half-life N]
+With ``--parts`` the same rounds also time scripts that each do one part of a merge (the
+helpers' top level, parsing the argument, the HMGET, parsing the hash, TIME, the record's GET
+and SET EX) and the merge without its HSET or without its record, and print where the merge's
+time goes: each part is the difference between two of these scripts' medians (so small parts
+are within the noise of a busy machine; the ratios to the no-op move less than the
+microseconds).
+
+    python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV] [--half-life N] [--parts]
 
 Asserts nothing: it prints measurements.
 """
@@ -32,29 +39,71 @@ from common import quartiles  # noqa: E402
 from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 from shared_rewardnorm.protocol import batch_record_key, encode_sequence, encode_stats  # noqa: E402
-from shared_rewardnorm.scripts import script_source  # noqa: E402
+from shared_rewardnorm.scripts import _read_lua, function_library, function_name, script_source  # noqa: E402
 from shared_rewardnorm.stats import RunningStats  # noqa: E402
 
 NOOP = "return 1"
 PIPELINE_CHUNK = 1000
+MERGE_HSET = "redis.call('HSET', key, unpack(fields))"
+FCALL = "merge (FCALL)"
 
 
-def _evalsha_usec(client: redis.Redis) -> tuple[int, int]:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+def part_sources() -> dict[str, tuple[str, int]]:
+    """--parts: scripts doing one part of a merge each, as {name: (source, keys)}. They are
+    called with the merge's arguments; those with 2 keys get the merge's env (read only) and a
+    record of their own, "merge, no record" an env of its own."""
+    helpers = _read_lua("stats_lib") + "\n"
+    merge = script_source("merge")
+    if MERGE_HSET not in merge:
+        raise RuntimeError(f"merge.lua no longer contains {MERGE_HSET!r}: update --parts")
+    return {
+        "keys + args": (NOOP, 2),
+        "helpers": (helpers + NOOP, 2),
+        "parse argument": (helpers + "local s, err = parse_stats_arg(KEYS[1], ARGV[1], 1)\nif err then return err end\n"
+                           + NOOP, 2),
+        "HMGET": (helpers + "redis.call('HMGET', KEYS[1], unpack(ENV_FIELDS))\n" + NOOP, 2),
+        "read hash": (helpers + "local env, err = read_env(KEYS[1])\nif err then return err end\n" + NOOP, 2),
+        "TIME": (helpers + "now_ms()\n" + NOOP, 2),
+        "GET + SET EX": (helpers + "redis.call('GET', KEYS[2])\nredis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])\n"
+                         + NOOP, 2),
+        "merge, no HSET": (merge.replace(MERGE_HSET, "local _ = fields"), 2),
+        "merge, no record": (merge, 1),
+    }
+
+
+#: --parts: each row is (what, script, minus script): the part's cost is the difference of medians.
+BREAKDOWN = (
+    ("the call itself (no-op EVALSHA)", "noop", None),
+    ("2 keys + 3 arguments", "keys + args", "noop"),
+    ("stats_lib.lua top level (per script call)", "helpers", "keys + args"),
+    ("parse + validate the argument", "parse argument", "helpers"),
+    ("HMGET of the 12 fields", "HMGET", "helpers"),
+    ("validate + parse the stored fields", "read hash", "HMGET"),
+    ("TIME", "TIME", "helpers"),
+    ("record: GET + SET EX", "GET + SET EX", "helpers"),
+    ("record: parsing and checks", "merge", "merge, no record"),
+    ("HSET of the changed fields", "merge", "merge, no HSET"),
+)
+
+
+def _command_usec(client: redis.Redis, command: str) -> tuple[int, int]:
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {})
     return int(stats.get("calls", 0)), int(stats.get("usec", 0))
 
 
-def _timed(client: redis.Redis, calls: list[tuple[str, tuple[str, ...], tuple[str, ...]]]) -> float:
-    """Server usec per EVALSHA over ``calls`` (sha, keys, args), sent pipelined."""
+def _timed(client: redis.Redis, calls: list[tuple[str, tuple[str, ...], tuple[str, ...]]],
+           command: str = "evalsha") -> float:
+    """Server usec per call over ``calls`` (sha or Function name, keys, args), sent pipelined
+    as ``command`` (EVALSHA or FCALL)."""
     client.config_resetstat()
     for start in range(0, len(calls), PIPELINE_CHUNK):
         pipe = client.pipeline(transaction=False)
-        for sha, keys, args in calls[start:start + PIPELINE_CHUNK]:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+        for name, keys, args in calls[start:start + PIPELINE_CHUNK]:
+            pipe.execute_command(command.upper(), name, len(keys), *keys, *args)
         pipe.execute()
-    count, usec = _evalsha_usec(client)
+    count, usec = _command_usec(client, command)
     if count != len(calls):
-        raise RuntimeError(f"expected {len(calls)} EVALSHA calls, the server counted {count}")
+        raise RuntimeError(f"expected {len(calls)} {command.upper()} calls, the server counted {count}")
     return usec / count
 
 
@@ -68,7 +117,7 @@ def baseline_source(revision: str) -> str:
 
 
 def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
-            half_life: float | None = None) -> dict[str, list[float]]:
+            half_life: float | None = None, with_parts: bool = False) -> dict[str, list[float]]:
     """Per round: usec per no-op and per merge (and per baseline merge), and the ratios. With
     ``half_life`` the current merge's env keeps decayed statistics (the baseline's ignores it)."""
     noop_sha = client.script_load(NOOP)
@@ -77,6 +126,16 @@ def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
     merges = {"merge": client.script_load(script_source("merge"))}
     if baseline is not None:
         merges["baseline"] = client.script_load(baseline)
+    parts = part_sources() if with_parts else {}
+    for name, (source, _) in parts.items():
+        merges[name] = client.script_load(source)
+    if "merge, no record" in parts and half_life is not None:
+        client.eval(script_source("configure"), 1, "cost:{merge, no record}", "%.17g" % half_life)
+    if with_parts:  # the same merge as a Function: the helpers' top level ran once, at load
+        client.function_load(function_library(), replace=True)
+        merges[FCALL] = function_name("merge")
+        if half_life is not None:
+            client.eval(script_source("configure"), 1, f"cost:{{{FCALL}}}", "%.17g" % half_life)
     summary = encode_stats(RunningStats.from_values([0.25, 1.5, -0.75, 2.0]))
     # One sequence per merge script, as each has its own record: a shared counter would leave
     # each record a window of gaps at every round (the numbers the other script used), and time
@@ -92,11 +151,33 @@ def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
             batch = []
             for _ in range(calls):
                 sequence[name] += 1
-                batch.append((sha, (key, record), (summary, encode_sequence(sequence[name]), "86400")))
-            usec = _timed(client, batch)
+                if name in parts and parts[name][1] == 1:
+                    batch.append((sha, (key,), (summary,)))
+                elif name in parts:  # reads the merge's env, keeps its own record
+                    batch.append((sha, ("cost:{merge}", record), (summary, encode_sequence(sequence[name]), "86400")))
+                else:
+                    batch.append((sha, (key, record), (summary, encode_sequence(sequence[name]), "86400")))
+            usec = _timed(client, batch, "fcall" if name == FCALL else "evalsha")
             results[name].append(usec)
             results[f"{name}/noop"].append(usec / noop)
     return results
+
+
+def print_breakdown(results: dict[str, list[float]]) -> None:
+    """Where the merge's server time goes, from the medians of the part scripts."""
+    median = {name: statistics.median(values) for name, values in results.items()}
+    noop = median["noop"]
+    print()
+    print(f"{'where the merge time goes':44}{'us':>8}{'x no-op':>10}")
+    accounted = 0.0
+    for label, script, minus in BREAKDOWN:
+        cost = median[script] - (median[minus] if minus else 0.0)
+        accounted += cost
+        print(f"{label:44}{cost:8.2f}{cost / noop:10.1f}")
+    rest = median["merge"] - accounted
+    print(f"{'the rest (arithmetic, formatting, reply)':44}{rest:8.2f}{rest / noop:10.1f}")
+    print(f"{'merge + record (total)':44}{median['merge']:8.2f}{median['merge'] / noop:10.1f}")
+    print(f"{'the same merge as FCALL of the library':44}{median[FCALL]:8.2f}{median[FCALL] / noop:10.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV", help="also time the merge script of this git revision")
     parser.add_argument("--half-life", type=float, metavar="N",
                         help="configure the merged env with this half-life (decayed statistics on)")
+    parser.add_argument("--parts", action="store_true", help="also time each part of the merge (a breakdown)")
     args = parser.parse_args(argv)
     baseline = None if args.baseline is None else baseline_source(args.baseline)
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory), NO_PERSISTENCE) as server:
         client = redis.Redis.from_url(server.url)
         version = client.info("server")["redis_version"]
-        results = measure(client, args.calls, args.rounds, baseline, args.half_life)
+        results = measure(client, args.calls, args.rounds, baseline, args.half_life, args.parts)
+        leftover = list(client.scan_iter(match="cost:*"))
         client.close()
     decay = "" if args.half_life is None else f", merged env with half-life {args.half_life:g}"
     print(f"redis-server {version}, {args.rounds} interleaved rounds of {args.calls} pipelined calls each{decay}")
@@ -119,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"noop": "no-op EVALSHA (us)", "merge": "merge + record (us)", "baseline": f"{args.baseline} merge (us)",
               "merge/noop": "merge / no-op", "baseline/noop": f"{args.baseline} / no-op"}
     for name, values in results.items():
-        q1, median, q3 = quartiles(values)
-        print(f"{labels[name]:28}{q1:10.2f}{median:10.2f}{q3:10.2f}")
+        if name in labels:
+            q1, median, q3 = quartiles(values)
+            print(f"{labels[name]:28}{q1:10.2f}{median:10.2f}{q3:10.2f}")
+    if args.parts:
+        print_breakdown(results)
+    if not leftover:
+        raise RuntimeError("the benchmark's keys vanished before the end: was the server shared?")
     if baseline is not None:
         ratios = [new / old for new, old in zip(results["merge"], results["baseline"])]
         print(f"merge / {args.baseline} merge, median of per-round ratios: {statistics.median(ratios):.2f}")

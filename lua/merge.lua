@@ -121,7 +121,7 @@ if record_key then
   if err then return err end
   if record == nil then
     local texts = format_env(env)
-    texts[#texts + 1] = '0'
+    texts[#ENV_FIELDS + 1] = '0'
     return table.concat(texts, ' ')
   end
 end
@@ -130,7 +130,7 @@ if env.frozen then
     redis.call('SET', record_key, record, 'EX', ttl)
   end
   local texts = format_env(env)
-  texts[#texts + 1] = '2'
+  texts[#ENV_FIELDS + 1] = '2'
   return table.concat(texts, ' ')
 end
 
@@ -155,7 +155,8 @@ if old then
   end
 end
 -- The env after this batch; `env` stays as read, so write_env stores only what changed.
-local new = {stats = merged, half_life = env.half_life, frozen = false, merges = env.merges + 1}
+local new = {stats = merged, half_life = env.half_life, weight = 0, wmean = 0, wm2 = 0, frozen = false,
+  merges = env.merges + 1, updated_at = 0}
 local half_life = env.half_life
 if half_life then
   -- The weighted form of Chan's update: the old part's weights shrink by 2^(-n/H).
@@ -180,5 +181,5 @@ if record then
   redis.call('SET', record_key, record, 'EX', ttl)
 end
 local texts = write_env(key, new, env)
-texts[#texts + 1] = '1'
+texts[#ENV_FIELDS + 1] = '1'
 return table.concat(texts, ' ')

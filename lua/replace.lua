@@ -77,4 +77,4 @@ else
 end
 
 redis.call('DEL', key)
-return table.concat(write_env(key, env, nil, config), ' ')
+return table.concat(write_env(key, env, nil, config), ' ', 1, #ENV_FIELDS)

@@ -24,20 +24,17 @@ local ACTIVITY_FIELDS = {'merges', 'updated_at'}
 -- Written beside the statistics for people reading the hash with redis-cli; never read back:
 local DISPLAY_FIELDS = {'std'}
 
--- Everything an env's hash holds that is read back, in the order of reads and replies. (Plain
--- loops: while a Function library loads, globals such as ipairs and unpack are not available.)
-local ENV_FIELDS = {}
-local ENV_GROUPS = {STAT_FIELDS, DECAY_FIELDS, CONFIG_FIELDS, ACTIVITY_FIELDS}
-for g = 1, #ENV_GROUPS do
-  for i = 1, #ENV_GROUPS[g] do
-    ENV_FIELDS[#ENV_FIELDS + 1] = ENV_GROUPS[g][i]
-  end
-end
--- The fields after the totals (decay, configuration, activity): an env's "state".
-local STATE_FIELDS = {}
-for i = #STAT_FIELDS + 1, #ENV_FIELDS do
-  STATE_FIELDS[#STATE_FIELDS + 1] = ENV_FIELDS[i]
-end
+-- Everything an env's hash holds that is read back, in the order of reads and replies, and the
+-- fields after the totals (decay, configuration, activity): an env's "state". Spelled as
+-- elements of the groups above rather than built by loops: a script (EVALSHA) builds these
+-- on every call, and loops over a table of groups cost about twice as much (tests/test_schema.py
+-- checks both against schema.py, so a field added to a group and not here fails there).
+local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],
+  DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
 local MAX_COUNT = 9007199254740991
@@ -80,32 +77,33 @@ end
 -- a stats table. `kind` is INVALID for arguments and CORRUPT for stored fields; `min_count`
 -- is 1 for a batch, 0 for a replacement.
 local function parse_stats(key, texts, kind, min_count)
-  local stats = {}
-  for i = 1, 5 do
-    local text = texts[i]
-    local value = parse_finite(text)
-    if value == nil then
+  local count, mean, m2, min, max = parse_finite(texts[1]), parse_finite(texts[2]), parse_finite(texts[3]),
+    parse_finite(texts[4]), parse_finite(texts[5])
+  if not (count and mean and m2 and min and max) then
+    for i = 1, 5 do
+      local text = texts[i]
       if text == false then  -- HMGET's answer for an absent field
         return nil, error_for(kind, key, STAT_FIELDS[i] .. ' is missing')
       end
-      return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
-        .. quoted(text))
+      if parse_finite(text) == nil then
+        return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
+          .. quoted(text))
+      end
     end
-    stats[STAT_FIELDS[i]] = value
   end
-  local count = stats.count
   if count < min_count or count > MAX_COUNT or count ~= math.floor(count) then
     return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
       .. ' and < 2^53, got ' .. quoted(texts[1]))
   end
-  if stats.m2 < 0 then
+  if m2 < 0 then
     return nil, error_for(kind, key, 'm2 must be >= 0, got ' .. quoted(texts[3]))
   end
-  if stats.min > stats.max then
+  if min > max then
     return nil, error_for(kind, key, 'min ' .. quoted(texts[4]) .. ' is greater than max '
       .. quoted(texts[5]))
   end
-  return stats
+  -- One constructor: a table filled key by key would be resized three times on the way.
+  return {count = count, mean = mean, m2 = m2, min = min, max = max}
 end
 
 -- Parse an env's state, texts[offset + 1] onwards in STATE_FIELDS order (false: absent), into
@@ -157,7 +155,9 @@ end
 -- Split argument `label` into exactly #names words separated by single spaces, or nil plus
 -- an error reply naming the expected form ('stats must be "count mean m2 min max"').
 local function split_words(key, label, text, names)
-  local texts = {}
+  -- Room for the longest form (7 words) from the start: grown word by word, the table would be
+  -- resized at every power of two.
+  local texts = {false, false, false, false, false, false, false}
   local start = 1
   for i = 1, #names - 1 do
     local space = type(text) == 'string' and string.find(text, ' ', start, true)
@@ -205,7 +205,7 @@ local function read_key(key, expected, command, ...)
   return reply
 end
 
--- Read an env's hash: a table with `stats` (nil when the env has no statistics), the state of
+-- Read an env's hash: a table with `stats` (false when the env has no statistics), the state of
 -- parse_state and `stored`, the texts as read (ENV_FIELDS order, false: absent), or nil plus
 -- an error reply. One HMGET whatever the env holds.
 local function read_env(key)
@@ -213,7 +213,9 @@ local function read_env(key)
   if err then
     return nil, err
   end
-  local env = {stored = stored}
+  -- Every field the env will get, from the start (no resizing as parse_state fills it).
+  local env = {stored = stored, stats = false, half_life = false, weight = 0, wmean = 0, wm2 = 0, frozen = false,
+    merges = 0, updated_at = 0}
   if stored[1] or stored[2] or stored[3] or stored[4] or stored[5] then
     env.stats, err = parse_stats(key, stored, 'CORRUPT', 1)
     if err then
@@ -232,7 +234,7 @@ end
 -- the configuration is never stored here (see write_env's `extra`).
 local function env_texts(env, old, fields)
   local stored = old and old.stored
-  local texts = {}
+  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
   local function put(i, value, previous)
     local text = stored and stored[i]
     if not text or value ~= previous then
