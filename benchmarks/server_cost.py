@@ -15,7 +15,12 @@ time goes: each part is the difference between two of these scripts' medians (so
 are within the noise of a busy machine; the ratios to the no-op move less than the
 microseconds).
 
+With ``--primitives`` it also times single Lua operations (a tonumber, a '%.17g', a
+redis.call of each command the merge sends...), each looped inside one EVALSHA so the call's
+own cost is spread over many: nanoseconds per operation, what any rework of the script pays.
+
     python benchmarks/server_cost.py [--calls 20000] [--rounds 7] [--baseline REV] [--half-life N] [--parts]
+                                     [--primitives]
 
 Asserts nothing: it prints measurements.
 """
@@ -46,6 +51,38 @@ NOOP = "return 1"
 PIPELINE_CHUNK = 1000
 MERGE_HSET = "redis.call('HSET', key, unpack(fields))"
 FCALL = "merge (FCALL)"
+
+
+#: --primitives: {what: Lua}, each run LOOP times in one script after the helpers (KEYS[1] the
+#: merge's env, KEYS[2] a string, KEYS[3] a hash of their own; ARGV[1] a number as the client
+#: sends it, ARGV[2] the record lifetime).
+PRIMITIVES = {
+    "empty loop": "",
+    "tonumber of '%+.16e' text": "local v = tonumber(ARGV[1])",
+    "parse_finite (validation included)": "local v = parse_finite(ARGV[1])",
+    "string.format('%.17g')": "local t = string.format('%.17g', i * 0.1)",
+    "string.format('%d')": "local t = string.format('%d', 1764648000000 + i)",
+    "a closure": "local function f(x) return x + i end",
+    "a table of 5 keyed fields": "local t = {count = i, mean = 1, m2 = 2, min = 3, max = 4}",
+    "redis.call TIME": "redis.call('TIME')",
+    "redis.call GET": "redis.call('GET', KEYS[2])",
+    "redis.call HMGET of the 12 fields": "redis.call('HMGET', KEYS[1], unpack(ENV_FIELDS))",
+    "redis.call HSET of 6 fields": "redis.call('HSET', KEYS[3], 'count', '4', 'mean', '0.5', 'm2', '3', 'std', '1', "
+                                   "'merges', '7', 'updated_at', '8')",
+    "redis.call SET EX, lifetime as text": "redis.call('SET', KEYS[2], 'x', 'EX', ARGV[2])",
+    "redis.call SET EX, lifetime a Lua number": "redis.call('SET', KEYS[2], 'x', 'EX', 86400)",
+}
+PRIMITIVE_LOOP = 1000
+PRIMITIVE_CALLS = 20
+
+
+def time_primitives(client: redis.Redis, shas: dict[str, str]) -> dict[str, float]:
+    """One round of --primitives: server usec per script call of each."""
+    found = {}
+    for name, sha in shas.items():
+        calls = [(sha, ("cost:{merge}", "cost:{merge}:string", "cost:{merge}:hash"), ("+5.0000000000000000e-01", "86400"))]
+        found[name] = _timed(client, calls * PRIMITIVE_CALLS)
+    return found
 
 
 def part_sources() -> dict[str, tuple[str, int]]:
@@ -118,7 +155,8 @@ def baseline_source(revision: str) -> str:
 
 
 def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
-            half_life: float | None = None, with_parts: bool = False) -> dict[str, list[float]]:
+            half_life: float | None = None, with_parts: bool = False,
+            with_primitives: bool = False) -> dict[str, list[float]]:
     """Per round: usec per no-op and per merge (and per baseline merge), and the ratios. With
     ``half_life`` the current merge's env keeps decayed statistics (the baseline's ignores it)."""
     noop_sha = client.script_load(NOOP)
@@ -142,8 +180,12 @@ def measure(client: redis.Redis, calls: int, rounds: int, baseline: str | None,
     # each record a window of gaps at every round (the numbers the other script used), and time
     # the gap bookkeeping instead of the usual merge.
     sequence = dict.fromkeys(merges, 0)
+    primitives = {name: client.script_load(f"{_read_lua('stats_lib')}\nfor i = 1, {PRIMITIVE_LOOP} do\n{body}\nend\n"
+                                           "return 1") for name, body in PRIMITIVES.items()} if with_primitives else {}
     results: dict[str, list[float]] = {name: [] for name in ("noop", *merges, *(f"{m}/noop" for m in merges))}
     for _ in range(rounds):
+        for name, usec in time_primitives(client, primitives).items():
+            results.setdefault(f"primitive:{name}", []).append(usec)
         noop = _timed(client, [(noop_sha, (), ())] * calls)
         results["noop"].append(noop)
         for name, sha in merges.items():
@@ -182,6 +224,17 @@ def print_breakdown(results: dict[str, list[float]]) -> None:
     print(f"{'the same merge as FCALL of the library':44}{median[FCALL]:8.2f}{median[FCALL] / noop:10.1f}")
 
 
+def print_primitives(results: dict[str, list[float]]) -> None:
+    """Nanoseconds per Lua operation: a looped script's median minus the empty loop's."""
+    empty = statistics.median(results["primitive:empty loop"])
+    print()
+    print(f"{'one Lua operation in a script':44}{'ns':>8}")
+    for name in PRIMITIVES:
+        if name != "empty loop":
+            usec = statistics.median(results[f"primitive:{name}"]) - empty
+            print(f"{name:44}{1000 * usec / PRIMITIVE_LOOP:8.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20000, help="calls per round and kind")
@@ -190,12 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half-life", type=float, metavar="N",
                         help="configure the merged env with this half-life (decayed statistics on)")
     parser.add_argument("--parts", action="store_true", help="also time each part of the merge (a breakdown)")
+    parser.add_argument("--primitives", action="store_true", help="also time single Lua operations (ns each)")
     args = parser.parse_args(argv)
     baseline = None if args.baseline is None else baseline_source(args.baseline)
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory), NO_PERSISTENCE) as server:
         client = redis.Redis.from_url(server.url)
         version = client.info("server")["redis_version"]
-        results = measure(client, args.calls, args.rounds, baseline, args.half_life, args.parts)
+        results = measure(client, args.calls, args.rounds, baseline, args.half_life, args.parts, args.primitives)
         leftover = list(client.scan_iter(match="cost:*"))
         client.close()
     decay = "" if args.half_life is None else f", merged env with half-life {args.half_life:g}"
@@ -209,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{labels[name]:28}{q1:10.2f}{median:10.2f}{q3:10.2f}")
     if args.parts:
         print_breakdown(results)
+    if args.primitives:
+        print_primitives(results)
     if not leftover:
         raise RuntimeError("the benchmark's keys vanished before the end: was the server shared?")
     if baseline is not None:

@@ -64,6 +64,9 @@ local function updated_record(seq)
   local stored
   stored, err = read_key(record_key, 'string', 'GET')
   if err then return nil, err end
+  if stored == string.format('%d', seq - 1) then
+    return string.format('%d', seq)  -- the usual case: the next batch, none in flight
+  end
   local highest, gaps = 0, ''
   if stored then
     local colon = string.find(stored, ':', 1, true)
@@ -76,9 +79,6 @@ local function updated_record(seq)
   end
   if seq > highest then
     local record = string.format('%d', seq)
-    if gaps == '' and seq == highest + 1 then
-      return record  -- the usual case: the next batch, nothing in flight
-    end
     -- Keep the gaps still inside the window, and add the numbers skipped on the way to seq.
     local kept = {}
     local lowest = seq - WINDOW
