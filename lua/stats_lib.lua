@@ -73,9 +73,9 @@ local function error_for(kind, key, detail)
   return redis.error_reply('REWARDNORM_' .. kind .. ' ' .. key .. ' ' .. detail)
 end
 
--- Parse five texts (count, mean, m2, min, max), texts[offset + 1] to texts[offset + 5], into
--- a stats table. `kind` is INVALID for arguments and CORRUPT for stored fields; `min_count`
--- is 1 for a batch, 0 for a replacement.
+-- Parse five texts (count, mean, m2, min, max: texts[1] to texts[5]) into a stats table.
+-- `kind` is INVALID for arguments and CORRUPT for stored fields; `min_count` is 1 for a batch,
+-- 0 for a replacement. On a failure, the first bad field in that order is named.
 local function parse_stats(key, texts, kind, min_count)
   local count, mean, m2, min, max = parse_finite(texts[1]), parse_finite(texts[2]), parse_finite(texts[3]),
     parse_finite(texts[4]), parse_finite(texts[5])
