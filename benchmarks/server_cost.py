@@ -69,6 +69,10 @@ PRIMITIVES = {
     "redis.call HMGET of the 12 fields": "redis.call('HMGET', KEYS[1], unpack(ENV_FIELDS))",
     "redis.call HSET of 6 fields": "redis.call('HSET', KEYS[3], 'count', '4', 'mean', '0.5', 'm2', '3', 'std', '1', "
                                    "'merges', '7', 'updated_at', '8')",
+    # The alternative layout, all the numbers in one field: what its read and write would cost.
+    "redis.call HSET of 1 field of 12 numbers": "redis.call('HSET', KEYS[3], 'state', '16 0.37500000000000001 "
+                                                "85.000000000000014 -1.5 2.25 0 0 0 0 0 5 1764648000000')",
+    "redis.call HGET of that field": "redis.call('HGET', KEYS[3], 'state')",
     "redis.call SET EX, lifetime as text": "redis.call('SET', KEYS[2], 'x', 'EX', ARGV[2])",
     "redis.call SET EX, lifetime a Lua number": "redis.call('SET', KEYS[2], 'x', 'EX', 86400)",
 }
