@@ -18,7 +18,7 @@
 --
 -- Cost: O(1): HGET, then HSET or HDEL.
 
-local err = check_arity('freeze', KEYS, ARGV, {{1, 1}})
+local err = check_arity('freeze', KEYS, ARGV, {1, 1})
 if err then return err end
 local key = KEYS[1]
 

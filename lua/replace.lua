@@ -22,7 +22,7 @@
 --
 -- Cost: O(1): HMGET (without ARGV[2]) or TYPE, DEL, HSET.
 
-local err = check_arity('replace', KEYS, ARGV, {{1, 1}, {1, 2}})
+local err = check_arity('replace', KEYS, ARGV, {1, 1, 1, 2})
 if err then return err end
 local key = KEYS[1]
 
@@ -48,7 +48,7 @@ if ARGV[2] then
     end
     texts[#DECAY_FIELDS + 1] = false
   end
-  env, err = parse_state(key, texts, 'INVALID', env)
+  env, err = parse_state(key, texts, 0, 'INVALID', env)
   if err then return err end
   err = check_type(key, 'hash')
   if err then return err end
@@ -77,4 +77,4 @@ else
 end
 
 redis.call('DEL', key)
-return reply_text(write_env(key, env, config))
+return table.concat(write_env(key, env, nil, config), ' ', 1, #ENV_FIELDS)

@@ -24,32 +24,42 @@ local ACTIVITY_FIELDS = {'merges', 'updated_at'}
 -- Written beside the statistics for people reading the hash with redis-cli; never read back:
 local DISPLAY_FIELDS = {'std'}
 
--- Everything an env's hash holds that is read back, in the order of reads and replies. (Plain
--- loops: while a Function library loads, globals such as ipairs and unpack are not available.)
-local ENV_FIELDS = {}
-local ENV_GROUPS = {STAT_FIELDS, DECAY_FIELDS, CONFIG_FIELDS, ACTIVITY_FIELDS}
-for g = 1, #ENV_GROUPS do
-  for i = 1, #ENV_GROUPS[g] do
-    ENV_FIELDS[#ENV_FIELDS + 1] = ENV_GROUPS[g][i]
-  end
-end
--- The fields after the totals (decay, configuration, activity): an env's "state".
-local STATE_FIELDS = {}
-for i = #STAT_FIELDS + 1, #ENV_FIELDS do
-  STATE_FIELDS[#STATE_FIELDS + 1] = ENV_FIELDS[i]
-end
+-- Everything an env's hash holds that is read back, in the order of reads and replies, and the
+-- fields after the totals (decay, configuration, activity): an env's "state". Spelled as
+-- elements of the groups above rather than built by loops: a script (EVALSHA) builds these
+-- on every call, and loops over a table of groups cost about twice as much (tests/test_schema.py
+-- checks both against schema.py, so a field added to a group and not here fails there).
+local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],
+  DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
 local MAX_COUNT = 9007199254740991
 
--- tonumber() accepts 'nan', 'inf', '1e400' (-> inf), ' 1' and hex ('0x10'): a number is valid
--- only if its text is plain decimal (digits, sign, point, exponent) and its value finite.
+-- Cost matters here: a merge runs these helpers on every call, and as a script (EVALSHA) it
+-- also runs this whole file's top level each time (benchmarks/server_cost.py --parts measures
+-- each part). So: no table or closure is made that a call does not need, numbers stay strings
+-- on their way into redis.call (Redis would format a Lua number with '%.17g' to read it), and
+-- a stored text whose value did not change is neither formatted again nor written. (Library
+-- functions cannot be cached in locals here: while a Function library loads, even `string`
+-- is not reachable.)
+
+-- A number is valid only if its text is plain decimal (sign, digits, point, exponent) and its
+-- value finite. tonumber() also reads ' 1' and '1 ', hex ('0x10', '-0x1p4'), 'nan', 'inf',
+-- '1e400' (inf) and stops at a NUL ('1\0x'); past tonumber and the finiteness check
+-- (x - x is 0 only for a finite x), those all have a first byte outside [+-.0-9], an x in
+-- place 2 or 3, a last byte below '.', or a NUL. (A byte check: cheaper than a pattern.)
 local function parse_finite(text)
-  if type(text) ~= 'string' or not string.find(text, '^[0-9eE.+-]+$') then
+  local value = text and tonumber(text)
+  if not value or value - value ~= 0 then
     return nil
   end
-  local value = tonumber(text)
-  if value == nil or value ~= value or value == math.huge or value == -math.huge then
+  local first, second, third = string.byte(text, 1, 3)
+  if first < 43 or first > 57 or first == 44 or first == 47 or second == 120 or second == 88
+      or third == 120 or third == 88 or string.byte(text, -1) < 46 or string.find(text, '\0', 1, true) then
     return nil
   end
   return value
@@ -63,84 +73,81 @@ local function error_for(kind, key, detail)
   return redis.error_reply('REWARDNORM_' .. kind .. ' ' .. key .. ' ' .. detail)
 end
 
--- Parse five texts (count, mean, m2, min, max) into a stats table. `kind` is INVALID for
--- arguments and CORRUPT for stored fields; `min_count` is 1 for a batch, 0 for a replacement.
+-- Parse five texts (count, mean, m2, min, max: texts[1] to texts[5]) into a stats table.
+-- `kind` is INVALID for arguments and CORRUPT for stored fields; `min_count` is 1 for a batch,
+-- 0 for a replacement. On a failure, the first bad field in that order is named.
 local function parse_stats(key, texts, kind, min_count)
-  local stats = {}
-  for i = 1, #STAT_FIELDS do
-    if texts[i] == false then  -- HMGET's answer for an absent field
-      return nil, error_for(kind, key, STAT_FIELDS[i] .. ' is missing')
+  local count, mean, m2, min, max = parse_finite(texts[1]), parse_finite(texts[2]), parse_finite(texts[3]),
+    parse_finite(texts[4]), parse_finite(texts[5])
+  if not (count and mean and m2 and min and max) then
+    for i = 1, 5 do
+      local text = texts[i]
+      if text == false then  -- HMGET's answer for an absent field
+        return nil, error_for(kind, key, STAT_FIELDS[i] .. ' is missing')
+      end
+      if parse_finite(text) == nil then
+        return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
+          .. quoted(text))
+      end
     end
-    local value = parse_finite(texts[i])
-    if value == nil then
-      return nil, error_for(kind, key, STAT_FIELDS[i] .. ' must be a finite decimal number, got '
-        .. quoted(texts[i]))
-    end
-    stats[STAT_FIELDS[i]] = value
   end
-  local count = stats.count
   if count < min_count or count > MAX_COUNT or count ~= math.floor(count) then
     return nil, error_for(kind, key, 'count must be an integer >= ' .. min_count
       .. ' and < 2^53, got ' .. quoted(texts[1]))
   end
-  if stats.m2 < 0 then
+  if m2 < 0 then
     return nil, error_for(kind, key, 'm2 must be >= 0, got ' .. quoted(texts[3]))
   end
-  if stats.min > stats.max then
+  if min > max then
     return nil, error_for(kind, key, 'min ' .. quoted(texts[4]) .. ' is greater than max '
       .. quoted(texts[5]))
   end
-  return stats
+  -- One constructor: a table filled key by key would be resized three times on the way.
+  return {count = count, mean = mean, m2 = m2, min = min, max = max}
 end
 
-local function parse_count(text)
-  local value = parse_finite(text)
-  if value == nil or value < 0 or value > MAX_COUNT or value ~= math.floor(value) then
-    return nil
-  end
-  return value
-end
-
--- Parse an env's state, texts in STATE_FIELDS order (false: absent) into `env`:
--- env.half_life (nil: no decay), env.weight/wmean/wm2 (only with a half-life), env.frozen,
--- env.merges and env.updated_at (0 when absent). `kind` as for parse_stats.
-local function parse_state(key, texts, kind, env)
-  local text = {}
-  for i = 1, #STATE_FIELDS do
-    text[STATE_FIELDS[i]] = texts[i]
-  end
+-- Parse an env's state, texts[offset + 1] onwards in STATE_FIELDS order (false: absent), into
+-- `env`: env.half_life (nil: no decay), env.weight/wmean/wm2 (only with a half-life),
+-- env.frozen, env.merges and env.updated_at (0 when absent). `kind` as for parse_stats.
+local function parse_state(key, texts, offset, kind, env)
   env.half_life = nil
-  if text.half_life ~= false then
-    local half_life = parse_finite(text.half_life)
+  local text = texts[offset + 4]  -- half_life
+  if text ~= false then
+    local half_life = parse_finite(text)
     if half_life == nil or half_life <= 0 then
-      return nil, error_for(kind, key, 'half_life must be a positive finite number, got ' .. quoted(text.half_life))
+      return nil, error_for(kind, key, 'half_life must be a positive finite number, got ' .. quoted(text))
     end
     env.half_life = half_life
-    for _, field in ipairs(DECAY_FIELDS) do
-      if text[field] == false then
+    for i = 1, 3 do
+      local field = DECAY_FIELDS[i]
+      text = texts[offset + i]
+      if text == false then
         return nil, error_for(kind, key, field .. ' is missing')
       end
-      local value = parse_finite(text[field])
-      if value == nil or (field ~= 'wmean' and value < 0) then
+      local value = parse_finite(text)
+      if value == nil or (i ~= 2 and value < 0) then  -- the weighted mean (2) may be negative
         return nil, error_for(kind, key, field .. ' must be a finite decimal number'
-          .. (field ~= 'wmean' and ' >= 0' or '') .. ', got ' .. quoted(text[field]))
+          .. (i ~= 2 and ' >= 0' or '') .. ', got ' .. quoted(text))
       end
       env[field] = value
     end
   end
-  if text.frozen ~= false and text.frozen ~= '0' and text.frozen ~= '1' then
-    return nil, error_for(kind, key, 'frozen must be 0 or 1, got ' .. quoted(text.frozen))
+  text = texts[offset + 5]  -- frozen
+  if text ~= false and text ~= '0' and text ~= '1' then
+    return nil, error_for(kind, key, 'frozen must be 0 or 1, got ' .. quoted(text))
   end
-  env.frozen = text.frozen == '1'
-  for _, field in ipairs(ACTIVITY_FIELDS) do
+  env.frozen = text == '1'
+  for i = 1, 2 do
     local value = 0
-    if text[field] ~= false then
-      value = parse_count(text[field])
-      if value == nil then
-        return nil, error_for(kind, key, field .. ' must be an integer >= 0 and < 2^53, got ' .. quoted(text[field]))
+    text = texts[offset + 5 + i]
+    if text ~= false then
+      value = parse_finite(text)
+      if value == nil or value < 0 or value > MAX_COUNT or value ~= math.floor(value) then
+        return nil, error_for(kind, key, ACTIVITY_FIELDS[i] .. ' must be an integer >= 0 and < 2^53, got '
+          .. quoted(text))
       end
     end
-    env[field] = value
+    env[ACTIVITY_FIELDS[i]] = value
   end
   return env
 end
@@ -148,7 +155,9 @@ end
 -- Split argument `label` into exactly #names words separated by single spaces, or nil plus
 -- an error reply naming the expected form ('stats must be "count mean m2 min max"').
 local function split_words(key, label, text, names)
-  local texts = {}
+  -- Room for the longest form (7 words) from the start: grown word by word, the table would be
+  -- resized at every power of two.
+  local texts = {false, false, false, false, false, false, false}
   local start = 1
   for i = 1, #names - 1 do
     local space = type(text) == 'string' and string.find(text, ' ', start, true)
@@ -196,96 +205,105 @@ local function read_key(key, expected, command, ...)
   return reply
 end
 
--- Read an env's hash: a table with `stats` (nil when the env has no statistics) and the
--- state of parse_state, or nil plus an error reply. One HMGET whatever the env holds.
+-- Read an env's hash: a table with `stats` (false when the env has no statistics), the state of
+-- parse_state and `stored`, the texts as read (ENV_FIELDS order, false: absent), or nil plus
+-- an error reply. One HMGET whatever the env holds.
 local function read_env(key)
   local stored, err = read_key(key, 'hash', 'HMGET', unpack(ENV_FIELDS))
   if err then
     return nil, err
   end
-  local env = {}
-  for i = 1, #STAT_FIELDS do
-    if stored[i] ~= false then
-      env.stats, err = parse_stats(key, stored, 'CORRUPT', 1)
-      if err then
-        return nil, err
+  -- Every field the env will get, from the start (no resizing as parse_state fills it).
+  local env = {stored = stored, stats = false, half_life = false, weight = 0, wmean = 0, wm2 = 0, frozen = false,
+    merges = 0, updated_at = 0}
+  if stored[1] or stored[2] or stored[3] or stored[4] or stored[5] then
+    env.stats, err = parse_stats(key, stored, 'CORRUPT', 1)
+    if err then
+      return nil, err
+    end
+  end
+  return parse_state(key, stored, #STAT_FIELDS, 'CORRUPT', env)
+end
+
+-- The env's record as texts in ENV_FIELDS order (the words of a reply: '%d' and '%.17g', as
+-- Redis would truncate Lua numbers in a reply to integers and tostring keeps only 14 digits),
+-- and, into `fields`, the field/value pairs to store: those that differ from `old` (the env
+-- as read_env returned it; nil: store everything). A float that `old` held with the same
+-- value keeps its stored text: that text parses to the very same double, so it is neither
+-- formatted again nor written. Absent statistics, decay and activity are zeros, never stored;
+-- the configuration is never stored here (see write_env's `extra`).
+local function env_texts(env, old, fields)
+  local stored = old and old.stored
+  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
+  local function put(i, value, previous)
+    local text = stored and stored[i]
+    if not text or value ~= previous then
+      text = string.format('%.17g', value)
+      if fields then
+        fields[#fields + 1] = ENV_FIELDS[i]
+        fields[#fields + 1] = text
       end
-      break
     end
+    texts[i] = text
   end
-  return parse_state(key, {unpack(stored, #STAT_FIELDS + 1)}, 'CORRUPT', env)
-end
-
--- The totals as texts ('%d' and '%.17g': Redis would truncate Lua numbers in a reply to
--- integers, and tostring keeps only 14 digits). Absent stats (nil) format as zeros: count 0
--- means empty.
-local function format_stats(stats)
-  local texts = {string.format('%d', stats and stats.count or 0)}
-  for i = 2, #STAT_FIELDS do
-    texts[i] = string.format('%.17g', stats and stats[STAT_FIELDS[i]] or 0)
-  end
-  return texts
-end
-
--- Every field of ENV_FIELDS as text, for replies: an absent half-life, decay and activity
--- format as 0.
-local function format_env(env)
-  local texts = format_stats(env.stats)
-  for _, field in ipairs(DECAY_FIELDS) do
-    texts[#texts + 1] = string.format('%.17g', env.half_life and env[field] or 0)
-  end
-  texts[#texts + 1] = string.format('%.17g', env.half_life or 0)
-  texts[#texts + 1] = env.frozen and '1' or '0'
-  for _, field in ipairs(ACTIVITY_FIELDS) do
-    texts[#texts + 1] = string.format('%d', env[field])
-  end
-  return texts
-end
-
--- Store the env in one HSET: the totals (with a human-readable std) unless empty, the decayed
--- statistics with a half-life, the activity unless 0, and `extra` field/value pairs (the
--- configuration, for a replace; merges leave it alone). Returns the texts of format_env.
-local function write_env(key, env, extra)
-  local texts = format_env(env)
-  local fields = extra or {}
-  local function put(field, text)
-    fields[#fields + 1] = field
-    fields[#fields + 1] = text
-  end
-  if env.stats then
-    for i = 1, #STAT_FIELDS do
-      put(STAT_FIELDS[i], texts[i])
+  local stats, previous = env.stats, old and old.stats or {}
+  if stats then
+    local count = stats.count
+    texts[1] = string.format('%d', count)
+    local changed = count ~= previous.count or stats.m2 ~= previous.m2
+    if changed and fields then
+      fields[#fields + 1] = 'count'
+      fields[#fields + 1] = texts[1]
     end
-    local std = 0
-    if env.stats.count >= 2 then
-      std = math.sqrt(env.stats.m2 / env.stats.count)
+    put(2, stats.mean, previous.mean)
+    put(3, stats.m2, previous.m2)
+    put(4, stats.min, previous.min)
+    put(5, stats.max, previous.max)
+    if changed and fields then
+      fields[#fields + 1] = DISPLAY_FIELDS[1]
+      fields[#fields + 1] = string.format('%.17g', count >= 2 and math.sqrt(stats.m2 / count) or 0)
     end
-    put(DISPLAY_FIELDS[1], string.format('%.17g', std))
+  else
+    texts[1], texts[2], texts[3], texts[4], texts[5] = '0', '0', '0', '0', '0'
   end
   if env.half_life then
-    for i = 1, #DECAY_FIELDS do
-      put(DECAY_FIELDS[i], texts[#STAT_FIELDS + i])
+    local before = old or {}
+    put(6, env.weight, before.weight)
+    put(7, env.wmean, before.wmean)
+    put(8, env.wm2, before.wm2)
+    texts[9] = stored and stored[9] or string.format('%.17g', env.half_life)
+  else
+    texts[6], texts[7], texts[8], texts[9] = '0', '0', '0', '0'
+  end
+  texts[10] = env.frozen and '1' or '0'
+  for i = 1, 2 do
+    local field = ACTIVITY_FIELDS[i]
+    local value = env[field]
+    texts[10 + i] = string.format('%d', value)
+    if fields and value ~= 0 and value ~= (old and old[field]) then
+      fields[#fields + 1] = field
+      fields[#fields + 1] = texts[10 + i]
     end
   end
-  for i = 1, #ACTIVITY_FIELDS do
-    if env[ACTIVITY_FIELDS[i]] ~= 0 then
-      put(ACTIVITY_FIELDS[i], texts[#ENV_FIELDS - #ACTIVITY_FIELDS + i])
-    end
-  end
+  return texts
+end
+
+-- The texts of ENV_FIELDS for a reply about `env` as read (nothing formatted that read_env
+-- found stored).
+local function format_env(env)
+  return env_texts(env, env, nil)
+end
+
+-- Store what changed from `old` (nil: everything, after a DEL) in one HSET, with a
+-- human-readable std beside the totals, and `extra` field/value pairs (the configuration, for
+-- a replace; merges leave it alone). Returns the texts of env_texts.
+local function write_env(key, env, old, extra)
+  local fields = extra or {}
+  local texts = env_texts(env, old, fields)
   if #fields > 0 then
     redis.call('HSET', key, unpack(fields))
   end
   return texts
-end
-
--- The reply of an operation: one string, the words of ENV_FIELDS plus any extra words (one
--- bulk string parses faster in a client than an array).
-local function reply_text(texts, extra)
-  local reply = table.concat(texts, ' ')
-  if extra then
-    reply = reply .. ' ' .. extra
-  end
-  return reply
 end
 
 -- The server's clock in milliseconds since the epoch (scripts replicate by effects, so
@@ -295,14 +313,17 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Operations take a fixed number of keys and arguments; `forms` lists the accepted {keys, args}.
+-- Operations take a fixed number of keys and arguments; `forms` lists the accepted numbers of
+-- keys and arguments, flat: {keys, args, keys, args, ...} (one table per call, not one per form).
 local function check_arity(name, keys, args, forms)
-  local accepted = {}
-  for _, form in ipairs(forms) do
-    if #keys == form[1] and #args == form[2] then
+  for i = 1, #forms, 2 do
+    if #keys == forms[i] and #args == forms[i + 1] then
       return nil
     end
-    accepted[#accepted + 1] = form[1] .. ' key(s) and ' .. form[2] .. ' argument(s)'
+  end
+  local accepted = {}
+  for i = 1, #forms, 2 do
+    accepted[#accepted + 1] = forms[i] .. ' key(s) and ' .. forms[i + 1] .. ' argument(s)'
   end
   return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. table.concat(accepted, ' or ')
     .. ', got ' .. #keys .. ' and ' .. #args)
