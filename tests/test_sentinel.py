@@ -254,7 +254,7 @@ def test_failover_with_replicas_1_loses_nothing_and_doubles_nothing(tmp_path: Pa
     for worker in figures.per_worker:
         assert worker["after_failover"] > 0, worker  # followed the new primary, no restart
         assert worker["counted"] == worker["acknowledged"] == worker["sent"], worker
-        assert worker["sum_matches"], worker  # each batch 1..n counted exactly once
+        assert worker["each_once"] and worker["lost"] == worker["doubled"] == 0, worker  # batch by batch
     assert figures.not_replicated_errors > 0  # with no replica left, merges said so until one came back
 
 
@@ -269,8 +269,8 @@ def test_failover_without_replicas_never_doubles_and_loses_what_was_not_replicat
     print(figures.row())
     for worker in figures.per_worker:
         assert worker["after_failover"] > 0, worker
-        assert worker["doubled"] == 0 and worker["counted"] <= worker["acknowledged"], worker
+        assert worker["doubled"] == 0, worker  # measured batch by batch: no batch counted twice
     # What is lost is what the replica had not received: the merges of the last `lag` seconds
     # before the kill, never those acknowledged by the new primary.
     assert figures.counted >= figures.acknowledged_after_failover
-    assert figures.lost == figures.acknowledged - figures.counted
+    assert figures.lost == figures.acknowledged - figures.counted + figures.counted_unacknowledged
