@@ -7,10 +7,13 @@ for the tests); later runs reuse it, and install again only when ``pyproject.tom
 a command needs extras not installed yet (a stamp in the venv records both), so a second run
 starts at once.
 
-``test`` runs pytest (extra arguments go to it) against the Redis at 127.0.0.1:6379 if one
-answers, else one it starts there for the run (no persistence, in a temp dir, stopped by PID
-afterwards) when ``redis-server`` is on PATH; tests that need a server skip without one (fail
-under ``SHARED_REWARDNORM_REQUIRE_REDIS=1``). pytest collecting no test is a failure.
+``test`` runs pytest (extra arguments go to it) against the Redis at
+``$SHARED_REWARDNORM_TEST_URL`` (default ``redis://127.0.0.1:6379/0``) if one answers there
+(an answer asking for a password counts: that port is taken), else, only for the default
+local URL, one it starts there for the run (no persistence, in a temp dir, stopped by PID
+afterwards, also on SIGTERM) when ``redis-server`` is on PATH; tests that need a server skip
+without one (fail under ``SHARED_REWARDNORM_REQUIRE_REDIS=1``). pytest collecting no test is a
+failure.
 ``.ci/run`` calls this same command with a fresh venv (``--venv DIR --no-editable``).
 
 Another suite with a venv of its own (say an integration with a framework that pins other
@@ -24,17 +27,25 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_VENV = REPO / ".venv"
 STAMP = ".shared-rewardnorm-dev.json"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+TEST_URL_VARIABLE = "SHARED_REWARDNORM_TEST_URL"
+DEFAULT_TEST_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+#: What a Redis answers to PING when it wants a password: it is a Redis all the same.
+REDIS_REPLIES = (b"+PONG", b"-NOAUTH", b"-WRONGPASS")
 
 
 def say(message: str) -> None:
@@ -55,7 +66,13 @@ def ensure_venv(venv: Path, extras: set[str], editable: bool = True) -> Path:
     python = venv_python(venv)
     if not python.exists():
         say(f"creating a venv in {venv}")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        except subprocess.CalledProcessError as exc:
+            shutil.rmtree(venv, ignore_errors=True)  # a half-made venv would be taken as made next time
+            raise SystemExit(f"dev.py: `{sys.executable} -m venv` failed (exit {exc.returncode}). On Debian and "
+                             "Ubuntu the venv module is a package of its own: install python3-venv (e.g. "
+                             "`sudo apt-get install python3-venv`), then run this again") from None
     stamp_path = venv / STAMP
     try:
         stamp = json.loads(stamp_path.read_text())
@@ -76,14 +93,43 @@ def ensure_venv(venv: Path, extras: set[str], editable: bool = True) -> Path:
     return python
 
 
+def redis_for_tests(url: str | None) -> tuple[str, int, bool]:
+    """Host and port of the tests' Redis (``$SHARED_REWARDNORM_TEST_URL``, else the default),
+    and whether it is the default local one, the only one this script may start."""
+    url = url or DEFAULT_TEST_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return "", 0, False  # a unix socket or TLS URL: the tests' own business, never started here
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return "", 0, False
+    return parts.hostname, port, (parts.scheme, parts.hostname, port) == ("redis", REDIS_HOST, REDIS_PORT)
+
+
 def redis_answers(host: str = REDIS_HOST, port: int = REDIS_PORT) -> bool:
-    """Whether a Redis answers PING at host:port (plain RESP over a socket: no client needed)."""
+    """Whether a Redis answers PING at host:port (plain RESP over a socket: no client needed).
+    ``-NOAUTH``/``-WRONGPASS`` count: a Redis with a password holds that port all the same."""
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith(REDIS_REPLIES)
     except OSError:
         return False
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` while inside, so ``finally`` blocks run (the Redis
+    started for the run is stopped when CI or a user terminates this script)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def start_redis(directory: Path) -> subprocess.Popen[bytes] | None:
@@ -126,8 +172,15 @@ def cmd_demo(python: Path, rest: list[str]) -> int:
 
 
 def cmd_test(python: Path, rest: list[str]) -> int:
-    with tempfile.TemporaryDirectory(prefix="shared-rewardnorm-redis-") as directory:
-        server = None if redis_answers() else start_redis(Path(directory))
+    host, port, default = redis_for_tests(os.environ.get(TEST_URL_VARIABLE))
+    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="shared-rewardnorm-redis-") as directory:
+        server = None
+        if host and not redis_answers(host, port):
+            if default:
+                server = start_redis(Path(directory))
+            else:
+                say(f"no Redis answers at {host}:{port} (${TEST_URL_VARIABLE}); only the default "
+                    f"{DEFAULT_TEST_URL} is started here, so the tests that need it will skip or fail")
         try:
             # The checkout comes first on sys.path (python -m pytest from the repo), so the tests
             # check this commit's code even with a non-editable install (see .ci/run).

@@ -1,6 +1,6 @@
 """What shared reward normalization changes in the advantages, measured (numpy only; no trainer).
 
-    python examples/advantage_algebra.py [--seed 0] [--redis-url URL]
+    python examples/advantage_algebra.py [--seed 0] [--redis-url URL] [--namespace NAME]
 
 Rewards of two made-up envs go through ``SharedRewardNormalizer`` (z-score, statistics shared
 through the store), and the advantages that common RL estimators compute from the raw and from
@@ -61,9 +61,13 @@ def share(parts: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.abs(p).sum()) / total for name, p in parts.items()}
 
 
-def measure(seed: int, redis_url: str | None) -> dict[str, float]:
+def measure(seed: int, redis_url: str | None, namespace: str | None = None) -> dict[str, float]:
+    """Every figure docs/TRAINING.md quotes. With ``namespace`` given the caller owns its keys
+    (a test deletes them all, batch records included); without, a random one is used and its
+    statistics are reset at the end (the batch records expire after ``batch_record_ttl``)."""
     rng = np.random.default_rng(seed)
-    namespace = f"algebra-{uuid.uuid4().hex[:8]}"
+    owned = namespace is None
+    namespace = namespace or f"algebra-{uuid.uuid4().hex[:8]}"
     results: dict[str, float] = {}
     norms = {env: SharedRewardNormalizer(env, redis_url, namespace=namespace, warmup=0, clip=None)
              for env in ("length", "correct")}
@@ -104,9 +108,12 @@ def measure(seed: int, redis_url: str | None) -> dict[str, float]:
                 parts = {"length": adv[: len(rewards["length"])], "correct": adv[len(rewards["length"]):]}
                 results[f"mixed batch, {name}, {label}: share of |A| from length"] = share(parts)["length"]
     finally:
-        store = StatsStore(redis_url, namespace)
-        for env in store.envs():
-            store.reset(env)
+        for norm in (*norms.values(), clipped):
+            norm.close()
+        if owned:
+            with StatsStore(redis_url, namespace) as store:
+                for env in store.envs():
+                    store.reset(env)
     return results
 
 
@@ -114,8 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--redis-url", default=None, help="default: $SHARED_REWARDNORM_URL, else embedded")
+    parser.add_argument("--namespace", default=None,
+                        help="keys to use (left in place for you to delete); default: a random one, reset at the end")
     args = parser.parse_args()
-    for name, value in measure(args.seed, args.redis_url).items():
+    for name, value in measure(args.seed, args.redis_url, args.namespace).items():
         print(f"{name:62s} {value:.3g}")
 
 

@@ -107,12 +107,15 @@ class OfflineToyArithmeticEnv(ToyArithmeticEnv):
                 for _ in range(self.config.group_size)]
 
 
-async def demo(redis_url: str | None, steps: int) -> None:
+async def demo(redis_url: str | None, steps: int, namespace: str | None = None) -> None:
     """Two replicas of the env take turns; each group goes through ``handle_send_to_api`` as in
-    ``process`` mode (written out, not posted to a rollout API)."""
+    ``process`` mode (written out, not posted to a rollout API). With ``namespace`` given the
+    caller owns its keys; without, a random one is used and its statistics are reset at the end
+    (the batch records expire after ``batch_record_ttl``)."""
+    owned = namespace is None
     config, servers = ToyArithmeticEnv.config_init()
     config = config.model_copy(update={"reward_norm_redis_url": redis_url,
-                                       "reward_norm_namespace": f"atropos-demo-{uuid.uuid4().hex[:8]}"})
+                                       "reward_norm_namespace": namespace or f"atropos-demo-{uuid.uuid4().hex[:8]}"})
     replicas = [OfflineToyArithmeticEnv(config, servers, testing=True, seed=seed) for seed in range(2)]
     for env in replicas:
         env.max_token_len = config.max_token_length  # the trainer sets this when the env registers
@@ -128,7 +131,8 @@ async def demo(redis_url: str | None, steps: int) -> None:
                   f"normalized {' '.join(f'{x:+.2f}' for x in group['scores'])}  "
                   f"(shared count {norm.count}, mean {norm.mean:+.3f}, std {norm.std:.3f})")
     finally:
-        await replicas[0].reward_normalizer.store.reset(replicas[0].reward_norm_env)
+        if owned:
+            await replicas[0].reward_normalizer.store.reset(replicas[0].reward_norm_env)
         for env in replicas:
             await env.close_reward_normalizer()
 

@@ -90,11 +90,16 @@ def train(model_dir: str, out_dir: str, reward_funcs: list[Any], steps: int, sca
     return trainer
 
 
-def run(steps: int, scale_rewards: str, redis_url: str | None, workdir: str) -> dict[str, dict[str, float]]:
-    """Both runs; returns each run's advantage shares (and the shared counts)."""
+def run(steps: int, scale_rewards: str, redis_url: str | None, workdir: str,
+        namespace: str | None = None) -> dict[str, dict[str, float]]:
+    """Both runs; returns each run's advantage shares (and the shared counts). With
+    ``namespace`` given the caller owns its keys (a test deletes them all, batch records too);
+    without, a random one is used and its statistics are reset at the end (the batch records
+    expire after ``batch_record_ttl``)."""
     model_dir = save_tiny_llama(Path(workdir) / "model")
     weights = {"length_chars": 1.0, "says_yes": 1.0}
-    namespace = f"trl-example-{uuid.uuid4().hex[:8]}"
+    owned = namespace is None
+    namespace = namespace or f"trl-example-{uuid.uuid4().hex[:8]}"
     results: dict[str, dict[str, float]] = {}
     raw = [Recorded(length_chars), Recorded(says_yes)]
     train(model_dir, str(Path(workdir) / "raw"), raw, steps, scale_rewards)
@@ -104,17 +109,17 @@ def run(steps: int, scale_rewards: str, redis_url: str | None, workdir: str) -> 
     try:
         train(model_dir, str(Path(workdir) / "shared"), normalized, steps, scale_rewards)
         results["shared z-score"] = advantage_shares({r.__name__: r.outputs for r in normalized}, 4, weights)
-        store = StatsStore(redis_url, namespace)
-        for w, r in zip(wrapped, normalized):
-            stats = store.get(w.env)
-            results[f"{w.env} (shared statistics)"] = {"count": stats.count, "mean": stats.mean, "std": stats.std,
-                                                        "completions scored": len(r.outputs)}
+        with StatsStore(redis_url, namespace) as store:
+            for w, r in zip(wrapped, normalized):
+                stats = store.get(w.env)
+                results[f"{w.env} (shared statistics)"] = {"count": stats.count, "mean": stats.mean,
+                                                            "std": stats.std, "completions scored": len(r.outputs)}
     finally:
-        store = StatsStore(redis_url, namespace)
-        for w in wrapped:
-            store.reset(w.env)
-            w.close()
-        store.close()
+        with StatsStore(redis_url, namespace) as store:
+            for w in wrapped:
+                if owned:
+                    store.reset(w.env)
+                w.close()
     return results
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from .coalesce import MergeCoalescer
 from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, NormalizerCore, StoreCore
-from .durability import refuse_unsupported
+from .durability import check_socket_timeout, refuse_unsupported
 from .envinfo import EnvInfo
 from .errors import RewardNormError
 from .requests import MergeBatch, Operation, Request
@@ -57,6 +57,7 @@ class AsyncStatsStore(StoreCore):
         self._coalesces = coalesce
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
+        check_socket_timeout(self._wait, self._client)  # (a new asyncio client has no connection open yet)
         # Requests in flight wait here rather than fail: an asyncio cluster client raises
         # MaxConnectionsError when a node's pool is exhausted, and a retry after a backoff would
         # reorder one store's batches. Created on first use, inside the running event loop.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -116,17 +115,16 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: S
 
 
 def _url(args: argparse.Namespace) -> str:
-    """``--url``, else ``$SHARED_REWARDNORM_URL``, else the default. A variable that is set but
-    blank is a mistake (``export SHARED_REWARDNORM_URL="$UNSET"``), never a reason to fall back
-    to localhost, whose statistics a ``reset`` would then delete."""
+    """``--url``, else ``$SHARED_REWARDNORM_URL``, else the default. The variable follows the
+    library's rule (``url_from_environment``): set but blank or malformed is a usage error,
+    never a reason to fall back to localhost, whose statistics a ``reset`` would then delete."""
     if args.url is not None:
         return args.url
-    from_environment = os.environ.get(URL_VARIABLE)
-    if from_environment is None:
-        return DEFAULT_URL
-    if not from_environment.strip():
-        raise UsageError(f"${URL_VARIABLE} is set but blank; set it to a Redis URL, or unset it to use {DEFAULT_URL}")
-    return url_from_environment(args.cluster) or DEFAULT_URL
+    try:
+        from_environment = url_from_environment(args.cluster)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (unset, the default is {DEFAULT_URL})") from None
+    return from_environment or DEFAULT_URL
 
 
 @contextmanager

@@ -78,11 +78,18 @@ def check_url(url: str, cluster: bool = False, source: str = "redis URL") -> Non
 
 
 def url_from_environment(cluster: bool = False) -> str | None:
-    """``$SHARED_REWARDNORM_URL`` if set and non-empty. A malformed value raises ``ValueError``
-    naming the variable: a typo must not quietly fall back to process-local statistics."""
-    url = os.environ.get(URL_VARIABLE, "").strip()
-    if not url:
+    """``$SHARED_REWARDNORM_URL``, or ``None`` when it is unset. A value that is empty or blank
+    (``export SHARED_REWARDNORM_URL="$UNSET"``) or malformed raises ``ValueError`` naming the
+    variable: a mistake must not quietly fall back to process-local statistics (or, in the CLI,
+    to a localhost server whose statistics a ``reset`` would delete). The library and the CLI
+    share this one rule."""
+    url = os.environ.get(URL_VARIABLE)
+    if url is None:
         return None
+    url = url.strip()
+    if not url:
+        raise ValueError(f"${URL_VARIABLE} is set but blank (an unset shell variable?); set it to a Redis URL, "
+                         "or unset it")
     check_url(url, cluster, f"${URL_VARIABLE}")
     return url
 

@@ -25,6 +25,7 @@ from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validat
 from .normalization import MODES, NormalizerSettings, normalize_values
 from .protocol import (
     DUPLICATE,
+    FROZEN,
     as_text,
     batch_record_key,
     decode_reply,
@@ -259,7 +260,7 @@ class StoreCore:
         if outcome == DUPLICATE:
             self.duplicates += 1
         if self._wait is not None:
-            self._wait.check(request.keys[0], acknowledged)
+            self._wait.check(request.keys[0], acknowledged, frozen=outcome == FROZEN)
         return info
 
     @property

@@ -9,6 +9,19 @@ acknowledge in time, ``NotReplicatedError`` says so after the merge is known to 
 on the primary; calling again with the same values is safe (the batch identity makes it count
 once) and waits for the replicas again.
 
+The flip side of a safe retry: after ``NotReplicatedError`` the store remembers the merge (per
+env, as after a lost reply) and takes the next merge of an identical summary into that env as
+its retry. A trainer that does not retry, and later sends a batch whose summary (count, mean,
+m2, min, max) is identical to that env, has that batch taken as the retry: it is not counted.
+So after ``NotReplicatedError``, either call again with the same values (the intended use) or
+drop the store (a new ``StatsStore`` forgets the merge); a batch of other values is a new batch.
+
+A retry of a merge that the script recognizes as a duplicate still covers the original merge's
+``WAIT``: Redis records the primary's replication offset in the client after every command it
+runs, read-only ones included (antirez in redis/redis#6393), and ``WAIT`` waits for that
+offset. After the duplicate's script call the offset is the primary's current one, which is past
+the original merge's write whether that came on this connection or on one lost since.
+
 ``WAIT`` is no consensus: a replica that acknowledged can still be passed over at promotion in a
 group of several replicas, so pick N (and the Sentinels' quorum) so that any promotable replica
 has it; with one replica, N=1 covers it. A Redis Cluster (its replicas are per shard, and the
@@ -24,7 +37,7 @@ from typing import Any
 from .connection import is_cluster, url_from_environment
 from .errors import NotReplicatedError
 
-__all__ = ["ReplicaWait", "replica_wait"]
+__all__ = ["ReplicaWait", "replica_wait", "check_socket_timeout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,21 +53,29 @@ class ReplicaWait:
         ``WAIT n 0`` would block forever)."""
         return str(self.replicas), str(max(1, math.ceil(self.timeout * 1000)))
 
-    def check(self, key: str, acknowledged: Any) -> None:
+    def check(self, key: str, acknowledged: Any, frozen: bool = False) -> None:
         """Raise ``NotReplicatedError`` when fewer replicas than required acknowledged, or WAIT
-        itself failed (``acknowledged`` is then its error)."""
+        itself failed (``acknowledged`` is then its error). ``frozen``: the env was frozen, so
+        the script merged nothing (and the message must not say it stored the batch)."""
+        what = ("the env is frozen, so the batch was not merged (a retry never counts it either), and"
+                if frozen else "the merge is stored (once) on the primary, but")
         if isinstance(acknowledged, Exception):
             raise NotReplicatedError(
-                f"{key}: the merge is stored (once) on the primary, but WAIT failed ({acknowledged}); an ACL user "
-                "needs +wait with replicas=. Calling again with the same values counts the batch once",
+                f"{key}: {what} WAIT failed ({acknowledged}); an ACL user needs +wait with replicas=. "
+                f"Calling again with the same values counts the batch at most once. {_FLIP_SIDE}",
                 key=key, acknowledged=0, required=self.replicas) from acknowledged
         if int(acknowledged) < self.replicas:
             raise NotReplicatedError(
-                f"{key}: the merge is stored (once) on the primary, but only {int(acknowledged)} of the "
-                f"{self.replicas} required replicas acknowledged it within {self.timeout:g} s, so a failover "
-                "now could lose it. Call again with the same values: the batch identity makes it count once "
-                "and the call waits for the replicas again (or check the replicas' health)",
+                f"{key}: {what} only {int(acknowledged)} of the {self.replicas} required replicas acknowledged "
+                f"the primary's writes within {self.timeout:g} s, so a failover now could lose them. Call again "
+                "with the same values: the batch identity makes it count at most once and the call waits for "
+                f"the replicas again (or check the replicas' health). {_FLIP_SIDE}",
                 key=key, acknowledged=int(acknowledged), required=self.replicas)
+
+
+#: The end of every ``NotReplicatedError`` message (see the module docstring).
+_FLIP_SIDE = ("Until then the store takes the next batch of identical values into this env as that retry "
+              "(not counted again); a new store forgets it.")
 
 
 def replica_wait(replicas: Any, timeout: Any) -> ReplicaWait | None:
@@ -65,6 +86,21 @@ def replica_wait(replicas: Any, timeout: Any) -> ReplicaWait | None:
             or timeout <= 0):
         raise ValueError(f"replica_timeout must be a finite number of seconds > 0, got {timeout!r}")
     return ReplicaWait(replicas, float(timeout)) if replicas else None
+
+
+def check_socket_timeout(wait: ReplicaWait | None, client: Any) -> None:
+    """Refuse a client whose ``socket_timeout`` is not longer than ``replica_timeout``: ``WAIT``
+    blocks up to ``replica_timeout``, so the client would give up first and turn every merge
+    the replicas are slow to acknowledge into a ``TimeoutError`` and a retry, never a
+    ``NotReplicatedError``. A client without a socket timeout (redis-py's default) waits."""
+    if wait is None:
+        return
+    pool = getattr(client, "connection_pool", None)
+    socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+    if isinstance(socket_timeout, (int, float)) and socket_timeout <= wait.timeout:
+        raise ValueError(f"replica_timeout ({wait.timeout:g} s) must be shorter than the client's socket_timeout "
+                         f"({socket_timeout:g} s): WAIT blocks up to replica_timeout, so the client would time "
+                         "out first and retry instead of raising NotReplicatedError")
 
 
 def refuse_unsupported(wait: ReplicaWait | None, target: Any, cluster: bool) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .connection import close_client, resolve_client
 from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, StoreCore
-from .durability import refuse_unsupported
+from .durability import check_socket_timeout, refuse_unsupported
 from .envinfo import EnvInfo
 from .errors import RewardNormError
 from .requests import Operation, Request
@@ -45,8 +45,10 @@ class StatsStore(StoreCore):
         replicas: after every merge, wait (``WAIT``, in the same round trip) until this many
             replicas hold it, so a failover cannot lose it; 0 (the default) does not wait. A merge
             that fewer replicas acknowledged raises ``NotReplicatedError`` (it is stored once:
-            calling again is safe). Not on a cluster or the embedded store.
-        replica_timeout: seconds a merge waits for its replicas.
+            calling again is safe; until then a batch of identical values into that env is
+            taken as that retry). Not on a cluster or the embedded store.
+        replica_timeout: seconds a merge waits for its replicas; a client's ``socket_timeout``
+            must be longer (else ``ValueError``: it would time out and retry first).
 
     Errors: bad arguments raise ``TypeError``/``ValueError`` before anything is sent; a
     malformed stored hash raises ``CorruptStatsError`` and a key of another type
@@ -61,6 +63,12 @@ class StatsStore(StoreCore):
         refuse_unsupported(self._wait, redis, cluster)
         self._client = resolve_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
+        try:
+            check_socket_timeout(self._wait, self._client)
+        except ValueError:
+            if self._owns_client:
+                close_client(self._client)
+            raise
         self._scripts = register_scripts(self._client, functions)
 
     @property

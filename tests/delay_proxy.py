@@ -14,55 +14,36 @@ import queue
 import socket
 import threading
 import time
-from typing import Optional
+
+from tcp_proxy import TcpProxy
 
 _STOP = object()
 
 
-class DelayProxy:
+class DelayProxy(TcpProxy):
     """Forward 127.0.0.1:<port> to ``upstream``, holding each direction for ``delay`` seconds."""
 
     def __init__(self, upstream_port: int, delay: float, upstream_host: str = "127.0.0.1") -> None:
         if not 0 <= delay <= 10:
             raise ValueError(f"delay must be from 0 to 10 seconds, got {delay!r}")
+        super().__init__(upstream_port, upstream_host)
         self.delay = delay
-        self.upstream = (upstream_host, upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
         #: Connections accepted so far.
         self.connections = 0
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _serve(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections += 1
-                self._sockets.update((client, upstream))
-            for source, target in ((client, upstream), (upstream, client)):
-                held: queue.Queue[object] = queue.Queue()
-                threading.Thread(target=self._read, args=(source, held), daemon=True).start()
-                threading.Thread(target=self._deliver, args=(held, target), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        upstream = self._connect_upstream(client)
+        if upstream is None:
+            return
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self.connections += 1
+        self._track(client, upstream)
+        for source, target in ((client, upstream), (upstream, client)):
+            held: queue.Queue[object] = queue.Queue()
+            threading.Thread(target=self._read, args=(source, held), daemon=True).start()
+            threading.Thread(target=self._deliver, args=(held, target), daemon=True).start()
 
     def _read(self, source: socket.socket, held: queue.Queue[object]) -> None:
         """Stamp each chunk with the time it may leave."""
@@ -95,27 +76,3 @@ class DelayProxy:
                 target.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-
-    def start(self) -> DelayProxy:
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._listener.close()
-        if self._thread is not None:
-            self._thread.join(5)
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-            self._sockets.clear()
-
-    def __enter__(self) -> DelayProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

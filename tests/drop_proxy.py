@@ -11,54 +11,36 @@ import random
 import select
 import socket
 import threading
-from typing import Optional
+
+from tcp_proxy import TcpProxy
 
 
-class DropProxy:
+class DropProxy(TcpProxy):
     """Forward 127.0.0.1:<port> to ``upstream``; drop the reply to a request containing
     ``trigger`` with probability ``drop_rate`` (seeded, so runs repeat)."""
 
     def __init__(self, upstream_port: int, drop_rate: float = 0.05, trigger: bytes = b"EVALSHA",
                  seed: int = 0, upstream_host: str = "127.0.0.1", hold: float = 0.0) -> None:
+        super().__init__(upstream_port, upstream_host)
         #: Seconds to sit on a reply before dropping it: long enough, a client's own timeout
         #: (``asyncio.wait_for``) cancels the call first.
         self.hold = hold
-        self.upstream = (upstream_host, upstream_port)
         self.drop_rate = drop_rate
         self.trigger = trigger
         self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
         self.drops = 0
         self.forwarded = 0
-        self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def _should_drop(self) -> bool:
         with self._lock:
             return self._random.random() < self.drop_rate
 
-    def _serve(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
     def _pipe(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.upstream)
-        except OSError:
-            client.close()
+        upstream = self._connect_upstream(client)
+        if upstream is None:
             return
         drop_next_reply = False
         try:
@@ -88,20 +70,3 @@ class DropProxy:
         finally:
             client.close()
             upstream.close()
-
-    def start(self) -> DropProxy:
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._listener.close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> DropProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

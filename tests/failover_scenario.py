@@ -7,10 +7,12 @@ through the ``redis+sentinel://`` URL, SIGKILLs the primary once every worker ha
 old server (the Sentinels turn it into a replica of the new primary, so ``replicas=1`` can be
 met again), lets the workers go on for a while, stops them and counts.
 
-Batch ``j`` of a worker is the single score ``j`` (1, 2, 3, ...), so a worker whose batches
-1..n were each counted once has count n and sum n(n+1)/2. A worker retries a batch (the same
-call with the same values, as a trainer should) until it returns; only then is it
-acknowledged and the next one sent. Used by ``test_sentinel.py`` and
+Batch ``j`` (1, 2, 3, ...) of worker ``i`` is the single score ``j`` merged into an env of its
+own, ``w<i>-<j>``, so the count of that env is exactly how many times the batch was counted:
+lost (an acknowledged batch counted 0 times) and doubled (any batch counted more than once) are
+measured per batch, not inferred from totals (where a loss and a double would cancel). A worker
+retries a batch (the same call with the same values, as a trainer should) until it returns;
+only then is it acknowledged and the next one sent. Used by ``test_sentinel.py`` and
 ``benchmarks/bench_failover.py``; the stdlib, redis-py and the library only.
 """
 
@@ -46,7 +48,8 @@ class FailoverFigures:
     counted: int = 0
     lost: int = 0
     doubled: int = 0
-    sums_match: bool = True
+    counted_unacknowledged: int = 0
+    each_once: bool = True
     not_replicated_errors: int = 0
     failover_seconds: float = 0.0
     per_worker: list[dict[str, Any]] = field(default_factory=list)
@@ -54,7 +57,8 @@ class FailoverFigures:
     def row(self) -> str:
         return (f"replicas={self.replicas} lag={self.lag * 1000:.0f}ms: sent {self.sent}, acknowledged "
                 f"{self.acknowledged} ({self.acknowledged_after_failover} after the failover), counted "
-                f"{self.counted}, lost {self.lost}, doubled {self.doubled}, sums match: {self.sums_match}, "
+                f"{self.counted}, lost {self.lost}, doubled {self.doubled}, each acknowledged batch once: "
+                f"{self.each_once}, counted unacknowledged {self.counted_unacknowledged}, "
                 f"NotReplicatedError raised {self.not_replicated_errors}x, failover took "
                 f"{self.failover_seconds:.1f} s")
 
@@ -65,16 +69,15 @@ def _worker(url: str, index: int, replicas: int, replica_timeout: float, failed_
 
     store = StatsStore(url, NAMESPACE, replicas=replicas, replica_timeout=replica_timeout,
                        retry=RetryPolicy(attempts=20, base=0.05, cap=0.5))
-    env = f"w{index}"
     sent = acknowledged = after = not_replicated = 0
     unfinished = False
     while not stop.is_set():
-        batch = float(acknowledged + 1)
+        batch = acknowledged + 1
         sent += 1
         started = time.monotonic()
         while True:
             try:
-                store.update(env, [batch])
+                store.update(batch_env(index, batch), [float(batch)])
                 break
             except NotReplicatedError:
                 not_replicated += 1
@@ -92,6 +95,12 @@ def _worker(url: str, index: int, replicas: int, replica_timeout: float, failed_
     reports.put({"worker": index, "sent": sent, "acknowledged": acknowledged, "after_failover": after,
                  "not_replicated": not_replicated, "duplicates": store.duplicates, "retries": store.retries})
     store.close()
+
+
+def batch_env(worker: int, batch: int) -> str:
+    """The env that batch ``batch`` of ``worker`` alone is merged into: its count is how many
+    times that batch was counted."""
+    return f"w{worker}-{batch}"
 
 
 def _wait(condition: Any, what: str, timeout: float, processes: list[Any]) -> None:
@@ -144,20 +153,24 @@ def run_failover(directory: Path, *, replicas: int, lag: float = 0.2, workers: i
             stop_workers(processes, reports)
         with redis.Redis(port=group.replica.port, decode_responses=True) as primary:
             for report in sorted(found, key=lambda item: item["worker"]):
-                fields = primary.hmget(f"{NAMESPACE}:{{w{report['worker']}}}", ["count", "mean"])
-                counted = int(fields[0] or 0)
-                total = float(fields[1] or 0.0) * counted
-                acknowledged = report["acknowledged"]
-                report |= {"counted": counted, "lost": max(0, acknowledged - counted),
-                           "doubled": max(0, counted - report["sent"]),
-                           "sum_matches": abs(total - acknowledged * (acknowledged + 1) / 2) < 1e-6 * max(1.0, total)}
+                worker, acknowledged = report["worker"], report["acknowledged"]
+                pipe = primary.pipeline(transaction=False)
+                for batch in range(1, report["sent"] + 1):
+                    pipe.hget(f"{NAMESPACE}:{{{batch_env(worker, batch)}}}", "count")
+                times = [int(count or 0) for count in pipe.execute()]  # how often each batch was counted
+                lost = [batch for batch, n in enumerate(times[:acknowledged], 1) if n == 0]
+                report |= {"counted": sum(times), "lost": len(lost), "lost_batches": lost[:3] + lost[-3:],
+                           "doubled": sum(max(0, n - 1) for n in times),
+                           "counted_unacknowledged": sum(1 for n in times[acknowledged:] if n),
+                           "each_once": all(n == 1 for n in times[:acknowledged])}
                 figures.per_worker.append(report)
                 figures.sent += report["sent"]
                 figures.acknowledged += acknowledged
                 figures.acknowledged_after_failover += report["after_failover"]
-                figures.counted += counted
+                figures.counted += report["counted"]
                 figures.lost += report["lost"]
                 figures.doubled += report["doubled"]
-                figures.sums_match &= report["sum_matches"]
+                figures.counted_unacknowledged += report["counted_unacknowledged"]
+                figures.each_once &= report["each_once"]
                 figures.not_replicated_errors += report["not_replicated"]
     return figures

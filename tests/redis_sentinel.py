@@ -26,43 +26,30 @@ from pathlib import Path
 import redis
 
 from redis_servers import NO_PERSISTENCE, RedisServer, stop_process, wait_until_answering, free_port
+from tcp_proxy import TcpProxy
 
 __all__ = ["SentinelGroup", "LagProxy", "SERVICE"]
 
 SERVICE = "srn-primary"
 
 
-class LagProxy:
+class LagProxy(TcpProxy):
     """Forward 127.0.0.1:<port> to ``upstream``: bytes towards the client (the replica) leave
     ``lag`` seconds after they arrived, bytes towards the upstream at once. When the upstream
-    closes, what is still held is dropped, as a link that dies with data in flight."""
+    closes, what is still held is dropped, as a link that dies with data in flight. Starts
+    serving at once."""
 
     def __init__(self, upstream_port: int, lag: float) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
+        super().__init__(upstream_port)
         self.lag = lag
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._stopping = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _serve(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        upstream = self._connect_upstream(client)
+        if upstream is None:
+            return
+        self._track(client, upstream)
+        threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
     def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
         held: collections.deque[tuple[float, bytes]] = collections.deque()
@@ -88,14 +75,7 @@ class LagProxy:
             upstream.close()
 
     def close(self) -> None:
-        self._stopping.set()
-        self._listener.close()
-        for sock in self._sockets:
-            try:
-                sock.close()
-            except OSError:
-                pass
-        self._thread.join(timeout=5)
+        self.stop()
 
 
 class SentinelProcess:

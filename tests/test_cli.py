@@ -232,11 +232,21 @@ def test_blank_namespace_or_url_is_refused_and_nothing_is_deleted(
     assert StatsStore(server.url).get("gsm8k").count == 2
 
 
-def test_a_blank_url_variable_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("SHARED_REWARDNORM_URL", " ")
+@pytest.mark.parametrize("value", ["", " "])
+def test_a_blank_url_variable_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                         value: str) -> None:
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", value)
     code, _, err = run(capsys, "reset", "gsm8k", "--yes")
     assert code == 2
     assert_one_error_line(err, "$SHARED_REWARDNORM_URL is set but blank")
+
+
+def test_a_malformed_url_variable_is_refused_by_the_same_rule(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHARED_REWARDNORM_URL", "localhost:6379")
+    code, _, err = run(capsys, "reset", "gsm8k", "--yes")
+    assert code == 2
+    assert_one_error_line(err, "$SHARED_REWARDNORM_URL must start with redis://")
 
 
 @pytest.mark.real_redis

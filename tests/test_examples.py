@@ -4,6 +4,7 @@ algebra they illustrate (on the embedded store and a real Redis)."""
 from __future__ import annotations
 
 import pytest
+import redis
 
 from integrations import import_example
 
@@ -13,8 +14,14 @@ def url(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
 
 
-def test_the_algebra_of_shared_normalization(url: str | None) -> None:
-    r = import_example("advantage_algebra").measure(seed=0, redis_url=url)
+def test_the_algebra_of_shared_normalization(url: str | None, namespace: str) -> None:
+    # The test's namespace: the fixture deletes every key of it afterwards (batch records too).
+    r = import_example("advantage_algebra").measure(seed=0, redis_url=url, namespace=namespace)
+    if url is not None:  # its keys (batch records too) are the test's, so the fixture deletes them all
+        client = redis.Redis.from_url(url)
+        assert {key.split(b":")[1] for key in client.scan_iter(match=f"{namespace}:*", count=1000)} == {
+            b"{length}", b"{correct}", b"{length-clip1}"}
+        client.close()
     # Per-group standardization cancels the affine map, except TRL's + 1e-4 (scaled by the env's std).
     assert r["group: max |A_norm - A_raw|, length env"] < 5e-3
     assert r["group: max |A_norm - A_raw|, 0/1 env"] < 5e-3

@@ -100,10 +100,14 @@ def test_a_unix_variable_cannot_name_a_cluster(monkeypatch: pytest.MonkeyPatch) 
         StatsStore(None, cluster=True)
 
 
-def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch, namespace: str) -> None:
-    monkeypatch.setenv(URL_VARIABLE, "  ")
-    with StatsStore(None, namespace) as store:
-        assert isinstance(store.client, fakeredis.FakeRedis)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_blank_variable_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """``export SHARED_REWARDNORM_URL="$UNSET"``: set but blank is a mistake, as in the CLI."""
+    monkeypatch.setenv(URL_VARIABLE, value)
+    with pytest.raises(ValueError, match=r"\$SHARED_REWARDNORM_URL is set but blank"):
+        StatsStore(None)
+    with pytest.raises(ValueError, match=r"\$SHARED_REWARDNORM_URL is set but blank"):
+        AsyncStatsStore(None)
 
 
 def test_an_explicit_argument_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
