@@ -29,7 +29,6 @@ Keys live under a random ``bench-<hex>:`` namespace and are deleted at the end.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import math
@@ -53,6 +52,7 @@ from shared_rewardnorm.schema import STAT_FIELDS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Printer,
+    argument_parser,
     fmt_rate,
     fmt_ratio,
     machine_rows,
@@ -65,7 +65,6 @@ from common import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO.parent / "shared" / "seed" / "reward_normalization.py"
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 GOAL_PING_RATIO = 0.75   # section 1: normalize/PING at batch 16
 GOAL_REFERENCE = 1.3     # section 2: reference time / ours at batch 256
@@ -682,11 +681,7 @@ def section_parser(out: Printer, url: str, ns: str, plan: Plan) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
-    parser.add_argument("--quick", action="store_true", help="a short run (fewer, shorter chunks)")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser = argument_parser(__doc__, quick="a short run (fewer, shorter chunks)")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                         help=f"the reference reward_normalization.py (default {DEFAULT_REFERENCE})")
     parser.add_argument("--sections", default="1,2,3,4,5,6",
