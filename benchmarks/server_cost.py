@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             timed = load(client, args)
             results = measure(client, timed, args.calls, args.rounds)
             capacity_rows = (capacity(client, {t.name: t for t in timed}, max(3, args.rounds // 2),
-                                      max(1000, args.calls // 4)) if args.capacity else [])
+                                      max(100, args.calls // 4)) if args.capacity else [])
             leftover = list(client.scan_iter(match="cost:*"))
         finally:
             client.close()
