@@ -225,6 +225,8 @@ def load(client: redis.Redis, args: argparse.Namespace) -> list[Timed]:
     if args.baseline is not None:
         timed.append(Timed("baseline", client.script_load(baseline_source(args.baseline))))
     for index, (name, body, top) in enumerate(parse_candidates(args.script, args.function)):
+        if any(entry.name == name for entry in timed) or name in part_sources() or name == FCALL:
+            raise SystemExit(f"candidate name {name!r} is taken: choose another")
         if top is None:
             timed.append(Timed(name, client.script_load(body)))
         else:

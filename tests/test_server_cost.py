@@ -62,3 +62,10 @@ def test_parts_refuse_a_merge_they_cannot_cut(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(server_cost, "script_source", lambda name: "return 1")
     with pytest.raises(RuntimeError, match=r"merge\.lua no longer contains .*HSET.*update --parts"):
         server_cost.part_sources()
+
+
+@pytest.mark.own_server
+def test_a_candidate_may_not_take_a_name_in_use() -> None:
+    require_binaries("redis-server")
+    with pytest.raises(SystemExit, match="candidate name 'merge' is taken"):
+        server_cost.main(["--calls", "1", "--rounds", "1", "--script", f"merge={REPO / 'lua' / 'merge.lua'}"])
