@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -29,9 +28,8 @@ import redis
 from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, SharedRewardNormalizer, StatsStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Printer, fmt_rate, machine_rows, make_batches, progress, scratch_namespace  # noqa: E402
+from common import Printer, argument_parser, fmt_rate, machine_rows, make_batches, progress, scratch_namespace  # noqa: E402
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def run_sync(url: str, ns: str, batches: list[list[float]]) -> float:
@@ -69,10 +67,7 @@ async def run_async(url: str, ns: str, batches: list[list[float]], concurrency: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
-    parser.add_argument("--quick", action="store_true", help="a short run")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     calls, rounds = (400, 2) if args.quick else (2000, 4)
     out = Printer(args.markdown)

@@ -27,7 +27,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import random
@@ -46,7 +45,7 @@ from worker_processes import stop_workers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_normalize import _watch_normalizer  # noqa: E402
-from common import Printer, fmt_rate, fmt_ratio, machine_rows, make_batches, nproc, progress, scratch_namespace  # noqa: E402
+from common import Printer, argument_parser, fmt_rate, fmt_ratio, machine_rows, make_batches, nproc, progress, scratch_namespace  # noqa: E402
 
 from shared_rewardnorm import (  # noqa: E402
     AsyncSharedRewardNormalizer,
@@ -58,7 +57,6 @@ from shared_rewardnorm import (  # noqa: E402
 )
 from shared_rewardnorm.normalization import NormalizerSettings, normalize_values  # noqa: E402
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 BATCH = 16
 COROUTINES = 16
 METHODS = ("ours", "watch", "per-value", "async coalesced", "async uncoalesced")
@@ -210,10 +208,7 @@ def rtt_us(url: str, pings: int = 300) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
-    parser.add_argument("--quick", action="store_true", help="a short run")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser = argument_parser(__doc__)
     parser.add_argument("--delays-ms", default="0.25,1", help="one-way delays in ms (default 0.25,1)")
     args = parser.parse_args(argv)
     delays = [float(d) / 1000 for d in args.delays_ms.split(",")]

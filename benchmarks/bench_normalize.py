@@ -19,6 +19,10 @@ Sections:
    both against a two-pass ``math.fsum`` reference.
 6. The reply parser: redis-py with hiredis against its pure-Python parser, PING and
    ``normalize`` at batch 16 and 256, interleaved (skipped when hiredis is not installed).
+7. Where the client's time per ``normalize`` call goes (batch 16 and 256): each stage
+   (validation, summary, encoding, reply parsing, normalization) timed alone with the network
+   stubbed out, the whole operation driven with a canned reply, redis-py packing the command,
+   and a cProfile of real calls grouped by module (this library, redis-py, the socket, other).
 
 Usage::
 
@@ -29,7 +33,6 @@ Keys live under a random ``bench-<hex>:`` namespace and are deleted at the end.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import math
@@ -47,12 +50,13 @@ import redis.connection
 from redis.exceptions import WatchError
 
 from shared_rewardnorm import RunningStats, SharedRewardNormalizer, StatsStore
-from shared_rewardnorm.protocol import encode_sequence, encode_stats
+from shared_rewardnorm.protocol import batch_record_key, encode_sequence, encode_stats
 from shared_rewardnorm.schema import STAT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Printer,
+    argument_parser,
     fmt_rate,
     fmt_ratio,
     machine_rows,
@@ -65,7 +69,6 @@ from common import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO.parent / "shared" / "seed" / "reward_normalization.py"
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 GOAL_PING_RATIO = 0.75   # section 1: normalize/PING at batch 16
 GOAL_REFERENCE = 1.3     # section 2: reference time / ours at batch 256
@@ -638,6 +641,114 @@ def section_variance(out: Printer, client: redis.Redis, ns: str, plan: Plan, ref
     out.flush()
 
 
+def _usec_per_call(func: Callable[[], Any], calls: int, repeats: int = 5) -> float:
+    """Best of ``repeats`` loops of ``calls`` calls, in microseconds per call (the best loop is
+    the one least disturbed by the other processes on the machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _call in range(calls):
+            func()
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / calls
+
+
+def _profile_groups(client: redis.Redis, normalizer: SharedRewardNormalizer, batches: list[list[float]],
+                    calls: int) -> dict[str, float]:
+    """cProfile of ``calls`` real normalize calls, own time (tottime) per call summed by where
+    the code lives: this library, redis-py, the socket (waiting for the reply: the server and
+    the kernel) and the rest (stdlib, numpy, the interpreter's builtins)."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in range(calls):
+        normalizer.normalize(batches[i % len(batches)])
+    profile.disable()
+    groups = {"shared_rewardnorm": 0.0, "redis-py": 0.0, "socket (waiting for the reply)": 0.0, "other": 0.0}
+    for (filename, _line, function), row in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        tottime = row[2]
+        if "shared_rewardnorm" in filename:
+            groups["shared_rewardnorm"] += tottime
+        elif "/redis/" in filename:
+            groups["redis-py"] += tottime
+        elif any(word in function for word in ("recv", "select", "poll")):
+            groups["socket (waiting for the reply)"] += tottime
+        else:
+            groups["other"] += tottime
+    return {name: 1e6 * seconds / calls for name, seconds in groups.items()}
+
+
+def section_client_profile(out: Printer, client: redis.Redis, ns: str, plan: Plan) -> None:
+    """Where the client's time per normalize call goes: each stage of the library timed alone
+    with the network stubbed out (the operation driven with a canned reply), redis-py's own
+    work, and a cProfile of real calls grouped by module."""
+    progress("section 7: client time per normalize call, by stage")
+    out.heading("7. Client time per normalize call, by stage (network stubbed; best of 5 loops)")
+    from shared_rewardnorm.inputs import coerce_scores
+    from shared_rewardnorm.normalization import normalize_values
+    from shared_rewardnorm.protocol import decode_reply
+    from shared_rewardnorm.stats import summarize
+
+    rows = []
+    loops = 2000 if plan is FULL else 300
+    for size in (16, 256):
+        normalizer = SharedRewardNormalizer(f"profile-b{size}", client, mode="zscore", namespace=ns)
+        store_core = normalizer.store
+        batch = make_batches(size, 1, seed=700 + size)[0]
+        for _ in range(20):  # past warmup, so normalization takes its real path
+            normalizer.normalize(batch)
+        key = store_core.key(f"profile-b{size}")
+        captured = capture_script_calls(client, lambda: normalizer.normalize(batch))
+        method, target, numkeys, keys_and_args = captured[0]
+        # A reply of the merge as normalize gets it, from a batch record of its own.
+        reply = getattr(client, method)(target, numkeys, keys_and_args[0], batch_record_key(key, "canned"),
+                                        keys_and_args[2], encode_sequence(1), keys_and_args[4])
+        values = coerce_scores(batch)
+        stats = summarize(values)
+        info, _outcome = decode_reply(reply)
+        settings = normalizer._settings
+
+        def driven() -> Any:
+            operation = normalizer._normalize_op(batch)
+            next(operation)
+            try:
+                operation.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            raise RuntimeError("normalize sent more than one request")
+
+        connection = client.connection_pool.get_connection()
+        try:
+            stages = [
+                ("validation (coerce_scores)", lambda: coerce_scores(batch)),
+                ("summary (summarize)", lambda: summarize(values)),
+                ("encoding (encode_stats + the merge request)",
+                 lambda: store_core._merge_request(key, encode_stats(stats))),
+                ("reply parsing (decode_reply)", lambda: decode_reply(reply)),
+                ("normalization (normalize_values)", lambda: normalize_values(values, info.stats, settings)),
+                ("the whole operation, driven with a canned reply", driven),
+                ("redis-py: pack the EVALSHA command",
+                 lambda: connection.pack_command(method.upper(), target, numkeys, *keys_and_args)),
+            ]
+        finally:
+            client.connection_pool.release(connection)
+        for label, func in stages:
+            func()
+            rows.append([f"batch {size}", label, f"{_usec_per_call(func, loops):.1f}"])
+        for label, usec in _profile_groups(client, normalizer, make_batches(size, 64, seed=710 + size),
+                                           max(200, loops // 4)).items():
+            rows.append([f"batch {size}", f"cProfile of real calls: {label}", f"{usec:.1f}"])
+    out.table(["batch", "stage", "us per call"], rows)
+    out.note("each stage alone in a loop, no network; 'the whole operation' is what normalize runs besides "
+             "redis-py and the socket (its sum of stages plus the generator's hand-over)")
+    out.note("cProfile rows: own time per call of real normalize calls, grouped by module; the profiler adds "
+             "its own overhead to every Python call, so they show shares, not absolute cost")
+    out.flush()
+
+
+
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -682,14 +793,10 @@ def section_parser(out: Printer, url: str, ns: str, plan: Plan) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
-    parser.add_argument("--quick", action="store_true", help="a short run (fewer, shorter chunks)")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser = argument_parser(__doc__, quick="a short run (fewer, shorter chunks)")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                         help=f"the reference reward_normalization.py (default {DEFAULT_REFERENCE})")
-    parser.add_argument("--sections", default="1,2,3,4,5,6",
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7",
                         help="comma-separated sections to run (default: all)")
     args = parser.parse_args(argv)
     sections = {int(s) for s in args.sections.split(",") if s.strip()}
@@ -712,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             section_variance(out, client, ns, plan, args.reference)
         if 6 in sections:
             section_parser(out, args.url, ns, plan)
+        if 7 in sections:
+            section_client_profile(out, client, ns, plan)
     return 0
 
 

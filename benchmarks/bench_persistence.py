@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -31,8 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_server_cost import main_thread_cpu  # noqa: E402
-from common import Printer, fmt_rate, fmt_ratio, machine_rows, make_batches, progress  # noqa: E402
+from common import Printer, argument_parser, fmt_rate, fmt_ratio, machine_rows, main_thread_cpu, make_batches, progress  # noqa: E402
 
 from shared_rewardnorm import StatsStore  # noqa: E402
 
@@ -60,9 +58,7 @@ def wait_for_replica(primary: redis.Redis, timeout: float = 20.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser = argument_parser(__doc__, url=False)
     args = parser.parse_args(argv)
     rounds, calls = (2, 500) if args.quick else (6, 3000)
     out = Printer(args.markdown)

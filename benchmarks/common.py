@@ -5,6 +5,7 @@ Plain helpers with no measuring of their own; each benchmark prints tables and a
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import random
@@ -19,6 +20,22 @@ from typing import Any
 import redis
 
 import shared_rewardnorm
+
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def argument_parser(doc: str, *, url: bool = True, quick: str | None = "a short run") -> argparse.ArgumentParser:
+    """The options every benchmark shares: ``--url`` of the Redis to use (where it uses the
+    shared one rather than private servers), ``--quick`` (when it has a short run) and
+    ``--markdown``. The description is the first paragraph of ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if url:
+        parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    return parser
 
 
 class Printer:
@@ -116,6 +133,12 @@ def machine_rows(client: Any, url: str) -> list[list[Any]]:
         ["redis-py", f"{redis.__version__} ({parser} parser)"],
         ["shared_rewardnorm", getattr(shared_rewardnorm, "__version__", "?")],
     ]
+
+
+def main_thread_cpu(client: Any) -> float:
+    """Seconds of CPU the server's main thread has used (user + system), from INFO cpu."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
 def make_batches(size: int, count: int, seed: int, loc: float = 0.0, scale: float = 1.0) -> list[list[float]]:

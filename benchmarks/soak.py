@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
 import random
@@ -32,10 +31,9 @@ from shared_rewardnorm import RetryPolicy, SharedRewardNormalizer, StatsStore
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import Printer, fmt_rate, machine_rows, progress, scratch_namespace  # noqa: E402
+from common import Printer, argument_parser, fmt_rate, machine_rows, progress, scratch_namespace  # noqa: E402
 from drop_proxy import DropProxy  # noqa: E402
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 ENVS = ("gsm8k", "tool_use", "code", "math")
 
 
@@ -68,13 +66,11 @@ def worker(index: int, url: str, ns: str, seconds: float, results: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
+    parser = argument_parser(__doc__, quick=None)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the workers run (default 60)")
     parser.add_argument("--processes", type=int, default=16, help="worker processes (default 16)")
     parser.add_argument("--drop-rate", type=float, default=0.02,
                         help="share of merges whose reply the proxy drops in the middle third (default 0.02)")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     args = parser.parse_args(argv)
     out = Printer(args.markdown)
     client = redis.Redis.from_url(args.url)

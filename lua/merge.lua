@@ -42,8 +42,9 @@
 -- Cost: O(1) whatever the batch size (the client sends a summary, not the values): one HMGET
 -- and one HSET of the hash (of the fields that changed: min and max only when the batch
 -- extends them), TIME, and with a record GET and SET EX; the record holds at most WINDOW gaps
--- (more gaps cost more: each call rewrites the list). Measured: 29-40x the server time of a
--- no-op EVALSHA, with or without a half-life (docs/SERVER_COST.md: where it goes, and why).
+-- (more gaps cost more: each call rewrites the list). Measured (benchmarks/server_cost.py):
+-- 34-38x the server time of a no-op EVALSHA, with or without a half-life (docs/SERVER_COST.md:
+-- where it goes, and why).
 
 local WINDOW = 1024
 
