@@ -99,6 +99,20 @@ def backend(request: pytest.FixtureRequest, namespace: str) -> Iterator[Any]:
         yield request.getfixturevalue("real_client")
 
 
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
+def url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str | None]:
+    """What to pass as ``redis=`` where a URL is needed (clients made inside each event loop, process
+    or adapter): ``None`` (the embedded store) or the real server's URL. The namespace is deleted
+    afterwards (on the real server by the ``namespace`` fixture, batch records included)."""
+    if request.param == "embedded":
+        yield None
+        import fakeredis
+
+        drop_namespace(fakeredis.FakeRedis(server=embedded_server()), namespace)
+    else:
+        yield request.getfixturevalue("real_redis_url")
+
+
 @pytest.fixture
 def raw_client(backend: Any) -> Any:
     """A plain client of the same server as ``backend``, for inspecting and corrupting keys."""

@@ -22,12 +22,6 @@ from shared_rewardnorm import (
 )
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
-def url(request: pytest.FixtureRequest, namespace: str) -> Any:
-    """``None`` (embedded) or the real server's URL, for clients made inside each event loop."""
-    if request.param == "embedded":
-        return None
-    return request.getfixturevalue("real_redis_url")
 
 
 @pytest.fixture(autouse=True)

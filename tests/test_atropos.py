@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,6 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return offline_models.save_word_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
-def store_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str | None]:
-    """Where the statistics live: the embedded store (None) or the real server; the test's
-    namespace is emptied afterwards."""
-    url = None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
-    yield url
-    with StatsStore(url, namespace) as store:
-        for env in store.envs():
-            store.reset(env)
 
 
 def make_env(tokenizer_dir: str, namespace: str, url: str | None = None, cls: type = GroupsEnv,
@@ -143,14 +133,14 @@ def assert_groups_close(got: list[list[float]], expected: list[list[float]]) -> 
 
 @pytest.mark.parametrize("mode", ["zscore", "minmax"])
 @pytest.mark.parametrize("clip", [5.0, 1.0, 0.0])
-def test_parity_with_the_reference(tokenizer_dir: str, namespace: str, store_url: str | None, mode: str,
+def test_parity_with_the_reference(tokenizer_dir: str, namespace: str, url: str | None, mode: str,
                                    clip: float) -> None:
-    env = make_env(tokenizer_dir, namespace, store_url, reward_normalization=mode, reward_clip=clip,
+    env = make_env(tokenizer_dir, namespace, url, reward_normalization=mode, reward_clip=clip,
                    reward_normalization_warmup=6)
     drive([env], run_items(env, ITEMS))
     oracle = OracleNormalizer(mode=mode, clip=clip, warmup=6)
     assert_groups_close([group["scores"] for group in env.sent], expected_sent(oracle, COUNTED))
-    with StatsStore(store_url, namespace) as store:
+    with StatsStore(url, namespace) as store:
         assert store.get("groups_env").count == sum(len(item["scores"]) for item in COUNTED)
 
 
@@ -164,21 +154,21 @@ def test_a_group_that_collapses_after_clipping_is_skipped(tokenizer_dir: str, na
 
 
 def test_none_leaves_scores_untouched_and_records_nothing(tokenizer_dir: str, namespace: str,
-                                                          store_url: str | None) -> None:
-    env = make_env(tokenizer_dir, namespace, store_url)
+                                                          url: str | None) -> None:
+    env = make_env(tokenizer_dir, namespace, url)
     assert env.config.reward_normalization == "none" and env.reward_normalizer is None
     drive([env], run_items(env, ITEMS))
     assert [group["scores"] for group in env.sent] == [item["scores"] for item in COUNTED
                                                       if len(set(item["scores"])) > 1]
-    with StatsStore(store_url, namespace) as store:
+    with StatsStore(url, namespace) as store:
         assert store.envs() == []
 
 
 def test_two_replicas_share_one_set_of_statistics(tokenizer_dir: str, namespace: str,
-                                                  store_url: str | None) -> None:
+                                                  url: str | None) -> None:
     """Replicas take turns; each normalizes against what both have recorded, exactly as one
     reference normalizer fed every group in that order would."""
-    replicas = [make_env(tokenizer_dir, namespace, store_url, reward_normalization="zscore",
+    replicas = [make_env(tokenizer_dir, namespace, url, reward_normalization="zscore",
                          reward_normalization_warmup=4) for _ in range(2)]
     replicas[1].sent = replicas[0].sent  # one list, in the order the groups were posted
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from delay_proxy import DelayProxy
-from helpers import assert_summarizes, drop_namespace
+from helpers import assert_summarizes
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -24,16 +24,6 @@ from shared_rewardnorm import (
 from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
-def url(request: pytest.FixtureRequest, namespace: str) -> Any:
-    """``None`` (embedded) or the real server's URL; the namespace is deleted afterwards."""
-    if request.param == "embedded":
-        yield None
-        store = StatsStore(None, namespace)
-        drop_namespace(store.client, namespace)
-    else:
-        request.getfixturevalue("real_client")  # drops the namespace on the way out
-        yield request.getfixturevalue("real_redis_url")
 
 
 def make_batches(seed: int, count: int, size: int = 16) -> list[list[float]]:

@@ -9,9 +9,6 @@ import redis
 from integrations import import_example
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
-def url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
 
 
 def test_the_algebra_of_shared_normalization(url: str | None, namespace: str) -> None:

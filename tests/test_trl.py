@@ -44,9 +44,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return import_example("offline_models").save_tiny_llama(tmp_path_factory.mktemp("model"))
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.real_redis)], ids=["embedded", "redis"])
-def url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "embedded" else request.getfixturevalue("real_redis_url")
 
 
 def test_grpo_training_counts_exactly_the_completions_scored(model_dir: str, url: str | None, namespace: str,
