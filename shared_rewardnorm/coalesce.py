@@ -3,12 +3,15 @@
 An asyncio environment scores many rollouts at once, so dozens of ``normalize`` calls into the
 same env can be waiting on the same store together. Sending each as its own merge makes the
 server run the script once per call, and one Redis core is the capacity of one env. Instead,
-per env, at most one merge is in flight; batches that arrive meanwhile form a group, and when
-the merge in flight returns, the group goes out as one summary (Chan's formula makes the
-combination exact: ``RunningStats.combine``). Every member of a group receives the statistics
-its group's merge returned. Nobody waits longer than the merge already in flight: an idle env
-sends a batch at once, from the caller's own task (so a lone caller pays what an uncoalesced
-merge pays); only groups go out in a task of their own.
+per env, at most one merge is in flight while any caller waits for it; batches that arrive
+meanwhile form a group, and when the merge in flight returns, the group goes out as one summary
+(Chan's formula makes the combination exact: ``RunningStats.combine``). Every member of a group
+receives the statistics its group's merge returned. When every caller of the merge in flight
+has been cancelled (a stuck connection, timeouts), the group behind it goes out at once and the
+abandoned merge finishes in the background: more than one merge of the env is then in flight,
+but only one that anybody waits for. Nobody waits longer than the merge already in flight: an
+idle env sends a batch at once, from the caller's own task (so a lone caller pays what an
+uncoalesced merge pays); only groups go out in a task of their own.
 
 Exactly once holds for a group as for a single batch, because a group is one merge with one
 batch identity:
@@ -35,12 +38,12 @@ summaries. Unlike the single merge (which forgets after the very next merge into
 members of one failed group retry in no particular order, mixed with other coroutines' new
 batches; a retry comes within seconds, and within a few merges. The price: within that window
 a new batch whose summary equals a remembered one (same count, mean, m2, min and max) is taken as
-its retry, so if the remembered batch had been merged, the new one is not; after it, a late
-retry is a new batch (the script's batch record still catches a retry that resends the same
-request, as the store's own retries do).
+its retry, so if the remembered batch had been merged, the new one is not; after it, a caller's
+late retry of a batch whose merge had landed is a new batch and counts again.
 
 A caller's own errors stay its own: scores are validated before a batch joins a group. Errors
-the server raises for the env (a corrupt hash, a key of another type) reach every member.
+the server raises for the env (a corrupt hash, a key of another type) reach every member, each
+its own copy of the exception (``_own_copy``).
 
 The coalescer does not look into what a merge returns: whatever ``StoreCore._send_merge``
 returns is handed to every member. Operations reach it through one seam: with coalescing on,
@@ -52,6 +55,7 @@ asyncio driver hands it here; so every operation that merges (``update``, ``merg
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,6 +82,22 @@ def _refused(error: BaseException) -> bool:
     stored once, and the callers' retry must send that same request (to wait for the replicas
     again without counting twice), so it is remembered like a merge whose reply was lost."""
     return isinstance(error, _REFUSED) and not isinstance(error, NotReplicatedError)
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one member of a group, so that each caller's raise adds its
+    traceback to its own exception rather than to one shared by every member. It keeps the
+    message, attributes, cause, context and the traceback so far. An exception that cannot be
+    rebuilt from its ``args`` (a library's own with a different constructor) is shared as is."""
+    try:
+        own = copy.copy(error)
+    except Exception:  # noqa: BLE001 - any failure to rebuild it: share the original
+        return error
+    if type(own) is not type(error):
+        return error
+    own.__cause__, own.__context__ = error.__cause__, error.__context__
+    own.__suppress_context__ = error.__suppress_context__
+    return own.with_traceback(error.__traceback__)
 
 
 @dataclass(eq=False)
@@ -221,8 +241,9 @@ class MergeCoalescer:
         self._next(key, lane, group, cancelled=task.cancelled())
 
     def _next(self, key: str, lane: _Lane, group: _Group, cancelled: bool) -> None:
-        """``group``'s merge returned (or nobody waits for it): send the group that formed
-        meanwhile, or mark the env idle. A cancelled send (the loop is shutting down) cancels
+        """``group``'s merge returned, or nobody waits for it any more (it then goes on in the
+        background, no longer the env's merge in flight): send the group that formed meanwhile,
+        or mark the env idle. A cancelled send (the loop is shutting down) cancels
         the waiting group instead of starting it."""
         if lane.in_flight is not group:
             return  # the lane moved on already
@@ -275,7 +296,7 @@ class MergeCoalescer:
             if isinstance(error, asyncio.CancelledError):
                 member.answer.cancel()
             elif error is not None:
-                member.answer.set_exception(error)
+                member.answer.set_exception(_own_copy(error))
             else:
                 member.answer.set_result(result)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from shared_rewardnorm import coalesce
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
+    CorruptStatsError,
     RunningStats,
     StatsOverflowError,
     StatsStore,
@@ -324,3 +326,30 @@ def test_remembered_batches_are_capped_per_env() -> None:
         await store.aclose()
 
     asyncio.run(run())
+
+
+def test_every_member_of_a_failed_group_gets_its_own_error(url: Any, namespace: str) -> None:
+    """An error the server raises for the env reaches every member of the group, each as its
+    own exception object (equal in class, message and attributes), so that one caller's raise
+    does not pile its traceback onto the others'."""
+
+    async def run() -> list[Any]:
+        store = AsyncStatsStore(url, namespace)
+        await store.update("env", [1.0])
+        await store.client.hset(store.key("env"), "mean", "abc")
+        first = asyncio.ensure_future(store.update("env", [1.0]))
+        await asyncio.sleep(0)  # in flight: the next two form a group behind it
+        results = await asyncio.gather(first, store.update("env", [2.0]), store.update("env", [3.0]),
+                                       return_exceptions=True)
+        assert store.coalescer.requests_sent == 3  # the setup, the one in flight, then the group of two
+        await store.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert all(isinstance(result, CorruptStatsError) for result in results)
+    grouped = results[1:]
+    assert grouped[0] is not grouped[1]
+    assert str(grouped[0]) == str(grouped[1]) and re.search(r"mean must be", str(grouped[0]))
+    assert (grouped[0].key, grouped[0].field) == (grouped[1].key, grouped[1].field) == (f"{namespace}:{{env}}", "mean")
+    assert isinstance(grouped[0].__cause__, redis.ResponseError)  # the server's reply, kept
+    assert grouped[0].__cause__ is grouped[1].__cause__
