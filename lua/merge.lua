@@ -10,7 +10,8 @@
 --          min <= max; e.g. "4 0.5 3 -1 1"
 -- ARGV[2]  (with KEYS[2]) the batch's sequence number: an integer >= 1 that this client never
 --          uses twice for this env; a retry of the same batch sends the same number
--- ARGV[3]  (with KEYS[2]) seconds the batch record lives after its last use (>= 1)
+-- ARGV[3]  (with KEYS[2]) seconds the batch record lives after its last use, an integer from 1
+--          to MAX_RECORD_TTL (ten years, as MAX_BATCH_RECORD_TTL in core.py)
 --
 -- Exactly once: a batch whose sequence number the record shows as merged is not merged again
 -- (a lost reply retried by us, the driver or the caller); the reply then carries the current
@@ -47,6 +48,9 @@
 -- where it goes, and why).
 
 local WINDOW = 1024
+-- The longest record lifetime, in seconds: ten years, Python's MAX_BATCH_RECORD_TTL (core.py;
+-- tests/test_store.py checks they agree).
+local MAX_RECORD_TTL = 315360000
 
 local err = check_arity('merge', KEYS, ARGV, {1, 1, 2, 3})
 if err then return err end
@@ -119,8 +123,9 @@ if record_key then
     return error_for('INVALID', key, 'sequence number must be an integer >= 1, got ' .. quoted(ARGV[2]))
   end
   ttl = ARGV[3]  -- passed on as text: a Lua number would cost Redis a '%.17g' to read
-  if not string.find(ttl, '^[0-9]+$') or tonumber(ttl) < 1 then
-    return error_for('INVALID', key, 'record lifetime must be an integer >= 1, got ' .. quoted(ttl))
+  if not string.find(ttl, '^[0-9]+$') or tonumber(ttl) < 1 or tonumber(ttl) > MAX_RECORD_TTL then
+    return error_for('INVALID', key, 'record lifetime must be an integer from 1 to ' .. MAX_RECORD_TTL
+      .. ' (seconds), got ' .. quoted(ttl))
   end
   record, err = updated_record(seq)
   if err then return err end

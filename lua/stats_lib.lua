@@ -250,7 +250,7 @@ local function env_texts(env, old, fields)
   if stats then
     local count = stats.count
     texts[1] = string.format('%d', count)
-    local changed = count ~= previous.count or stats.m2 ~= previous.m2
+    local changed = count ~= previous.count  -- a merge always adds to it; a replace passes old = nil
     if changed and fields then
       fields[#fields + 1] = 'count'
       fields[#fields + 1] = texts[1]

@@ -3,12 +3,15 @@
 An asyncio environment scores many rollouts at once, so dozens of ``normalize`` calls into the
 same env can be waiting on the same store together. Sending each as its own merge makes the
 server run the script once per call, and one Redis core is the capacity of one env. Instead,
-per env, at most one merge is in flight; batches that arrive meanwhile form a group, and when
-the merge in flight returns, the group goes out as one summary (Chan's formula makes the
-combination exact: ``RunningStats.combine``). Every member of a group receives the statistics
-its group's merge returned. Nobody waits longer than the merge already in flight: an idle env
-sends a batch at once, from the caller's own task (so a lone caller pays what an uncoalesced
-merge pays); only groups go out in a task of their own.
+per env, at most one merge is in flight while any caller waits for it; batches that arrive
+meanwhile form a group, and when the merge in flight returns, the group goes out as one summary
+(Chan's formula makes the combination exact: ``RunningStats.combine``). Every member of a group
+receives the statistics its group's merge returned. When every caller of the merge in flight
+has been cancelled (a stuck connection, timeouts), the group behind it goes out at once and the
+abandoned merge finishes in the background: more than one merge of the env is then in flight,
+but only one that anybody waits for. Nobody waits longer than the merge already in flight: an
+idle env sends a batch at once, from the caller's own task (so a lone caller pays what an
+uncoalesced merge pays); only groups go out in a task of their own.
 
 Exactly once holds for a group as for a single batch, because a group is one merge with one
 batch identity:
@@ -25,15 +28,22 @@ batch identity:
   ``NotReplicatedError``) is remembered the same way: a member's retry resends the group's merge,
   which counts nothing twice and waits for the replicas again.
 
-A remembered batch is kept until a batch with the same summary is merged into that env through
-this store (at most ``REMEMBER_LIMIT`` summaries per env): unlike the single merge (which
-forgets after the next different batch), members of one failed group retry in no particular
-order, mixed with other coroutines' new batches. The price: a new batch whose summary equals a
-remembered one (same count, mean, m2, min and max) is taken as its retry, so if the remembered
-batch had been merged, the new one is not.
+A remembered batch is forgotten when a batch with the same summary is merged into that env
+through this store (it is then sent as that batch's retry), or once it has expired, whichever
+comes first. It expires ``REMEMBER_SECONDS`` after it was remembered (``time.monotonic``), or
+once ``REMEMBER_MERGES`` further merge requests have gone from this store into that env (groups,
+lone batches and re-sent remembered ones alike), whichever comes first; and each env keeps at
+most ``REMEMBER_LIMIT`` remembered batches (the oldest forgotten first), whatever their
+summaries. Unlike the single merge (which forgets after the very next merge into the env),
+members of one failed group retry in no particular order, mixed with other coroutines' new
+batches; a retry comes within seconds, and within a few merges. The price: within that window
+a new batch whose summary equals a remembered one (same count, mean, m2, min and max) is taken as
+its retry, so if the remembered batch had been merged, the new one is not; after it, a caller's
+late retry of a batch whose merge had landed is a new batch and counts again.
 
 A caller's own errors stay its own: scores are validated before a batch joins a group. Errors
-the server raises for the env (a corrupt hash, a key of another type) reach every member.
+the server raises for the env (a corrupt hash, a key of another type) reach every member, each
+its own copy of the exception (``_own_copy``).
 
 The coalescer does not look into what a merge returns: whatever ``StoreCore._send_merge``
 returns is handed to every member. Operations reach it through one seam: with coalescing on,
@@ -45,6 +55,9 @@ asyncio driver hands it here; so every operation that merges (``update``, ``merg
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +82,22 @@ def _refused(error: BaseException) -> bool:
     stored once, and the callers' retry must send that same request (to wait for the replicas
     again without counting twice), so it is remembered like a merge whose reply was lost."""
     return isinstance(error, _REFUSED) and not isinstance(error, NotReplicatedError)
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one member of a group, so that each caller's raise adds its
+    traceback to its own exception rather than to one shared by every member. It keeps the
+    message, attributes, cause, context and the traceback so far. An exception that cannot be
+    rebuilt from its ``args`` (a library's own with a different constructor) is shared as is."""
+    try:
+        own = copy.copy(error)
+    except Exception:  # noqa: BLE001 - any failure to rebuild it: share the original
+        return error
+    if type(own) is not type(error):
+        return error
+    own.__cause__, own.__context__ = error.__cause__, error.__context__
+    own.__suppress_context__ = error.__suppress_context__
+    return own.with_traceback(error.__traceback__)
 
 
 @dataclass(eq=False)
@@ -96,9 +125,44 @@ class _Lane:
     forming: _Group | None = None
 
 
-#: Remembered batches kept per env at most (the oldest summaries are forgotten first): callers
-#: that never send their batch again must not make the memory grow without bound.
+#: Remembered batches kept per env at most, whatever their summaries (the oldest are forgotten
+#: first): callers that never send their batch again must not make the memory grow without bound.
 REMEMBER_LIMIT = 1024
+#: Seconds after which a remembered batch is forgotten: a caller retries within seconds, and a
+#: batch with the same summary sent later is a new batch.
+REMEMBER_SECONDS = 30.0
+#: Merge requests from this store into the env after which a remembered batch is forgotten (the
+#: members of a failed group retry while a few groups go out).
+REMEMBER_MERGES = 32
+
+#: The clock remembered batches expire by (a seam for tests).
+_now = time.monotonic
+
+
+@dataclass(eq=False)
+class _Remembered:
+    """A batch whose caller never saw the answer of ``request``, the merge that carried it."""
+
+    encoded: str
+    request: RunScript
+    merge: int  # the env's merge number when it was remembered
+    expires: float  # on the ``_now`` clock
+
+
+@dataclass(eq=False)
+class _Memory:
+    """One env's remembered batches, oldest first, and the merges sent into it meanwhile."""
+
+    entries: deque[_Remembered] = field(default_factory=lambda: deque(maxlen=REMEMBER_LIMIT))
+    merges: int = 0
+
+    def expire(self) -> None:
+        """Forget the batches past their time or their number of merges (oldest first, and both
+        grow with age)."""
+        now = _now()
+        entries = self.entries
+        while entries and (entries[0].expires <= now or self.merges - entries[0].merge > REMEMBER_MERGES):
+            entries.popleft()
 
 
 class MergeCoalescer:
@@ -108,8 +172,8 @@ class MergeCoalescer:
     def __init__(self, store: AsyncStatsStore) -> None:
         self._store = store
         self._lanes: dict[str, _Lane] = {}
-        # Per env, per batch summary: merges whose answer the callers never saw (oldest first).
-        self._remembered: dict[str, dict[str, list[RunScript]]] = {}
+        # Per env: batches whose merge's answer their callers never saw (oldest first).
+        self._remembered: dict[str, _Memory] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Merge requests sent (groups, single batches and re-sent remembered ones; the store's
         #: own retries of one request are not counted again): for benchmarks and monitoring.
@@ -177,8 +241,9 @@ class MergeCoalescer:
         self._next(key, lane, group, cancelled=task.cancelled())
 
     def _next(self, key: str, lane: _Lane, group: _Group, cancelled: bool) -> None:
-        """``group``'s merge returned (or nobody waits for it): send the group that formed
-        meanwhile, or mark the env idle. A cancelled send (the loop is shutting down) cancels
+        """``group``'s merge returned, or nobody waits for it any more (it then goes on in the
+        background, no longer the env's merge in flight): send the group that formed meanwhile,
+        or mark the env idle. A cancelled send (the loop is shutting down) cancels
         the waiting group instead of starting it."""
         if lane.in_flight is not group:
             return  # the lane moved on already
@@ -211,7 +276,7 @@ class MergeCoalescer:
         request = store._merge_request(key, encode_stats(combined))
         for member in members:
             member.request = request
-        self.requests_sent += 1
+        self._sending(key)
         try:
             result = await store.run(store._send_merge(request))
         except BaseException as exc:
@@ -231,7 +296,7 @@ class MergeCoalescer:
             if isinstance(error, asyncio.CancelledError):
                 member.answer.cancel()
             elif error is not None:
-                member.answer.set_exception(error)
+                member.answer.set_exception(_own_copy(error))
             else:
                 member.answer.set_result(result)
 
@@ -239,7 +304,7 @@ class MergeCoalescer:
         """Send one caller's merge from its own task: a batch alone (``_send_alone``), or a batch
         sent again whose merge its caller never saw answered, as the same request, so that the
         script merges it only if it never arrived. Remembered again if its answer is lost again."""
-        self.requests_sent += 1
+        self._sending(key)
         try:
             return await self._store.run(self._store._send_merge(request))
         except BaseException as exc:
@@ -247,26 +312,42 @@ class MergeCoalescer:
                 self._remember(key, request, [encoded])
             raise
 
+    def _sending(self, key: str) -> None:
+        """Count a merge request going out into ``key`` (remembered batches expire by it)."""
+        self.requests_sent += 1
+        memory = self._remembered.get(key)
+        if memory is not None:
+            memory.merges += 1
+
     def _remember(self, key: str, request: RunScript, encodings: list[str]) -> None:
         """Note that the callers of these batches never saw ``request``'s answer."""
         if not encodings:
             return
-        by_summary = self._remembered.setdefault(key, {})
-        for encoded in encodings:
-            by_summary.setdefault(encoded, []).append(request)
-        while len(by_summary) > REMEMBER_LIMIT:
-            del by_summary[next(iter(by_summary))]
+        memory = self._remembered.get(key)
+        if memory is None:
+            memory = self._remembered[key] = _Memory()
+        expires = _now() + REMEMBER_SECONDS
+        for encoded in encodings:  # the deque's maxlen drops the oldest
+            memory.entries.append(_Remembered(encoded, request, memory.merges, expires))
 
     def _recall(self, key: str, encoded: str) -> RunScript | None:
-        """The oldest remembered merge that carried a batch with this summary, forgotten as it
-        is handed out (each remembered batch is sent again once)."""
-        by_summary = self._remembered.get(key)
-        requests = by_summary.get(encoded) if by_summary else None
-        if not requests:
+        """The oldest unexpired remembered merge that carried a batch with this summary,
+        forgotten as it is handed out (each remembered batch is sent again once)."""
+        memory = self._remembered.get(key)
+        if memory is None:
             return None
-        request = requests.pop(0)
-        if not requests:
-            del by_summary[encoded]
-            if not by_summary:
-                del self._remembered[key]
-        return request
+        memory.expire()
+        found = next((entry for entry in memory.entries if entry.encoded == encoded), None)
+        if found is not None:
+            memory.entries.remove(found)
+        if not memory.entries:
+            del self._remembered[key]
+        return None if found is None else found.request
+
+    def remembered(self, key: str) -> int:
+        """How many batches are remembered for ``key`` now (expired ones not counted)."""
+        memory = self._remembered.get(key)
+        if memory is None:
+            return 0
+        memory.expire()
+        return len(memory.entries)

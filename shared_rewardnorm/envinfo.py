@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidStatsError
-from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, DECAY_FIELDS, STAT_FIELDS
+from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, STAT_FIELDS
 from .stats import MAX_COUNT, RunningStats
 
 __all__ = ["DecayedStats", "EnvInfo", "DECAYED_KEYS", "SNAPSHOT_KEYS"]

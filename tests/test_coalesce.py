@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from typing import Any
 
 import pytest
@@ -14,9 +15,11 @@ import redis
 
 from delay_proxy import DelayProxy
 from helpers import assert_summarizes
+from shared_rewardnorm import coalesce
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
+    CorruptStatsError,
     RunningStats,
     StatsOverflowError,
     StatsStore,
@@ -239,3 +242,104 @@ def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_re
 
         asyncio.run(run())
     assert_summarizes(StatsStore(real_client, namespace).get("env"), batches[0] + batches[1])
+
+
+def test_a_remembered_batch_is_forgotten_after_the_envs_next_merges(url: Any, namespace: str) -> None:
+    """A group member cancelled after its group's merge succeeded, which never retries: once 50
+    other merges (more than ``REMEMBER_MERGES``) went into the env, a fresh batch with the same
+    summary (common with 0/1 rewards) is a new batch and counts."""
+    batches = make_batches(9, 2)
+    zeros = [0.0] * 16
+
+    async def run() -> None:
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)
+        group = [asyncio.ensure_future(store.update("env", b)) for b in (zeros, batches[1])]
+        await first
+        await asyncio.sleep(0)  # the group went out
+        group[0].cancel()
+        assert (await group[1]).count == 48
+        with pytest.raises(asyncio.CancelledError):
+            await group[0]
+        for value in range(50):  # other merges into the env
+            await store.update("env", [float(value)])
+        fresh = await store.update("env", zeros)
+        assert fresh.count == 48 + 50 + 16 and store.duplicates == 0
+        await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_remembered_batch_is_forgotten_after_remember_seconds(url: Any, namespace: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, with no other merge in between but ``REMEMBER_SECONDS`` gone by (a retry comes
+    within seconds)."""
+    clock = [1000.0]
+    monkeypatch.setattr(coalesce, "_now", lambda: clock[0], raising=False)
+    batches = make_batches(10, 2)
+    zeros = [0.0] * 16
+
+    async def run() -> None:
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)
+        group = [asyncio.ensure_future(store.update("env", b)) for b in (zeros, batches[1])]
+        await first
+        await asyncio.sleep(0)
+        group[0].cancel()
+        assert (await group[1]).count == 48
+        with pytest.raises(asyncio.CancelledError):
+            await group[0]
+        clock[0] += getattr(coalesce, "REMEMBER_SECONDS", 30.0) + 1
+        fresh = await store.update("env", zeros)
+        assert fresh.count == 64 and store.duplicates == 0
+        await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_remembered_batches_are_capped_per_env() -> None:
+    """Callers that never send their batch again cannot make the memory grow without bound, even
+    under one summary: at most ``REMEMBER_LIMIT`` entries per env, the oldest forgotten first."""
+
+    async def run() -> None:
+        store = AsyncStatsStore(None, "cap")
+        coalescer = store.coalescer
+        summary = coalesce.encode_stats(RunningStats.from_values([0.0] * 16))
+        requests = [store._merge_request("env", summary) for _ in range(coalesce.REMEMBER_LIMIT + 500)]
+        for request in requests:
+            coalescer._remember("env", request, [summary])
+        assert coalescer.remembered("env") == coalesce.REMEMBER_LIMIT
+        assert coalescer._recall("env", summary) is requests[500]  # the oldest kept
+        assert coalescer.remembered("env") == coalesce.REMEMBER_LIMIT - 1
+        await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_every_member_of_a_failed_group_gets_its_own_error(url: Any, namespace: str) -> None:
+    """An error the server raises for the env reaches every member of the group, each as its
+    own exception object (equal in class, message and attributes), so that one caller's raise
+    does not pile its traceback onto the others'."""
+
+    async def run() -> list[Any]:
+        store = AsyncStatsStore(url, namespace)
+        await store.update("env", [1.0])
+        await store.client.hset(store.key("env"), "mean", "abc")
+        first = asyncio.ensure_future(store.update("env", [1.0]))
+        await asyncio.sleep(0)  # in flight: the next two form a group behind it
+        results = await asyncio.gather(first, store.update("env", [2.0]), store.update("env", [3.0]),
+                                       return_exceptions=True)
+        assert store.coalescer.requests_sent == 3  # the setup, the one in flight, then the group of two
+        await store.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert all(isinstance(result, CorruptStatsError) for result in results)
+    grouped = results[1:]
+    assert grouped[0] is not grouped[1]
+    assert str(grouped[0]) == str(grouped[1]) and re.search(r"mean must be", str(grouped[0]))
+    assert (grouped[0].key, grouped[0].field) == (grouped[1].key, grouped[1].field) == (f"{namespace}:{{env}}", "mean")
+    assert isinstance(grouped[0].__cause__, redis.ResponseError)  # the server's reply, kept
+    assert grouped[0].__cause__ is grouped[1].__cause__

@@ -113,6 +113,23 @@ def test_configure_script_validates_its_argument(raw_client: Any, namespace: str
     assert raw_client.hgetall(key) == before
 
 
+@pytest.mark.parametrize("stored", ["1e4", "10000.0", "1E+4"])
+def test_configure_compares_the_stored_half_life_as_a_number(backend: Any, raw_client: Any, namespace: str,
+                                                             stored: str) -> None:
+    """A stored half-life written otherwise (by hand) but equal to the wanted one is the same
+    half-life: configure changes nothing and the decayed statistics are kept."""
+    store = StatsStore(backend, namespace)
+    store.configure("env", half_life=10000)
+    store.update("env", [1.0, 2.0])
+    key = f"{namespace}:{{env}}"
+    raw_client.hset(key, "half_life", stored)
+    before = raw_client.hgetall(key)
+    assert store.configure("env", half_life=10000) is False
+    assert raw_client.hgetall(key) == before and store.info("env").decayed.weight == 2.0
+    assert store.configure("env", half_life=10001) is True  # a different one still restarts them
+    assert store.info("env").decayed == DecayedStats()
+
+
 def test_recent_normalizes_with_the_decayed_statistics(backend: Any, namespace: str) -> None:
     store = StatsStore(backend, namespace)
     store.configure("env", half_life=40)

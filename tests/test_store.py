@@ -18,6 +18,7 @@ from shared_rewardnorm import (
     StatsStore,
     WrongTypeError,
 )
+from shared_rewardnorm.core import MAX_BATCH_RECORD_TTL
 from shared_rewardnorm.protocol import encode_stats
 from shared_rewardnorm.scripts import script_source
 
@@ -169,6 +170,27 @@ def test_replace_accepts_the_good_state(raw_client: Any, namespace: str) -> None
     key = f"{namespace}:{{env}}"
     reply = raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1", GOOD_STATE)
     assert reply.split() == ("2 1 0 1 1 " + GOOD_STATE).encode().split()
+
+
+@pytest.mark.parametrize("ttl", ["99999999999999999999", str(MAX_BATCH_RECORD_TTL + 1), "0", "1.5", "-1", ""])
+def test_merge_validates_the_record_lifetime(raw_client: Any, namespace: str, ttl: str) -> None:
+    """The record lifetime is bounded in the script as in Python (``MAX_BATCH_RECORD_TTL``): a
+    larger one is refused by the script's own message (not Redis's "out of range"), and nothing
+    is written."""
+    key, record = f"{namespace}:{{env}}", f"{namespace}:{{env}}:batches:c1"
+    raw_client.hset(key, mapping={"count": "1", "mean": "5", "m2": "0", "min": "5", "max": "5"})
+    before = raw_client.hgetall(key)
+    with pytest.raises(redis.ResponseError, match=rf"^REWARDNORM_INVALID {re.escape(key)} record lifetime must be "
+                                                  rf"an integer from 1 to {MAX_BATCH_RECORD_TTL} \(seconds\), got"):
+        raw_client.eval(script_source("merge"), 2, key, record, "1 1 0 1 1", "1", ttl)
+    assert raw_client.hgetall(key) == before and raw_client.exists(record) == 0
+
+
+def test_merge_accepts_the_longest_record_lifetime(raw_client: Any, namespace: str) -> None:
+    """The script's bound is Python's: ``MAX_BATCH_RECORD_TTL`` itself is accepted."""
+    key, record = f"{namespace}:{{env}}", f"{namespace}:{{env}}:batches:c1"
+    raw_client.eval(script_source("merge"), 2, key, record, "1 1 0 1 1", "1", str(MAX_BATCH_RECORD_TTL))
+    assert MAX_BATCH_RECORD_TTL - 5 <= raw_client.ttl(record) <= MAX_BATCH_RECORD_TTL
 
 
 @pytest.mark.parametrize("script, arguments, message", [
