@@ -244,27 +244,34 @@ def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_re
     assert_summarizes(StatsStore(real_client, namespace).get("env"), batches[0] + batches[1])
 
 
+ZEROS = [0.0] * 16
+
+
+async def cancel_a_member_after_its_group_landed(store: AsyncStatsStore, batches: list[list[float]]) -> None:
+    """Merge ``batches[0]`` alone, then ``ZEROS`` and ``batches[1]`` as one group behind it; cancel
+    the ``ZEROS`` caller once the group went out, so the coalescer remembers a batch that landed
+    (48 values counted) and that its caller never sends again."""
+    first = asyncio.ensure_future(store.update("env", batches[0]))
+    await asyncio.sleep(0)
+    group = [asyncio.ensure_future(store.update("env", batch)) for batch in (ZEROS, batches[1])]
+    await first
+    await asyncio.sleep(0)  # the group went out
+    group[0].cancel()
+    assert (await group[1]).count == 48
+    with pytest.raises(asyncio.CancelledError):
+        await group[0]
+
+
 def test_a_remembered_batch_is_forgotten_after_the_envs_next_merges(url: Any, namespace: str) -> None:
     """A group member cancelled after its group's merge succeeded, which never retries: once 50
     other merges (more than ``REMEMBER_MERGES``) went into the env, a fresh batch with the same
     summary (common with 0/1 rewards) is a new batch and counts."""
-    batches = make_batches(9, 2)
-    zeros = [0.0] * 16
-
     async def run() -> None:
         store = AsyncStatsStore(url, namespace)
-        first = asyncio.ensure_future(store.update("env", batches[0]))
-        await asyncio.sleep(0)
-        group = [asyncio.ensure_future(store.update("env", b)) for b in (zeros, batches[1])]
-        await first
-        await asyncio.sleep(0)  # the group went out
-        group[0].cancel()
-        assert (await group[1]).count == 48
-        with pytest.raises(asyncio.CancelledError):
-            await group[0]
+        await cancel_a_member_after_its_group_landed(store, make_batches(9, 2))
         for value in range(50):  # other merges into the env
             await store.update("env", [float(value)])
-        fresh = await store.update("env", zeros)
+        fresh = await store.update("env", ZEROS)
         assert fresh.count == 48 + 50 + 16 and store.duplicates == 0
         await store.aclose()
 
@@ -276,23 +283,13 @@ def test_a_remembered_batch_is_forgotten_after_remember_seconds(url: Any, namesp
     """The same, with no other merge in between but ``REMEMBER_SECONDS`` gone by (a retry comes
     within seconds)."""
     clock = [1000.0]
-    monkeypatch.setattr(coalesce, "_now", lambda: clock[0], raising=False)
-    batches = make_batches(10, 2)
-    zeros = [0.0] * 16
+    monkeypatch.setattr(coalesce, "_now", lambda: clock[0])
 
     async def run() -> None:
         store = AsyncStatsStore(url, namespace)
-        first = asyncio.ensure_future(store.update("env", batches[0]))
-        await asyncio.sleep(0)
-        group = [asyncio.ensure_future(store.update("env", b)) for b in (zeros, batches[1])]
-        await first
-        await asyncio.sleep(0)
-        group[0].cancel()
-        assert (await group[1]).count == 48
-        with pytest.raises(asyncio.CancelledError):
-            await group[0]
-        clock[0] += getattr(coalesce, "REMEMBER_SECONDS", 30.0) + 1
-        fresh = await store.update("env", zeros)
+        await cancel_a_member_after_its_group_landed(store, make_batches(10, 2))
+        clock[0] += coalesce.REMEMBER_SECONDS + 1
+        fresh = await store.update("env", ZEROS)
         assert fresh.count == 64 and store.duplicates == 0
         await store.aclose()
 
