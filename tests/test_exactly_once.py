@@ -176,6 +176,21 @@ def test_caller_retry_of_a_different_batch_is_a_new_batch(real_redis_url: str, n
         client.close()
 
 
+async def normalize_until_answered(norm: AsyncSharedRewardNormalizer, batch: list[float], hold: float,
+                                   who_retries: str) -> int:
+    """The caller's own retry loop: normalize ``batch`` until a call returns (each try cut off
+    after 0.3 s when the proxy holds replies); the number of retries. With the store retrying,
+    no error may reach the caller."""
+    retries = 0
+    while True:
+        try:
+            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
+            return retries
+        except (redis.ConnectionError, asyncio.TimeoutError):
+            assert who_retries != "store"
+            retries += 1
+
+
 @pytest.mark.real_redis
 @pytest.mark.parametrize("who_retries", ["store", "caller", "caller after a timeout"])
 def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: str, real_client: Any,
@@ -194,13 +209,7 @@ def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: s
             norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
             caller_retries = 0
             for batch in sent:
-                while True:
-                    try:
-                        await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
-                        break
-                    except (redis.ConnectionError, asyncio.TimeoutError):
-                        assert who_retries != "store"
-                        caller_retries += 1
+                caller_retries += await normalize_until_answered(norm, batch, hold, who_retries)
             await client.aclose()
             return caller_retries, store.duplicates
 
@@ -234,13 +243,8 @@ def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespac
             async def worker(index: int) -> None:
                 nonlocal caller_retries
                 for batch in sent[index::32]:
-                    while True:
-                        try:
-                            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
-                            break
-                        except (redis.ConnectionError, asyncio.TimeoutError):
-                            assert who_retries != "store"
-                            caller_retries += 1
+                    retries = await normalize_until_answered(norm, batch, hold, who_retries)
+                    caller_retries += retries  # after the await: `x += await ...` reads x before it
 
             await asyncio.gather(*(worker(i) for i in range(32)))
             await client.aclose()
