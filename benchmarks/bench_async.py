@@ -28,8 +28,7 @@ import redis
 from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, SharedRewardNormalizer, StatsStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Printer, argument_parser, fmt_rate, machine_rows, make_batches, progress, scratch_namespace  # noqa: E402
-
+from common import Printer, argument_parser, fmt_rate, machine_rows, make_batches, progress, scratch_namespace
 
 
 def run_sync(url: str, ns: str, batches: list[list[float]]) -> float:

@@ -33,8 +33,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -45,7 +46,17 @@ from worker_processes import stop_workers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_normalize import _watch_normalizer  # noqa: E402
-from common import Printer, argument_parser, fmt_rate, fmt_ratio, machine_rows, make_batches, nproc, progress, scratch_namespace  # noqa: E402
+from common import (  # noqa: E402
+    Printer,
+    argument_parser,
+    fmt_rate,
+    fmt_ratio,
+    machine_rows,
+    make_batches,
+    nproc,
+    progress,
+    scratch_namespace,
+)
 
 from shared_rewardnorm import (  # noqa: E402
     AsyncSharedRewardNormalizer,
@@ -55,7 +66,7 @@ from shared_rewardnorm import (  # noqa: E402
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.normalization import NormalizerSettings, normalize_values  # noqa: E402
+from shared_rewardnorm._core.normalization import NormalizerSettings, normalize_values  # noqa: E402
 
 BATCH = 16
 COROUTINES = 16

@@ -41,20 +41,22 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import redis.connection
 from redis.exceptions import WatchError
 
 from shared_rewardnorm import RunningStats, SharedRewardNormalizer, StatsStore
-from shared_rewardnorm.protocol import batch_record_key, encode_sequence, encode_stats
-from shared_rewardnorm.schema import STAT_FIELDS
+from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._core.protocol import encode_sequence, encode_stats
+from shared_rewardnorm._core.schema import STAT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     Printer,
     argument_parser,
     fmt_rate,
@@ -451,7 +453,7 @@ def _watch_normalizer(client: redis.Redis, key: str) -> Callable[[list[float]], 
     The client-side work around it (validation, batch summary, normalization) is the package's
     own, so the two sides differ only in how the merge reaches Redis."""
     try:
-        from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
+        from shared_rewardnorm._core.normalization import NormalizerSettings, normalize_values
 
         settings = NormalizerSettings.create("zscore", 5.0, 10, 1e-8)
         finish = lambda values, stats: normalize_values(values, stats, settings)  # noqa: E731
@@ -686,9 +688,9 @@ def section_client_profile(out: Printer, client: redis.Redis, ns: str, plan: Pla
     work, and a cProfile of real calls grouped by module."""
     progress("section 7: client time per normalize call, by stage")
     out.heading("7. Client time per normalize call, by stage (network stubbed; best of 5 loops)")
-    from shared_rewardnorm.inputs import coerce_scores
-    from shared_rewardnorm.normalization import normalize_values
-    from shared_rewardnorm.protocol import decode_reply
+    from shared_rewardnorm._core.inputs import coerce_scores
+    from shared_rewardnorm._core.normalization import normalize_values
+    from shared_rewardnorm._core.protocol import decode_reply
     from shared_rewardnorm.stats import summarize
 
     rows = []

@@ -21,7 +21,6 @@ import redis
 
 import shared_rewardnorm
 
-
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -29,7 +28,7 @@ def argument_parser(doc: str, *, url: bool = True, quick: str | None = "a short 
     """The options every benchmark shares: ``--url`` of the Redis to use (where it uses the
     shared one rather than private servers), ``--quick`` (when it has a short run) and
     ``--markdown``. The description is the first paragraph of ``doc``."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc.split("\n\n", maxsplit=1)[0])
     if url:
         parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
     if quick is not None:

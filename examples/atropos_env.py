@@ -31,11 +31,11 @@ from atroposlib.envs.base import APIServerConfig, BaseEnv, ScoredDataGroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from offline_models import WORDS, save_word_tokenizer  # noqa: E402
+from offline_models import WORDS, save_word_tokenizer
 
-from shared_rewardnorm.atropos import SharedRewardNormConfig, SharedRewardNormMixin  # noqa: E402
+from shared_rewardnorm.atropos import SharedRewardNormConfig, SharedRewardNormMixin
 
-NUMBERS = "one two three four five six seven eight nine ten".split()
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 QUESTIONS = [(f"what is {NUMBERS[a]} plus {NUMBERS[b]}", NUMBERS[a + b + 1])
              for a in range(4) for b in range(4)]
 

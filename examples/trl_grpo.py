@@ -27,10 +27,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from offline_models import save_tiny_llama  # noqa: E402
+from offline_models import save_tiny_llama
 
-from shared_rewardnorm import StatsStore  # noqa: E402
-from shared_rewardnorm.trl import SharedNormRewardFunc  # noqa: E402
+from shared_rewardnorm import StatsStore
+from shared_rewardnorm.trl import SharedNormRewardFunc
 
 PROMPTS = ["say yes or no", "is the answer yes", "count to three", "what is one plus two",
            "say a long word", "say a short word", "is two plus two four", "say the answer"]

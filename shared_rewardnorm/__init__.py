@@ -8,9 +8,9 @@ Quick start::
     normalized = norm.normalize([1.0, -1.0, 1.0, 1.0])
 """
 
-from .aio import AsyncSharedRewardNormalizer, AsyncStatsStore
-from .envinfo import DecayedStats, EnvInfo
-from .errors import (
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
+from shared_rewardnorm.errors import (
     CorruptStatsError,
     FunctionsNotLoadedError,
     InvalidStatsError,
@@ -20,28 +20,27 @@ from .errors import (
     StatsOverflowError,
     WrongTypeError,
 )
-from .normalizer import SharedRewardNormalizer
-from .retry import RetryPolicy
-from .stats import RunningStats
-from .store import StatsStore
+from shared_rewardnorm.retry import RetryPolicy
+from shared_rewardnorm.stats import RunningStats
+from shared_rewardnorm.sync import SharedRewardNormalizer, StatsStore
 
 __all__ = [
-    "RunningStats",
+    "AsyncSharedRewardNormalizer",
+    "AsyncStatsStore",
+    "CorruptStatsError",
     "DecayedStats",
     "EnvInfo",
-    "StatsStore",
-    "SharedRewardNormalizer",
-    "AsyncStatsStore",
-    "AsyncSharedRewardNormalizer",
-    "RewardNormError",
-    "InvalidStatsError",
-    "CorruptStatsError",
-    "WrongTypeError",
-    "StatsOverflowError",
-    "StaleBatchError",
     "FunctionsNotLoadedError",
+    "InvalidStatsError",
     "NotReplicatedError",
     "RetryPolicy",
+    "RewardNormError",
+    "RunningStats",
+    "SharedRewardNormalizer",
+    "StaleBatchError",
+    "StatsOverflowError",
+    "StatsStore",
+    "WrongTypeError",
 ]
 
 __version__ = "0.1.0"

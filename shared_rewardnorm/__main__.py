@@ -1,5 +1,5 @@
 """``python -m shared_rewardnorm``: the ``shared-rewardnorm`` command line."""
-from .cli import main
+from shared_rewardnorm.cli import main
 
 if __name__ == "__main__":  # guarded: the demo's spawned workers re-import the main module
     raise SystemExit(main())

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidStatsError
-from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, STAT_FIELDS
-from .stats import MAX_COUNT, RunningStats
+from shared_rewardnorm._core.schema import ACTIVITY_FIELDS, CONFIG_FIELDS, STAT_FIELDS
+from shared_rewardnorm.errors import InvalidStatsError
+from shared_rewardnorm.stats import MAX_COUNT, RunningStats
 
-__all__ = ["DecayedStats", "EnvInfo", "DECAYED_KEYS", "SNAPSHOT_KEYS"]
+__all__ = ["DECAYED_KEYS", "SNAPSHOT_KEYS", "DecayedStats", "EnvInfo"]
 
 #: The keys of a snapshot's ``decayed`` object, one per ``DECAY_FIELDS`` entry (the hash's
 #: ``wmean``/``wm2`` are ``mean``/``m2`` inside the object).
@@ -116,7 +116,7 @@ class EnvInfo:
         plus ``decayed``, ``half_life``, ``frozen``, ``merges`` and ``updated_at``. An env with
         configuration but no statistics writes zeros, not the reference's ``min=inf``: strict
         JSON has no infinity."""
-        totals = self.stats.to_dict() if self.stats.count else {name: 0.0 for name in STAT_FIELDS} | {"count": 0}
+        totals = self.stats.to_dict() if self.stats.count else dict.fromkeys(STAT_FIELDS, 0.0) | {"count": 0}
         entry = {**totals, "decayed": None if self.decayed is None else self.decayed.to_dict()}
         entry.update((name, getattr(self, name)) for name in CONFIG_FIELDS + ACTIVITY_FIELDS)
         return entry

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from redis.exceptions import ResponseError
 
-from .schema import ENV_FIELDS
-from .scripts import library_name
+from shared_rewardnorm._core.schema import ENV_FIELDS
 
 __all__ = [
-    "RewardNormError",
-    "InvalidStatsError",
     "CorruptStatsError",
-    "WrongTypeError",
-    "StatsOverflowError",
-    "StaleBatchError",
     "FunctionsNotLoadedError",
+    "InvalidStatsError",
     "NotReplicatedError",
+    "RewardNormError",
+    "StaleBatchError",
+    "StatsOverflowError",
+    "WrongTypeError",
     "translate_response_error",
 ]
 
@@ -105,13 +104,10 @@ def translate_response_error(error: ResponseError) -> Exception:
     """Map a script's ``REWARDNORM_*`` error reply to a library exception.
 
     Errors that did not come from our scripts are returned unchanged, so callers can always
-    ``raise translate_response_error(exc) from exc``.
+    ``raise translate_response_error(exc) from exc``. (A missing Function library is the
+    scripts' business: ``_redis.scripts.translate_script_error`` checks for it first.)
     """
     message = str(error)
-    if message.startswith("Function not found"):
-        return FunctionsNotLoadedError(f"the server has no Function library {library_name()} (Redis says "
-                                       f"{message!r}); load it once with StatsStore(...).load_functions() "
-                                       "or `shared-rewardnorm load-functions`")
     start = message.find(ERROR_PREFIX)
     if start < 0:
         return error

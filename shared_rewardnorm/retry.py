@@ -23,7 +23,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["RetryPolicy", "DEFAULT_RETRY", "TRANSIENT_ERRORS", "worth_retrying"]
+__all__ = ["DEFAULT_RETRY", "TRANSIENT_ERRORS", "RetryPolicy", "worth_retrying"]
 
 #: Failures that may be transient: the network, a timeout, a server still loading its data
 #: (``BusyLoadingError`` is a ``ConnectionError``), a cluster mid-failover (CLUSTERDOWN,

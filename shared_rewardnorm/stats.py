@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidStatsError
-from .inputs import Scores, coerce_scores
-from .schema import STAT_FIELDS
+from shared_rewardnorm._core.inputs import Scores, coerce_scores
+from shared_rewardnorm._core.schema import STAT_FIELDS
+from shared_rewardnorm.errors import InvalidStatsError
 
 __all__ = ["RunningStats", "summarize"]
 

@@ -16,9 +16,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import drop_namespace, require_binaries, unavailable  # noqa: E402
-from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
-from shared_rewardnorm.connection import URL_VARIABLE, embedded_server  # noqa: E402
+from helpers import drop_namespace, require_binaries, unavailable
+from redis_servers import NO_PERSISTENCE, RedisServer
+
+from shared_rewardnorm._redis.connection import URL_VARIABLE, embedded_server
 
 REAL_REDIS_URL = os.environ.get("SHARED_REWARDNORM_TEST_URL", "redis://127.0.0.1:6379/0")
 

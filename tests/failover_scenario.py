@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from redis_sentinel import SentinelGroup
 from worker_processes import stop_workers
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from shared_rewardnorm import RunningStats
-from shared_rewardnorm.inputs import glob_escape
+from shared_rewardnorm._core.keys import glob_escape
 
 #: Under SHARED_REWARDNORM_REQUIRE_REDIS=1 a missing Redis (or tool) fails the test instead of
 #: skipping it, so CI cannot pass by skipping everything.

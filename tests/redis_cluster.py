@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from redis_servers import free_port, start_on_a_free_port, stop_process, wait_until_answering
 
-__all__ = ["RedisCluster", "ClusterNode", "cluster_tools_missing", "SLOTS"]
+__all__ = ["SLOTS", "ClusterNode", "RedisCluster", "cluster_tools_missing"]
 
 SLOTS = 16384
 #: Options every node gets (on top of port, bind, dir, logfile).

@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import redis
-
-from redis_servers import NO_PERSISTENCE, RedisServer, stop_process, wait_until_answering, free_port
+from redis_servers import NO_PERSISTENCE, RedisServer, free_port, stop_process, wait_until_answering
 from tcp_proxy import TcpProxy
 
-__all__ = ["SentinelGroup", "LagProxy", "SERVICE"]
+__all__ = ["SERVICE", "LagProxy", "SentinelGroup"]
 
 SERVICE = "srn-primary"
 

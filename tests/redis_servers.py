@@ -107,7 +107,7 @@ def wait_until_answering(process: subprocess.Popen[bytes], client: redis.Redis, 
             detail = output()
             stop_process(process)
             if "Address already in use" in detail:
-                raise PortTaken()
+                raise PortTaken
             raise ServerExited(f"{name} exited with {process.returncode}: {detail[-2000:]}", detail)
         try:
             if client.ping():

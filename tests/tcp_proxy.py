@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 P = TypeVar("P", bound="TcpProxy")
 
@@ -20,7 +20,7 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -32,7 +32,7 @@ class TcpProxy:
         """Handle a new connection (on the accept thread: hand long work to a thread)."""
         raise NotImplementedError
 
-    def _connect_upstream(self, client: socket.socket) -> Optional[socket.socket]:
+    def _connect_upstream(self, client: socket.socket) -> socket.socket | None:
         """A connection to the upstream for ``client``, or None (``client`` is then closed)."""
         try:
             return socket.create_connection(self.upstream)
@@ -50,7 +50,7 @@ class TcpProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -34,7 +34,7 @@ from shared_rewardnorm import (
     StatsStore,
     WrongTypeError,
 )
-from shared_rewardnorm.scripts import function_library, library_name
+from shared_rewardnorm._redis.scripts import function_library, library_name
 
 pytestmark = pytest.mark.own_server
 

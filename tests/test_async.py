@@ -22,8 +22,6 @@ from shared_rewardnorm import (
 )
 
 
-
-
 @pytest.fixture(autouse=True)
 def cleanup(url: Any, namespace: str) -> Any:
     yield

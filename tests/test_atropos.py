@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from integrations import import_example, require_module
 from reference_oracle import OracleNormalizer
 
@@ -395,7 +394,7 @@ def test_wandb_log_survives_a_corrupt_hash(tokenizer_dir: str, namespace: str, m
     step's logging either: the metrics are logged without ours, with a warning naming why."""
     import fakeredis
 
-    from shared_rewardnorm.connection import embedded_server
+    from shared_rewardnorm._redis.connection import embedded_server
 
     env = make_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_normalization_warmup=0)
     env.config.use_wandb = True

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-
 from redis_servers import RedisServer, free_port
+
 from shared_rewardnorm import StatsStore
-from shared_rewardnorm.cli import main, redact
-from shared_rewardnorm.snapshot import snapshot_masters
-from shared_rewardnorm.connection import close_client
+from shared_rewardnorm._redis.connection import close_client
+from shared_rewardnorm.cli import main
+from shared_rewardnorm.cli.render import redact
+from shared_rewardnorm.cli.bgsave import snapshot_masters
 
 PROG = "shared-rewardnorm"
 SEED_VALUES = {
@@ -551,7 +552,7 @@ def test_cluster_stats_and_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_lua_prints_what_clients_run(capsys: pytest.CaptureFixture[str]) -> None:
-    from shared_rewardnorm.scripts import function_library, script_source
+    from shared_rewardnorm._redis.scripts import function_library, script_source
 
     for what, expected in (("merge", script_source("merge")), ("replace", script_source("replace")),
                            ("library", function_library())):
@@ -561,7 +562,7 @@ def test_lua_prints_what_clients_run(capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.own_server
 def test_load_functions_lets_a_functions_only_store_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from shared_rewardnorm.scripts import library_name
+    from shared_rewardnorm._redis.scripts import library_name
 
     with RedisServer(tmp_path, ["--save", ""]) as server:
         assert main(["--url", server.url, "load-functions"]) == 0

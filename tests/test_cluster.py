@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 import redis.connection
+from helpers import assert_summarizes, unavailable
 from redis.asyncio.cluster import RedisCluster as AsyncClusterClient
 from redis.cluster import RedisCluster as ClusterClient
-
-from helpers import assert_summarizes, unavailable
 from redis_cluster import RedisCluster, cluster_tools_missing
+from worker_processes import stop_workers
+
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -33,8 +34,7 @@ from shared_rewardnorm import (
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.scripts import script_source
-from worker_processes import stop_workers
+from shared_rewardnorm._redis.scripts import script_source
 
 pytestmark = pytest.mark.own_server
 
@@ -258,7 +258,7 @@ def test_get_many_is_one_pipeline_send_per_master(filled_store: StatsStore, clus
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     found = filled_store.get_many(ENVS + ["never-written"])
     monkeypatch.undo()
-    assert sends == Counter({port: 1 for port in cluster.ports}), sends
+    assert sends == Counter(dict.fromkeys(cluster.ports, 1)), sends
     assert list(found) == ENVS + ["never-written"]
     assert found["never-written"] == RunningStats()
     for index, env in enumerate(ENVS):
@@ -587,7 +587,7 @@ def functions_loaded(cluster: RedisCluster) -> Iterator[str]:
 
 def test_functions_run_on_every_master(cluster: RedisCluster, client: ClusterClient, namespace: str,
                                        functions_loaded: str) -> None:
-    from shared_rewardnorm.scripts import library_name
+    from shared_rewardnorm._redis.scripts import library_name
 
     for node in cluster.nodes:
         plain = node.client()
@@ -610,7 +610,7 @@ def test_functions_run_on_every_master(cluster: RedisCluster, client: ClusterCli
 
 def test_load_functions_returns_the_library_name_on_a_cluster(functions_loaded: str) -> None:
     """On a cluster, FUNCTION LOAD answers once per primary; load_functions() still returns the name."""
-    from shared_rewardnorm.scripts import library_name
+    from shared_rewardnorm._redis.scripts import library_name
 
     assert functions_loaded == library_name()
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import redis
-
 from delay_proxy import DelayProxy
 from helpers import assert_summarizes
-from shared_rewardnorm import coalesce
+
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -24,9 +23,8 @@ from shared_rewardnorm import (
     StatsOverflowError,
     StatsStore,
 )
-from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
-
-
+from shared_rewardnorm._core.normalization import NormalizerSettings, normalize_values
+from shared_rewardnorm.aio import coalesce
 
 
 def make_batches(seed: int, count: int, size: int = 16) -> list[list[float]]:

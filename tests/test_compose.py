@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-
 from helpers import require_binaries, wait_for
 from redis_servers import RedisServer
 

@@ -6,10 +6,10 @@ import random
 from typing import Any
 
 import pytest
-
 from helpers import assert_summarizes
-from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 from worker_processes import run_workers
+
+from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 
 PROCESSES, BATCHES = 8, 120
 

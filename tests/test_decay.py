@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import redis
-
 from decay_oracle import assert_decayed, decayed_by_definition
+
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -21,7 +21,7 @@ from shared_rewardnorm import (
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.scripts import script_source
+from shared_rewardnorm._redis.scripts import script_source
 
 
 def mixed_batches(seed: int, count: int, offset: float) -> list[list[float]]:
@@ -199,7 +199,7 @@ def test_recent_with_no_batch_since_the_half_life_was_set_is_an_error_past_warmu
 
 
 def test_normalize_values_refuses_empty_decayed_statistics_past_warmup() -> None:
-    from shared_rewardnorm.normalization import NormalizerSettings, normalize_values
+    from shared_rewardnorm._core.normalization import NormalizerSettings, normalize_values
 
     settings = NormalizerSettings.create(warmup=1, statistics="recent")
     stats = RunningStats.from_values([1.0, 2.0])

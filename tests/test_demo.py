@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 import redis
-
 from redis_servers import free_port
+from test_cli import assert_one_error_line, cli_command, one_master_cluster
+
 from shared_rewardnorm import RunningStats, StatsStore
 from shared_rewardnorm.cli import main
-from shared_rewardnorm.demo import (
+from shared_rewardnorm.cli.demo import (
     DEMO_ENVS,
     Check,
     DemoConfig,
@@ -31,7 +32,6 @@ from shared_rewardnorm.demo import (
     require_matplotlib,
     run_demo,
 )
-from test_cli import assert_one_error_line, cli_command, one_master_cluster
 
 SMALL = ["--batches", "2", "--batch-size", "8"]
 CHECKS = ("replicas agree", "counts", "means")

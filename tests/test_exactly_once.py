@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from decay_oracle import assert_decayed
 from drop_proxy import DropProxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from reference_oracle import OracleNormalizer
+
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -28,8 +28,9 @@ from shared_rewardnorm import (
     StaleBatchError,
     StatsStore,
 )
-from shared_rewardnorm.protocol import batch_record_key, encode_stats
-from shared_rewardnorm.scripts import script_source
+from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._core.protocol import encode_stats
+from shared_rewardnorm._redis.scripts import script_source
 
 FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import pytest
 import redis
-
 from integrations import import_example
-
-
 
 
 def test_the_algebra_of_shared_normalization(url: str | None, namespace: str) -> None:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import redis
+from worker_processes import run_workers
 
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
-from shared_rewardnorm.protocol import DUPLICATE, FROZEN, MERGED, batch_record_key, decode_reply, encode_stats
-from shared_rewardnorm.scripts import script_source
+from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._core.protocol import DUPLICATE, FROZEN, MERGED, decode_reply, encode_stats
+from shared_rewardnorm._redis.scripts import script_source
 from shared_rewardnorm.stats import RunningStats
-from worker_processes import run_workers
 
 PROCESSES, BATCHES = 8, 60
 

@@ -16,12 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import redis
-
-import helpers
 from helpers import require_binaries
 from redis_servers import RedisServer
+
 from shared_rewardnorm import (
     AsyncSharedRewardNormalizer,
     AsyncStatsStore,
@@ -30,7 +30,7 @@ from shared_rewardnorm import (
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.scripts import OPERATIONS, function_library, function_name, library_name
+from shared_rewardnorm._redis.scripts import OPERATIONS, function_library, function_name, library_name
 
 pytestmark = pytest.mark.own_server
 

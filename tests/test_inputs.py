@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
-from shared_rewardnorm.inputs import coerce_scores, validate_env, validate_namespace
+from shared_rewardnorm._core.inputs import coerce_scores, validate_env, validate_namespace
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_good_scores_become_plain_floats() -> None:
     values = coerce_scores([1, True, np.float32(0.5), np.int64(3), Fraction(1, 4), np.float64(0.1)])
     assert values == [1.0, 1.0, 0.5, 3.0, 0.25, 0.1]
     assert all(type(v) is float for v in values)
-    assert coerce_scores((x / 2 for x in range(3))) == [0.0, 0.5, 1.0]
+    assert coerce_scores(x / 2 for x in range(3)) == [0.0, 0.5, 1.0]
     array = coerce_scores(np.array([1, 2, 3], dtype=np.int32))
     assert array.dtype == np.float64 and array.tolist() == [1.0, 2.0, 3.0]
 

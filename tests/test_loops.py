@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared_rewardnorm.loops import PerLoop
+from shared_rewardnorm.integrations.loops import PerLoop
 from shared_rewardnorm.trl import SharedNormRewardFunc
 
 

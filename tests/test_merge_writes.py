@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from shared_rewardnorm import CorruptStatsError, StatsStore
-from shared_rewardnorm.protocol import encode_stats
-from shared_rewardnorm.scripts import script_source
+from shared_rewardnorm._core.protocol import encode_stats
+from shared_rewardnorm._redis.scripts import script_source
 from shared_rewardnorm.stats import RunningStats
 
 #: Texts tonumber() turns into a number (in Lua 5.1, or in fakeredis's Lua) that are not plain

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from reference_oracle import OracleNormalizer
+
 from shared_rewardnorm import RunningStats, SharedRewardNormalizer, StatsStore
 
 

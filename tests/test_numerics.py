@@ -8,8 +8,8 @@ import random
 from typing import Any
 
 import pytest
-
 from reference_oracle import OracleNormalizer
+
 from shared_rewardnorm import StatsStore
 
 BATCHES, BATCH_SIZE = 1200, 16

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared_rewardnorm import scripts
+from shared_rewardnorm._redis import scripts
 
 pytestmark = pytest.mark.slow
 

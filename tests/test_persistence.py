@@ -21,14 +21,15 @@ from typing import Any
 
 import pytest
 import redis
-
 from helpers import assert_summarizes, require_binaries, wait_for
 from redis_servers import RedisServer
-from shared_rewardnorm import RetryPolicy, RunningStats, StatsStore
-from shared_rewardnorm.core import DEFAULT_BATCH_RECORD_TTL
-from shared_rewardnorm.protocol import MERGED, batch_record_key, decode_reply
-from shared_rewardnorm.scripts import script_source
 from worker_processes import stop_workers
+
+from shared_rewardnorm import RetryPolicy, RunningStats, StatsStore
+from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._core.protocol import MERGED, decode_reply
+from shared_rewardnorm._core.store_ops import DEFAULT_BATCH_RECORD_TTL
+from shared_rewardnorm._redis.scripts import script_source
 
 pytestmark = pytest.mark.own_server
 
@@ -77,7 +78,7 @@ def merge_worker(url: str, namespace: str, worker: int, go: Any, reports: Any) -
             reports.put(("ack", worker, index, sent, time.monotonic()))
             time.sleep(PACE)
         reports.put(("done", worker, store.retries, store.duplicates))
-    except BaseException:  # noqa: BLE001 - reported to the parent
+    except BaseException:
         reports.put(("error", worker, traceback.format_exc()))
     finally:
         if store is not None:
@@ -282,7 +283,7 @@ def test_aof_always_crash_keeps_every_acknowledged_batch_and_counts_none_twice(t
     # identity and, if the crashed server had them already, recognized as duplicates.
     assert envs == [ENV]
     assert_summarizes(final, everything)
-    assert {w: highest_in(final_records[w]) for w in range(WORKERS)} == {w: BATCHES for w in range(WORKERS)}
+    assert {w: highest_in(final_records[w]) for w in range(WORKERS)} == dict.fromkeys(range(WORKERS), BATCHES)
     duplicates = sum(d for _, d in seen.finished.values())
     assert duplicates <= sum(persisted[w] - acked_before[w] for w in range(WORKERS))
 

@@ -21,15 +21,15 @@ from typing import Any
 
 import fakeredis
 import pytest
+from helpers import drop_namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from helpers import drop_namespace
 from shared_rewardnorm import RunningStats, StatsStore
-from shared_rewardnorm.connection import embedded_server
-from shared_rewardnorm.inputs import MAX_NAME_LENGTH
-from shared_rewardnorm.protocol import batch_record_key
+from shared_rewardnorm._core.inputs import MAX_NAME_LENGTH
+from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._redis.connection import embedded_server
 
 EPS = 2.0**-52
 
@@ -436,8 +436,8 @@ def deliveries(draw: Any) -> list[int]:
 @settings(max_examples=200, deadline=None)
 @given(sent=deliveries())
 def test_each_batch_is_merged_once_in_any_order(sent: list[int]) -> None:
-    from shared_rewardnorm.protocol import decode_reply, encode_stats
-    from shared_rewardnorm.scripts import script_source
+    from shared_rewardnorm._core.protocol import decode_reply, encode_stats
+    from shared_rewardnorm._redis.scripts import script_source
 
     client = fakeredis.FakeRedis(server=embedded_server())
     namespace = _sub_namespace("record")

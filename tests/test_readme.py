@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 

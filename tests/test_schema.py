@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from shared_rewardnorm import CorruptStatsError, SharedRewardNormalizer, StatsStore, schema
-from shared_rewardnorm.scripts import _read_lua
+from shared_rewardnorm import CorruptStatsError, SharedRewardNormalizer, StatsStore
+from shared_rewardnorm._core import schema
+from shared_rewardnorm._redis.scripts import _read_lua
 
 #: Every field list Python names, including the derived ones (their order is the reply order).
 NAMES = (*schema.GROUPS, "ENV_FIELDS", "STATE_FIELDS")
@@ -87,8 +88,8 @@ def test_a_version_2_snapshot_entry_missing_a_key_is_refused(backend: Any, names
 def test_the_state_argument_follows_state_fields() -> None:
     """encode_state writes the words in ``STATE_FIELDS`` order, as replace.lua reads them."""
     from shared_rewardnorm import RunningStats
+    from shared_rewardnorm._core.protocol import encode_state
     from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
-    from shared_rewardnorm.protocol import encode_state
 
     info = EnvInfo(RunningStats(), DecayedStats(2.0, 1.5, 0.25), 10.0, True, 3, 1700000000000)
     assert dict(zip(schema.STATE_FIELDS, encode_state(info).split(" "), strict=True)) == {

@@ -19,12 +19,12 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.retry
+from helpers import assert_summarizes, require_binaries, wait_for
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from helpers import assert_summarizes, require_binaries, wait_for
 from redis_servers import NO_PERSISTENCE, RedisServer
 from reference_oracle import OracleNormalizer
+
 from shared_rewardnorm import (
     AsyncStatsStore,
     RetryPolicy,
@@ -32,8 +32,8 @@ from shared_rewardnorm import (
     SharedRewardNormalizer,
     StatsStore,
 )
-from shared_rewardnorm.protocol import DUPLICATE, MERGED, decode_reply
-from shared_rewardnorm.scripts import library_name
+from shared_rewardnorm._core.protocol import DUPLICATE, MERGED, decode_reply
+from shared_rewardnorm._redis.scripts import library_name
 
 pytestmark = pytest.mark.own_server
 
@@ -60,7 +60,7 @@ def restart_later(server: RedisServer, delay: float, failures: list[BaseExceptio
     try:
         time.sleep(delay)
         server.restart()
-    except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+    except BaseException as exc:
         failures.append(exc)
 
 

@@ -12,15 +12,15 @@ import pytest
 import redis
 import redis.asyncio.sentinel
 import redis.sentinel
-
 from failover_scenario import run_failover
 from helpers import require_binaries, wait_for
 from redis_sentinel import SERVICE, SentinelGroup
 from redis_servers import NO_PERSISTENCE, RedisServer, free_port
-from shared_rewardnorm import AsyncStatsStore, NotReplicatedError, RetryPolicy, SharedRewardNormalizer, StatsStore
-from shared_rewardnorm.cli import main as cli_main
-from shared_rewardnorm.sentinel import SentinelURL, parse_sentinel_url
 from test_acl import EXPECTED as ACL_RULES
+
+from shared_rewardnorm import AsyncStatsStore, NotReplicatedError, RetryPolicy, SharedRewardNormalizer, StatsStore
+from shared_rewardnorm._redis.sentinel import SentinelURL, parse_sentinel_url
+from shared_rewardnorm.cli import main as cli_main
 
 TRAINER_RULES = ACL_RULES["trainer"]
 

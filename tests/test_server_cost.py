@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import require_binaries
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared_rewardnorm import InvalidStatsError, RunningStats
-from shared_rewardnorm.inputs import NUMPY_MIN_BATCH
+from shared_rewardnorm._core.inputs import NUMPY_MIN_BATCH
 
 
 def two_pass(values: list[float]) -> tuple[float, float]:

@@ -12,15 +12,15 @@ import redis
 
 from shared_rewardnorm import (
     CorruptStatsError,
-    SharedRewardNormalizer,
     RunningStats,
+    SharedRewardNormalizer,
     StatsOverflowError,
     StatsStore,
     WrongTypeError,
 )
-from shared_rewardnorm.core import MAX_BATCH_RECORD_TTL
-from shared_rewardnorm.protocol import encode_stats
-from shared_rewardnorm.scripts import script_source
+from shared_rewardnorm._core.protocol import encode_stats
+from shared_rewardnorm._core.store_ops import MAX_BATCH_RECORD_TTL
+from shared_rewardnorm._redis.scripts import script_source
 
 
 def test_update_get_set_reset(backend: Any, namespace: str) -> None:
@@ -285,7 +285,7 @@ def test_all_stores_share_one_embedded_server(namespace: str) -> None:
     assert StatsStore(namespace=namespace).get("env").count == 2
     import fakeredis
 
-    from shared_rewardnorm.connection import embedded_server
+    from shared_rewardnorm._redis.connection import embedded_server
 
     fakeredis.FakeRedis(server=embedded_server()).delete(f"{namespace}:{{env}}")
 

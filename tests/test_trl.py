@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from integrations import EXAMPLES, import_example, require_module
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-
 from reference_oracle import OracleNormalizer
+
 from shared_rewardnorm import StatsStore
-from shared_rewardnorm.connection import URL_VARIABLE
+from shared_rewardnorm._redis.connection import URL_VARIABLE
 from shared_rewardnorm.trl import SharedNormRewardFunc
 
 PROMPTS = ["p"] * 4

@@ -14,8 +14,8 @@ import fakeredis
 import pytest
 
 from shared_rewardnorm import AsyncSharedRewardNormalizer, AsyncStatsStore, SharedRewardNormalizer, StatsStore
-from shared_rewardnorm import connection
-from shared_rewardnorm.connection import URL_VARIABLE
+from shared_rewardnorm._redis import connection
+from shared_rewardnorm._redis.connection import URL_VARIABLE
 
 LOCAL = "local to this process"
 

@@ -1,28 +1,29 @@
-"""The asyncio twins: ``AsyncStatsStore`` and ``AsyncSharedRewardNormalizer``.
-
-Same constructor arguments and method names as the sync classes, awaited. They run the same
-operations from ``core.py``; only the loop below, which awaits each request, differs.
-"""
+"""``AsyncStatsStore``: ``StatsStore`` for asyncio programs (see ``shared_rewardnorm.aio``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from .coalesce import MergeCoalescer
-from .connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
-from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, NormalizerCore, StoreCore
-from .durability import check_socket_timeout, refuse_unsupported
-from .envinfo import EnvInfo
-from .errors import RewardNormError
-from .requests import MergeBatch, Operation, Request
-from .retry import DEFAULT_RETRY, RetryPolicy
-from .scripts import register_scripts
-from .sentinel import aclose_sentinels
-from .stats import RunningStats
+from shared_rewardnorm._core.requests import MergeBatch, Operation, Request
+from shared_rewardnorm._core.store_ops import (
+    DEFAULT_BATCH_RECORD_TTL,
+    DEFAULT_REPLICA_TIMEOUT,
+    SEND_FAILURES,
+    StoreCore,
+)
+from shared_rewardnorm._redis.connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
+from shared_rewardnorm._redis.durability import check_socket_timeout, refuse_unsupported
+from shared_rewardnorm._redis.scripts import register_scripts
+from shared_rewardnorm._redis.sentinel import aclose_sentinels
+from shared_rewardnorm.aio.coalesce import MergeCoalescer
+from shared_rewardnorm.envinfo import EnvInfo
+from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.retry import DEFAULT_RETRY, RetryPolicy
+from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["AsyncStatsStore", "AsyncSharedRewardNormalizer"]
+__all__ = ["AsyncStatsStore"]
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ class AsyncStatsStore(StoreCore):
         cluster: with a URL, connect to a Redis Cluster through that node.
         retry, batch_record_ttl, functions, replicas, replica_timeout: as for ``StatsStore``.
         coalesce: merge concurrent ``update``/``merge``/``normalize`` calls into the same env as
-            one summary in one script call (see ``shared_rewardnorm.coalesce``): at most one
+            one summary in one script call (see ``shared_rewardnorm.aio.coalesce``): at most one
             merge per env in flight, the batches arriving meanwhile go out together when it
             returns. ``False`` sends every call's merge on its own.
     """
@@ -203,56 +204,3 @@ class AsyncStatsStore(StoreCore):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"
-
-
-class AsyncSharedRewardNormalizer(NormalizerCore):
-    """``SharedRewardNormalizer`` for asyncio programs: the same arguments, awaited methods
-    (``await norm.normalize(scores)``); the properties read the last statistics seen.
-
-    ``redis`` may also be an ``AsyncStatsStore``, to share one client between normalizers.
-    """
-
-    def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
-                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
-                 statistics: str = "total") -> None:
-        self._owns_store = not isinstance(redis, AsyncStatsStore)
-        self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
-
-    async def aclose(self) -> None:
-        """Close the store this normalizer created; a store passed in is the caller's to close."""
-        if self._owns_store:
-            await self._store.aclose()
-
-    async def __aenter__(self) -> AsyncSharedRewardNormalizer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    @property
-    def store(self) -> AsyncStatsStore:
-        """The store holding the shared statistics."""
-        return self._store
-
-    async def normalize(self, scores: Any, update: bool = True) -> list[float]:
-        """See ``SharedRewardNormalizer.normalize``. Concurrent calls into the same env through
-        one store share a merge (the store's ``coalesce``); each is normalized with the
-        statistics its merge returned."""
-        return await self._store.run(self._normalize_op(scores, update))
-
-    async def refresh(self) -> RunningStats:
-        """See ``SharedRewardNormalizer.refresh``."""
-        return await self._store.run(self._refresh_op())
-
-    async def metrics_dict(self) -> dict[str, float]:
-        """See ``SharedRewardNormalizer.metrics_dict``."""
-        return await self._store.run(self._metrics_op())
-
-    async def state_dict(self) -> dict[str, Any]:
-        """See ``SharedRewardNormalizer.state_dict``."""
-        return await self._store.run(self._state_dict_op())
-
-    async def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """See ``SharedRewardNormalizer.load_state_dict``."""
-        await self._store.run(self._load_state_dict_op(state))

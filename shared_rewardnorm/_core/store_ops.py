@@ -1,9 +1,8 @@
-"""The shared core of the sync and asyncio clients: every operation, without I/O.
+"""The store's operations, without I/O: ``StoreCore``.
 
-``StoreCore`` and ``NormalizerCore`` hold the state and validation, and express each public
-method as an operation (a generator of ``requests``). ``StatsStore`` / ``SharedRewardNormalizer``
-run those operations with blocking calls and ``AsyncStatsStore`` /
-``AsyncSharedRewardNormalizer`` await them; that loop is all the I/O classes add.
+``StoreCore`` holds the namespace, the retry settings and the batch ledger, and expresses each
+public method of ``StatsStore``/``AsyncStatsStore`` as an operation (a generator of
+``requests``); the shells run those operations, with blocking calls or awaited.
 """
 
 from __future__ import annotations
@@ -12,61 +11,60 @@ import itertools
 import math
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .durability import replica_wait
-from .envinfo import EnvInfo
-from .errors import NotReplicatedError, RewardNormError
-from .inputs import coerce_scores, glob_escape, stats_key, validate_env, validate_namespace
-from .normalization import MODES, NormalizerSettings, normalize_values
-from .protocol import (
+from shared_rewardnorm._core.formats import metrics_from_info, parse_snapshot, snapshot_of
+from shared_rewardnorm._core.inputs import validate_env, validate_namespace
+from shared_rewardnorm._core.keys import batch_record_key, env_of_key, env_scan_pattern, stats_key
+from shared_rewardnorm._core.protocol import (
     DUPLICATE,
     FROZEN,
     as_text,
-    batch_record_key,
     decode_reply,
     decode_stored,
     encode_sequence,
     encode_state,
     encode_stats,
 )
-from .requests import LoadFunctions, MergeBatch, Operation, ReadMany, ReadStats, Request, RunScript, ScanKeys
-from .retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
-from .scripts import ClientScripts
-from .stats import RunningStats, summarize
+from shared_rewardnorm._core.requests import (
+    LoadFunctions,
+    MergeBatch,
+    Operation,
+    ReadMany,
+    ReadStats,
+    Request,
+    RunScript,
+    ScanKeys,
+)
+from shared_rewardnorm._redis.durability import replica_wait
+from shared_rewardnorm._redis.scripts import ClientScripts
+from shared_rewardnorm.envinfo import EnvInfo
+from shared_rewardnorm.errors import NotReplicatedError, RewardNormError
+from shared_rewardnorm.retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
+from shared_rewardnorm.stats import RunningStats
 
 __all__ = [
+    "DEFAULT_BATCH_RECORD_TTL",
+    "DEFAULT_REPLICA_TIMEOUT",
+    "MAX_BATCH_RECORD_TTL",
+    "SEND_FAILURES",
     "StoreCore",
-    "NormalizerCore",
-    "metrics_from_stats",
-    "metrics_from_info",
-    "checkpoint_from",
-    "parse_checkpoint",
-    "SNAPSHOT_FORMAT",
-    "SNAPSHOT_VERSION",
-    "parse_snapshot",
-    "snapshot_of",
+    "read_env",
+    "replace_stats",
+    "yes_or_no",
 ]
 
-#: Identifies our JSON snapshots (``export()``, ``shared-rewardnorm export``), and their version.
-#: Version 2 carries each env's decayed statistics, configuration and activity; version 1
-#: (totals only) is still read.
-SNAPSHOT_FORMAT = "shared_rewardnorm.snapshot"
-SNAPSHOT_VERSION = 2
-READABLE_SNAPSHOT_VERSIONS = (1, 2)
 
-
-def _read_env(key: str) -> Operation[EnvInfo]:
+def read_env(key: str) -> Operation[EnvInfo]:
     reply = yield ReadStats(key)
     return decode_stored(key, reply)
 
 
-def _read(key: str) -> Operation[RunningStats]:
-    return (yield from _read_env(key)).stats
+def read_totals(key: str) -> Operation[RunningStats]:
+    return (yield from read_env(key)).stats
 
 
 def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
@@ -81,7 +79,7 @@ def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     return replies
 
 
-def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[EnvInfo]:
+def replace_stats(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Operation[EnvInfo]:
     """Replace the totals; with ``state`` (a version-2 snapshot's env) everything else too,
     otherwise the configuration stays and the decayed statistics and activity restart. Returns
     the env as the replace left it."""
@@ -90,7 +88,7 @@ def _replace(key: str, stats: RunningStats, state: EnvInfo | None = None) -> Ope
     return decode_reply(reply)[0]
 
 
-def _yes_or_no(name: str, value: Any) -> None:
+def yes_or_no(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
@@ -99,32 +97,6 @@ def _require_stats(stats: Any) -> RunningStats:
     if not isinstance(stats, RunningStats):
         raise TypeError(f"stats must be RunningStats, got {type(stats).__name__}")
     return stats
-
-
-def parse_snapshot(snapshot: Any) -> dict[str, EnvInfo | RunningStats]:
-    """Validate a snapshot completely (format, version, every env name and every field) and
-    return its envs: ``EnvInfo`` from version 2, ``RunningStats`` (totals only) from version 1.
-    Raises ``ValueError``/``TypeError`` naming the first problem."""
-    if not isinstance(snapshot, Mapping):
-        raise TypeError(f"snapshot must be a JSON object, got {type(snapshot).__name__}")
-    if snapshot.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"not a shared_rewardnorm snapshot: format is {snapshot.get('format')!r}, "
-                         f"expected {SNAPSHOT_FORMAT!r}")
-    version = snapshot.get("version")
-    if version not in READABLE_SNAPSHOT_VERSIONS or isinstance(version, bool):
-        raise ValueError(f"unsupported snapshot version {version!r}; this library reads versions "
-                         f"{', '.join(map(str, READABLE_SNAPSHOT_VERSIONS))}")
-    envs = snapshot.get("envs")
-    if not isinstance(envs, Mapping):
-        raise ValueError("snapshot has no 'envs' object")
-    parsed: dict[str, EnvInfo | RunningStats] = {}
-    for env, state in envs.items():
-        validate_env(env)
-        try:
-            parsed[env] = RunningStats.from_dict(state) if version == 1 else EnvInfo.from_dict(state)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"snapshot env {env!r}: {exc}") from None
-    return parsed
 
 
 #: What sending a request can fail with that ``StoreCore._pause_before_resending`` judges.
@@ -215,7 +187,7 @@ class StoreCore:
         """Merge a summary into the env at ``key`` exactly once (nothing while it is frozen) and
         return the env as the merge left it; empty summaries only read."""
         if stats.count == 0:
-            return (yield from _read_env(key))
+            return (yield from read_env(key))
         if self._coalesces:  # the store's coalescer sends it, maybe with others (see coalesce.py)
             return (yield MergeBatch(key, stats))
         encoded = encode_stats(stats)
@@ -282,7 +254,7 @@ class StoreCore:
         return (yield from self._merge_at(key, _require_stats(stats))).stats
 
     def _info_op(self, env: str) -> Operation[EnvInfo]:
-        return _read_env(self.key(env))
+        return read_env(self.key(env))
 
     def _configure_op(self, env: str, half_life: Any) -> Operation[bool]:
         key = self.key(env)
@@ -300,14 +272,14 @@ class StoreCore:
         return as_text(reply) == "1"
 
     def _get_op(self, env: str) -> Operation[RunningStats]:
-        return _read(self.key(env))
+        return read_totals(self.key(env))
 
     def _set_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
         key = self.key(env)
-        return (yield from _replace(key, _require_stats(stats))).stats
+        return (yield from replace_stats(key, _require_stats(stats))).stats
 
     def _reset_op(self, env: str) -> Operation[RunningStats]:
-        return (yield from _replace(self.key(env), RunningStats())).stats
+        return (yield from replace_stats(self.key(env), RunningStats())).stats
 
     def _infos_op(self, envs: Iterable[str]) -> Operation[dict[str, EnvInfo]]:
         names = _env_names(envs)
@@ -321,14 +293,9 @@ class StoreCore:
         return {env: info.stats for env, info in (yield from self._infos_op(envs)).items()}
 
     def _envs_op(self) -> Operation[list[str]]:
-        prefix = f"{self._namespace}:{{"
-        keys = yield ScanKeys(glob_escape(prefix) + "*}")
-        names = set()
-        for key in map(as_text, keys):
-            env = key[len(prefix):-1]
-            if key.startswith(prefix) and key.endswith("}") and "{" not in env and "}" not in env and env:
-                names.add(env)
-        return sorted(names)
+        keys = yield ScanKeys(env_scan_pattern(self._namespace))
+        names = {env_of_key(self._namespace, key) for key in map(as_text, keys)}
+        return sorted(name for name in names if name is not None)
 
     def _all_infos_op(self) -> Operation[dict[str, EnvInfo]]:
         envs = yield from self._envs_op()
@@ -400,9 +367,9 @@ class StoreCore:
         restored = {}
         for key, (env, entry) in zip(keys, parsed.items(), strict=True):
             if isinstance(entry, EnvInfo):
-                restored[env] = (yield from _replace(key, entry.stats, entry)).stats
+                restored[env] = (yield from replace_stats(key, entry.stats, entry)).stats
             else:
-                restored[env] = (yield from _replace(key, entry)).stats
+                restored[env] = (yield from replace_stats(key, entry)).stats
         return restored
 
 
@@ -412,208 +379,3 @@ def _env_names(envs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(envs))
 
 
-def snapshot_of(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
-    """A JSON-safe, versioned snapshot of the given envs (statistics, decayed statistics,
-    configuration and activity)."""
-    return {
-        "format": SNAPSHOT_FORMAT,
-        "version": SNAPSHOT_VERSION,
-        "namespace": namespace,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "envs": {env: info.to_dict() for env, info in sorted(found.items())},
-    }
-
-
-def metrics_from_stats(stats: RunningStats, prefix: str = "reward_norm") -> dict[str, float]:
-    """WandB-ready metrics with the reference's keys (``reward_norm/count|mean|std|min|max``)."""
-    return {
-        f"{prefix}/count": float(stats.count),
-        f"{prefix}/mean": stats.mean,
-        f"{prefix}/std": stats.std,
-        f"{prefix}/min": stats.min,
-        f"{prefix}/max": stats.max,
-    }
-
-
-def metrics_from_info(info: EnvInfo, prefix: str = "reward_norm") -> dict[str, float]:
-    """``metrics_from_stats`` plus ``<prefix>/recent_mean`` and ``<prefix>/recent_std`` (the
-    decayed statistics) for an env with a half-life."""
-    metrics = metrics_from_stats(info.stats, prefix)
-    if info.decayed is not None:
-        metrics[f"{prefix}/recent_mean"] = info.decayed.mean
-        metrics[f"{prefix}/recent_std"] = info.decayed.std
-    return metrics
-
-
-def checkpoint_from(settings: NormalizerSettings, stats: RunningStats) -> dict[str, Any]:
-    """A checkpoint in the reference's ``state_dict`` format."""
-    return {
-        "mode": settings.mode,
-        "clip": settings.clip,
-        "warmup": settings.warmup,
-        "eps": settings.eps,
-        "accumulator": stats.to_dict(),
-    }
-
-
-def parse_checkpoint(state: Any) -> tuple[NormalizerSettings, RunningStats]:
-    """Validate a reference-format checkpoint completely, before anything is applied."""
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state must be a mapping, got {type(state).__name__}")
-    missing = [name for name in ("mode", "clip", "warmup", "eps", "accumulator") if name not in state]
-    if missing:
-        raise ValueError(f"normalizer state is missing {', '.join(missing)}")
-    settings = NormalizerSettings.create(state["mode"], state["clip"], state["warmup"], state["eps"])
-    return settings, RunningStats.from_dict(state["accumulator"])
-
-
-class NormalizerCore:
-    """Settings, the latest statistics seen, the properties, and the normalizer's operations.
-
-    The properties describe the statistics of this normalizer's latest round trip and never
-    touch the network.
-    """
-
-    #: The reference's name for the accepted modes.
-    VALID_MODES = frozenset(MODES)
-
-    def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any,
-                 statistics: Any = "total") -> None:
-        self._settings = NormalizerSettings.create(mode, clip, warmup, eps, statistics)
-        self._store_core = store
-        self._key = store.key(env)
-        self._env = env
-        self._info = EnvInfo()
-        self._stats = self._info.stats
-        # statistics="recent": whether a read has shown the env to have a half-life yet.
-        self._decay_seen = False
-
-    @property
-    def env(self) -> str:
-        """The environment this normalizer belongs to."""
-        return self._env
-
-    @property
-    def stats(self) -> RunningStats:
-        """The statistics seen by the latest round trip (no network)."""
-        return self._stats
-
-    @property
-    def info(self) -> EnvInfo:
-        """Everything the latest round trip returned about the env (decayed statistics, frozen
-        flag, half-life, activity); no network."""
-        return self._info
-
-    @property
-    def statistics(self) -> str:
-        """``"total"`` (all history) or ``"recent"`` (the decayed statistics)."""
-        return self._settings.statistics
-
-    @property
-    def mode(self) -> str:
-        """``"zscore"``, ``"minmax"`` or ``"none"``."""
-        return self._settings.mode
-
-    @property
-    def clip(self) -> float | None:
-        """The clip bound, or ``None`` when clipping is off."""
-        return self._settings.clip
-
-    @property
-    def warmup(self) -> int:
-        """Samples needed in the shared store before normalization starts."""
-        return self._settings.warmup
-
-    @property
-    def eps(self) -> float:
-        """The denominator's stabilizer."""
-        return self._settings.eps
-
-    @property
-    def count(self) -> int:
-        """Samples in the shared store as of the latest round trip."""
-        return self._stats.count
-
-    @property
-    def mean(self) -> float:
-        """Shared running mean as of the latest round trip."""
-        return self._stats.mean
-
-    @property
-    def std(self) -> float:
-        """Shared population standard deviation as of the latest round trip."""
-        return self._stats.std
-
-    @property
-    def is_warmed_up(self) -> bool:
-        """Whether the shared store had ``warmup`` samples at the latest round trip."""
-        return self._stats.count >= self._settings.warmup
-
-    def _seen(self, info: EnvInfo) -> EnvInfo:
-        self._info = info
-        self._stats = info.stats
-        return info
-
-    def _require_decay(self, info: EnvInfo, counted: bool) -> None:
-        if info.decayed is None:
-            raise ValueError(f'statistics="recent" but env {self._env!r} has no half-life (set one with '
-                             f'StatsStore.configure or `shared-rewardnorm configure`)'
-                             + ("; this batch was counted in the totals" if counted else ""))
-        self._decay_seen = True
-
-    def _normalize_op(self, scores: Any, update: bool = True) -> Operation[list[float]]:
-        _yes_or_no("update", update)
-        values = coerce_scores(scores)
-        if len(values) == 0:
-            return []
-        if self._settings.mode == "none":  # records nothing, as in the reference
-            return normalize_values(values, self._stats, self._settings)
-        recent = self._settings.statistics == "recent"
-        if recent and update and not self._decay_seen:  # refuse before the first merge, not after it
-            self._require_decay((yield from self._refresh_info_op()), counted=False)
-        if update:
-            info = self._seen((yield from self._store_core._merge_at(self._key, summarize(values))))
-        else:
-            info = yield from self._refresh_info_op()
-        if recent:
-            self._require_decay(info, counted=update)
-            self._require_recent_weight(info, counted=update and not info.frozen)
-        return normalize_values(values, info.stats, self._settings, info.decayed)
-
-    def _require_recent_weight(self, info: EnvInfo, counted: bool) -> None:
-        """Past warmup, ``statistics="recent"`` needs decayed statistics with some weight. Weight 0
-        (nothing merged since the half-life was set or changed, or since the statistics were
-        replaced) has no mean or std to normalize with; passing raw scores on past warmup would
-        go unnoticed by the trainer, so it is an error saying how to get out of it."""
-        if info.decayed is None or info.decayed.weight > 0 or info.stats.count < self._settings.warmup:
-            return
-        reason = ("it is frozen, so no batch can add any" if info.frozen
-                  else "normalize(update=False) adds none; normalize with update=True to add a batch")
-        raise ValueError(f'statistics="recent" but env {self._env!r} has no recent statistics yet (decayed weight 0: '
-                         f'nothing merged since its half-life was set or changed, or its statistics replaced) and '
-                         f'{reason}; or use statistics="total"' + ("; this batch was counted in the totals" if counted else ""))
-
-    def _refresh_info_op(self) -> Operation[EnvInfo]:
-        return self._seen((yield from _read_env(self._key)))
-
-    def _refresh_op(self) -> Operation[RunningStats]:
-        return (yield from self._refresh_info_op()).stats
-
-    def _metrics_op(self) -> Operation[dict[str, float]]:
-        return metrics_from_info((yield from self._refresh_info_op()))
-
-    def _state_dict_op(self) -> Operation[dict[str, Any]]:
-        return checkpoint_from(self._settings, (yield from self._refresh_op()))
-
-    def _load_state_dict_op(self, state: Any) -> Operation[None]:
-        settings, stats = parse_checkpoint(state)
-        # The reference's checkpoints know nothing of statistics="recent": keep this one's.
-        settings = NormalizerSettings.create(settings.mode, settings.clip, settings.warmup, settings.eps,
-                                             self._settings.statistics)
-        self._seen((yield from _replace(self._key, stats)))
-        self._settings = settings
-
-    def __repr__(self) -> str:
-        s = self._settings
-        return (f"{type(self).__name__}(env={self._env!r}, mode={s.mode!r}, clip={s.clip!r}, "
-                f"warmup={s.warmup!r}, eps={s.eps!r}, statistics={s.statistics!r})")

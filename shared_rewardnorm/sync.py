@@ -1,28 +1,38 @@
-"""``StatsStore``: running statistics per environment, kept in Redis (blocking client).
+"""The blocking shell: ``StatsStore`` and ``SharedRewardNormalizer``.
 
 Each env's statistics are one hash at ``<namespace>:{<env>}`` (readable with ``redis-cli
 HGETALL``). Updates go through the ``merge`` script, which validates, merges and returns the
 merged statistics in one atomic round trip; nothing here does read-modify-write on the client.
-The operations themselves live in ``core.py``; this class only runs their requests.
+The operations themselves live in ``shared_rewardnorm._core`` (generators of requests); this
+module only sends their requests and waits for the replies, as ``shared_rewardnorm.aio`` awaits
+them. ``SharedRewardNormalizer`` is the reference ``RewardNormalizer``'s API over a shared store:
+every process that builds one for the same env (and namespace, on the same Redis) normalizes
+against the same statistics, in one round trip per ``normalize``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from .connection import close_client, resolve_client
-from .core import DEFAULT_BATCH_RECORD_TTL, DEFAULT_REPLICA_TIMEOUT, SEND_FAILURES, StoreCore
-from .durability import check_socket_timeout, refuse_unsupported
-from .envinfo import EnvInfo
-from .errors import RewardNormError
-from .requests import Operation, Request
-from .retry import DEFAULT_RETRY, RetryPolicy
-from .scripts import register_scripts
-from .stats import RunningStats
+from shared_rewardnorm._core.normalizer_ops import NormalizerCore
+from shared_rewardnorm._core.requests import Operation, Request
+from shared_rewardnorm._core.store_ops import (
+    DEFAULT_BATCH_RECORD_TTL,
+    DEFAULT_REPLICA_TIMEOUT,
+    SEND_FAILURES,
+    StoreCore,
+)
+from shared_rewardnorm._redis.connection import close_client, resolve_client
+from shared_rewardnorm._redis.durability import check_socket_timeout, refuse_unsupported
+from shared_rewardnorm._redis.scripts import register_scripts
+from shared_rewardnorm.envinfo import EnvInfo
+from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.retry import DEFAULT_RETRY, RetryPolicy
+from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["StatsStore"]
+__all__ = ["SharedRewardNormalizer", "StatsStore"]
 
 T = TypeVar("T")
 
@@ -217,3 +227,84 @@ class StatsStore(StoreCore):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client={self._client!r}, namespace={self._namespace!r})"
+
+
+class SharedRewardNormalizer(NormalizerCore):
+    """Reward normalization against statistics shared by every process through Redis.
+
+    A drop-in for the reference ``RewardNormalizer(mode, clip, warmup, eps)``, bound to one env.
+
+    Args:
+        env: the environment's name (its statistics live at ``<namespace>:{<env>}``).
+        redis: a ``redis.Redis`` client, a URL, ``None`` for the embedded store, or a
+            ``StatsStore`` to share one connection pool between normalizers.
+        mode: ``"zscore"``, ``"minmax"`` or ``"none"`` (pass-through; records nothing).
+        clip: clip normalized scores to +/-clip; a clip <= 0 or ``None`` disables clipping (the
+            reference's meaning).
+        warmup: samples (in the shared store, from every process) before normalization starts;
+            until then raw scores are returned, clipped.
+        eps: added to the denominator, must be > 0; below it, std or range count as zero.
+        namespace: key prefix shared by the processes that should see the same statistics
+            (ignored when ``redis`` is a ``StatsStore``).
+        cluster: with a URL, connect to a Redis Cluster through that node.
+        statistics: ``"total"`` normalizes against all history; ``"recent"`` against the env's
+            decayed statistics (it needs a half-life, see ``StatsStore.configure``, and
+            ``mode="zscore"``; warmup still counts all samples). Checkpoints do not carry it.
+
+    The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
+    returned by this normalizer's latest round trip and never touch the network; call
+    ``refresh()`` to read the store. ``metrics_dict()`` and ``state_dict()`` read fresh.
+    """
+
+    def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
+                 warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
+                 statistics: str = "total") -> None:
+        self._owns_store = not isinstance(redis, StatsStore)
+        self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
+
+    def close(self) -> None:
+        """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);
+        a store passed in is the caller's to close."""
+        if self._owns_store:
+            self._store.close()
+
+    def __enter__(self) -> SharedRewardNormalizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def store(self) -> StatsStore:
+        """The store holding the shared statistics."""
+        return self._store
+
+    def normalize(self, scores: Any, update: bool = True) -> list[float]:
+        """Add ``scores`` to the shared statistics and return them normalized.
+
+        Exactly one round trip (none for an empty batch or in ``"none"`` mode, which records
+        nothing, as in the reference). Bad scores raise ``TypeError``/``ValueError`` naming the
+        first bad position, and nothing is stored. ``update=False`` normalizes against the
+        current shared statistics without adding the batch (one read; for evaluation). While
+        the env is frozen the batch is not added either, whatever ``update`` says.
+        """
+        return self._store.run(self._normalize_op(scores, update))
+
+    def refresh(self) -> RunningStats:
+        """Read the shared statistics into this normalizer (one round trip) and return them."""
+        return self._store.run(self._refresh_op())
+
+    def metrics_dict(self) -> dict[str, float]:
+        """Fresh statistics for ``wandb.log``, with the reference's keys."""
+        return self._store.run(self._metrics_op())
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint in the reference's format (settings plus the shared accumulator)."""
+        return self._store.run(self._state_dict_op())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint (ours or the reference's): settings locally, and the accumulator
+        into the shared store, replacing what every process sees. The whole state is validated
+        before anything changes."""
+        self._store.run(self._load_state_dict_op(state))

@@ -11,23 +11,29 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import CorruptStatsError
-from .envinfo import DecayedStats, EnvInfo
-from .schema import ACTIVITY_FIELDS, CONFIG_FIELDS, DECAY_FIELDS, ENV_FIELDS, STAT_FIELDS, STATE_FIELDS
-from .stats import MAX_COUNT, RunningStats
+from shared_rewardnorm._core.schema import (
+    ACTIVITY_FIELDS,
+    CONFIG_FIELDS,
+    DECAY_FIELDS,
+    ENV_FIELDS,
+    STAT_FIELDS,
+    STATE_FIELDS,
+)
+from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
+from shared_rewardnorm.errors import CorruptStatsError
+from shared_rewardnorm.stats import MAX_COUNT, RunningStats
 
 __all__ = [
-    "STAT_FIELDS",
-    "as_text",
-    "encode_stats",
-    "encode_sequence",
-    "encode_state",
-    "MERGED",
     "DUPLICATE",
     "FROZEN",
+    "MERGED",
+    "STAT_FIELDS",
+    "as_text",
     "decode_reply",
     "decode_stored",
-    "batch_record_key",
+    "encode_sequence",
+    "encode_state",
+    "encode_stats",
 ]
 
 def encode_stats(stats: RunningStats) -> str:
@@ -50,12 +56,6 @@ def encode_state(info: EnvInfo) -> str:
 def encode_sequence(sequence: int) -> str:
     """A batch sequence number, fixed-width like the stats (16 digits hold any count < 2^53)."""
     return "%016d" % sequence
-
-
-def batch_record_key(stats_key: str, client_id: str) -> str:
-    """The key recording which batches of one client were merged into one env: it extends the
-    env's stats key, so it shares the env's hash tag (and cluster slot)."""
-    return f"{stats_key}:batches:{client_id}"
 
 
 #: The last word of a merge's reply: what the call did with its batch.

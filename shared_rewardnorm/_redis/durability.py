@@ -34,10 +34,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import is_cluster, url_from_environment
-from .errors import NotReplicatedError
+from shared_rewardnorm._redis.connection import is_cluster, url_from_environment
+from shared_rewardnorm.errors import NotReplicatedError
 
-__all__ = ["ReplicaWait", "replica_wait", "check_socket_timeout"]
+__all__ = ["ReplicaWait", "check_socket_timeout", "replica_wait"]
 
 
 @dataclass(frozen=True, slots=True)

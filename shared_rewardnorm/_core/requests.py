@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from .errors import WrongTypeError, translate_response_error
-from .scripts import ClientScripts, function_library
-from .stats import RunningStats
+from shared_rewardnorm._redis.scripts import ClientScripts, function_library, translate_script_error
+from shared_rewardnorm.errors import WrongTypeError
+from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["RunScript", "ReadStats", "ReadMany", "ScanKeys", "LoadFunctions", "MergeBatch", "Request", "Operation"]
+__all__ = ["LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request", "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ class RunScript:
         return _without_errors(replies)
 
     def translate(self, error: ResponseError) -> Exception:
-        return translate_response_error(error)
+        return translate_script_error(error)
 
 
 @dataclass(frozen=True, slots=True)

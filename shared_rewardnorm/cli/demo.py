@@ -35,24 +35,23 @@ from typing import Any
 
 import numpy as np
 
-from .connection import close_client
-from .inputs import glob_escape
-from .normalizer import SharedRewardNormalizer
-from .stats import RunningStats
-from .store import StatsStore
+from shared_rewardnorm._core.keys import glob_escape
+from shared_rewardnorm._redis.connection import close_client
+from shared_rewardnorm.stats import RunningStats
+from shared_rewardnorm.sync import SharedRewardNormalizer, StatsStore
 
 __all__ = [
-    "DemoEnv",
     "DEMO_ENVS",
-    "DemoConfig",
-    "DemoObserver",
-    "EnvOutcome",
     "Check",
-    "DemoResult",
+    "DemoConfig",
+    "DemoEnv",
     "DemoError",
-    "run_demo",
-    "require_matplotlib",
+    "DemoObserver",
+    "DemoResult",
+    "EnvOutcome",
     "plot_histograms",
+    "require_matplotlib",
+    "run_demo",
 ]
 
 #: Largest allowed |stored mean - exact mean of everything sent|.
@@ -276,7 +275,7 @@ def _worker_main(task: _WorkerTask, messages: Any, start: Any, read_phase: Any) 
     a traceback on the demo's terminal."""
     try:
         _play(task, messages, start, read_phase)
-    except Exception as exc:  # noqa: BLE001 - whatever it is, the parent reports it in one line
+    except Exception as exc:
         messages.put(("error", task.index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
 

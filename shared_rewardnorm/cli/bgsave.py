@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from .connection import is_cluster
+from shared_rewardnorm._redis.connection import is_cluster
 
 __all__ = ["SaveReport", "snapshot_masters"]
 

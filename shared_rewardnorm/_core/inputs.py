@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace", "stats_key", "glob_escape"]
+__all__ = ["Scores", "coerce_scores", "glob_escape", "stats_key", "validate_env", "validate_namespace"]
 
 #: Validated scores: a list of finite Python floats, or a 1-d float64 numpy array.
 Scores = list | np.ndarray
@@ -141,13 +141,3 @@ def validate_env(env: Any) -> str:
 def validate_namespace(namespace: Any) -> str:
     """Check a key namespace with the same rules as env names."""
     return _validate_name("namespace", namespace)
-
-
-def stats_key(namespace: str, env: str) -> str:
-    """The key of an env's stats hash: ``<namespace>:{<env>}``; the braces are the cluster hash tag."""
-    return f"{namespace}:{{{env}}}"
-
-
-def glob_escape(text: str) -> str:
-    """Escape SCAN MATCH's glob characters so a namespace like ``run[1]`` matches literally."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

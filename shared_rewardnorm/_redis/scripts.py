@@ -26,19 +26,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
-from .connection import is_cluster
+from shared_rewardnorm._redis.connection import is_cluster
+from shared_rewardnorm.errors import FunctionsNotLoadedError, translate_response_error
 
 __all__ = [
     "OPERATIONS",
-    "script_source",
+    "ClientScripts",
     "function_library",
     "function_name",
-    "library_name",
-    "ClientScripts",
-    "register_scripts",
     "helpers_source",
+    "library_name",
+    "register_scripts",
+    "script_source",
+    "translate_script_error",
 ]
 
 #: One Lua file per atomic operation.
@@ -52,10 +54,10 @@ def _read_lua(name: str) -> str:
     In a wheel the files live in ``shared_rewardnorm/lua``. An editable install serves the
     package straight from the checkout, where they sit in the top-level ``lua/`` directory.
     """
-    packaged = resources.files(__package__).joinpath("lua", f"{name}.lua")
+    packaged = resources.files("shared_rewardnorm").joinpath("lua", f"{name}.lua")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parent.parent / "lua" / f"{name}.lua"
+    checkout = Path(__file__).resolve().parents[2] / "lua" / f"{name}.lua"
     if checkout.is_file():
         return checkout.read_text(encoding="utf-8")
     raise FileNotFoundError(f"Lua script {name}.lua is missing from the shared_rewardnorm install")
@@ -193,3 +195,15 @@ def helpers_source() -> str:
     """The text of ``stats_lib.lua``, the helpers every operation's script starts with (the
     server-cost benchmark builds its partial variants of the merge from it)."""
     return _read_lua(_LIBRARY)
+
+
+def translate_script_error(error: ResponseError) -> Exception:
+    """A script call's error as a library exception: a missing Function library becomes
+    ``FunctionsNotLoadedError`` (with how to load it), a ``REWARDNORM_*`` reply its class
+    (``errors.translate_response_error``), anything else stays as it is."""
+    message = str(error)
+    if message.startswith("Function not found"):
+        return FunctionsNotLoadedError(f"the server has no Function library {library_name()} (Redis says "
+                                       f"{message!r}); load it once with StatsStore(...).load_functions() "
+                                       "or `shared-rewardnorm load-functions`")
+    return translate_response_error(error)

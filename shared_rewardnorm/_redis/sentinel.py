@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["SENTINEL_SCHEME", "SentinelURL", "is_sentinel_url", "parse_sentinel_url", "sentinel_client",
-           "async_sentinel_client", "close_sentinels", "aclose_sentinels"]
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelURL",
+    "aclose_sentinels",
+    "async_sentinel_client",
+    "close_sentinels",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "sentinel_client",
+]
 
 SENTINEL_SCHEME = "redis+sentinel://"
 _FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]"

@@ -28,10 +28,18 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from .sentinel import async_sentinel_client, close_sentinels, is_sentinel_url, sentinel_client
+from shared_rewardnorm._redis.sentinel import async_sentinel_client, close_sentinels, is_sentinel_url, sentinel_client
 
-__all__ = ["URL_VARIABLE", "resolve_client", "resolve_async_client", "embedded_server", "is_cluster",
-           "close_client", "url_from_environment", "check_url"]
+__all__ = [
+    "URL_VARIABLE",
+    "check_url",
+    "close_client",
+    "embedded_server",
+    "is_cluster",
+    "resolve_async_client",
+    "resolve_client",
+    "url_from_environment",
+]
 
 #: The environment variable that ``redis=None`` (and the CLI without ``--url``) reads.
 URL_VARIABLE = "SHARED_REWARDNORM_URL"

@@ -8,8 +8,16 @@ field lists from here. No imports: anything may import this module.
 
 from __future__ import annotations
 
-__all__ = ["STAT_FIELDS", "DECAY_FIELDS", "CONFIG_FIELDS", "ACTIVITY_FIELDS", "DISPLAY_FIELDS", "ENV_FIELDS",
-           "STATE_FIELDS", "GROUPS"]
+__all__ = [
+           "ACTIVITY_FIELDS",
+           "CONFIG_FIELDS",
+           "DECAY_FIELDS",
+           "DISPLAY_FIELDS",
+           "ENV_FIELDS",
+           "GROUPS",
+           "STATE_FIELDS",
+           "STAT_FIELDS",
+]
 
 #: The totals, in the order scripts take and return them and ``RunningStats`` holds them.
 STAT_FIELDS = ("count", "mean", "m2", "min", "max")

@@ -63,13 +63,13 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .errors import NotReplicatedError, RewardNormError
-from .protocol import encode_stats
-from .requests import RunScript
-from .stats import RunningStats
+from shared_rewardnorm._core.protocol import encode_stats
+from shared_rewardnorm._core.requests import RunScript
+from shared_rewardnorm.errors import NotReplicatedError, RewardNormError
+from shared_rewardnorm.stats import RunningStats
 
 if TYPE_CHECKING:
-    from .aio import AsyncStatsStore
+    from shared_rewardnorm.aio import AsyncStatsStore
 
 __all__ = ["MergeCoalescer"]
 
@@ -91,7 +91,7 @@ def _own_copy(error: BaseException) -> BaseException:
     rebuilt from its ``args`` (a library's own with a different constructor) is shared as is."""
     try:
         own = copy.copy(error)
-    except Exception:  # noqa: BLE001 - any failure to rebuild it: share the original
+    except Exception:
         return error
     if type(own) is not type(error):
         return error

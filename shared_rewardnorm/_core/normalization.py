@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .envinfo import DecayedStats
-from .inputs import Scores
-from .stats import RunningStats
+from shared_rewardnorm._core.inputs import Scores
+from shared_rewardnorm.envinfo import DecayedStats
+from shared_rewardnorm.stats import RunningStats
 
 __all__ = ["MODES", "STATISTICS", "NormalizerSettings", "normalize_values"]
 

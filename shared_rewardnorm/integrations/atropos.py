@@ -1,0 +1,204 @@
+"""Shared reward normalization for Atropos environments (the ``atropos`` extra).
+
+The reference normalizer was written for Atropos's ``BaseEnv``: three opt-in config fields, each
+scored group's ``scores`` replaced by ``normalize(scores)``, groups that collapse after
+normalization skipped, and ``metrics_dict()`` merged into the env's WandB metrics. This module
+is that integration, with the statistics shared by every replica of the env (every process,
+every node) through Redis instead of kept per process::
+
+    from atroposlib.envs.base import BaseEnv
+    from shared_rewardnorm.atropos import SharedRewardNormConfig, SharedRewardNormMixin
+
+    class MyEnv(SharedRewardNormMixin, BaseEnv):      # the mixin first
+        name = "my_env"                               # the statistics key (not wandb_name)
+        env_config_cls = SharedRewardNormConfig
+
+    # python my_env.py serve --env.reward_normalization zscore --env.reward_norm_redis_url redis://...
+
+Every scored group reaches the trainer through ``BaseEnv.handle_send_to_api``, from ``serve``
+and from ``process`` alike, so that is the one place the mixin hooks; ``wandb_log`` gets the
+shared statistics' metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import redis
+from atroposlib.envs.base import BaseEnv, BaseEnvConfig
+from pydantic import Field, field_validator, model_validator
+
+from shared_rewardnorm._core.inputs import validate_env, validate_namespace
+from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._redis.connection import URL_VARIABLE, check_url
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
+from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.integrations.loops import PerLoop
+
+__all__ = ["SharedRewardNormConfig", "SharedRewardNormMixin"]
+
+# Named by the public import path, which is what users configure logging for.
+logger = logging.getLogger("shared_rewardnorm.atropos")
+
+
+class SharedRewardNormConfig(BaseEnvConfig):
+    """``BaseEnvConfig`` plus the reference's three fields (same names and defaults) and where
+    the shared statistics live. Every field is also an ``--env.<field>`` option of the env's
+    CLI, since Atropos builds its CLI from the config class ``config_init`` returns."""
+
+    reward_normalization: Literal["none", "zscore", "minmax"] = Field(
+        default="none",
+        description="Reward normalization: 'none' (scores untouched, nothing recorded), 'zscore' or 'minmax', "
+                    "against running statistics shared by every replica of this env",
+    )
+    reward_clip: float = Field(
+        default=5.0, ge=0, description="Clip normalized scores to +/- this value; 0 disables clipping")
+    reward_normalization_warmup: int = Field(
+        default=10, ge=0,
+        description="Scores (samples, not groups; counted over every replica) before normalization starts; "
+                    "until then raw scores are passed on, clipped")
+    reward_norm_redis_url: str | None = Field(
+        default=None,
+        description=f"Redis URL holding the shared statistics; default ${URL_VARIABLE}, else an embedded "
+                    "store local to this process (logged as a warning)")
+    reward_norm_namespace: str = Field(
+        default="rewardnorm", description="Key prefix: replicas share statistics within one namespace")
+    reward_norm_env: str | None = Field(
+        default=None,
+        description="Statistics key of this env; default the env class's name (never wandb_name, which the "
+                    "API server suffixes per replica)")
+
+    @field_validator("reward_norm_redis_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_url(url, source="reward_norm_redis_url")
+        return url
+
+    @field_validator("reward_norm_namespace")
+    @classmethod
+    def _namespace(cls, namespace: str) -> str:
+        return validate_namespace(namespace)
+
+    @field_validator("reward_norm_env")
+    @classmethod
+    def _env(cls, env: str | None) -> str | None:
+        return None if env is None else validate_env(env)
+
+    @model_validator(mode="after")
+    def _settings(self) -> SharedRewardNormConfig:
+        # The normalizer's own checks, so a bad setting fails when the config is built.
+        NormalizerSettings.create(self.reward_normalization, self.reward_clip, self.reward_normalization_warmup)
+        return self
+
+
+class SharedRewardNormMixin:
+    """Normalizes every scored group's ``scores`` against statistics shared by all replicas.
+
+    List it before ``BaseEnv`` (``class MyEnv(SharedRewardNormMixin, BaseEnv)``) and use
+    ``SharedRewardNormConfig`` (or a subclass) as the env's config. With
+    ``reward_normalization="none"`` (the default) nothing changes and nothing is recorded.
+
+    What counts: only groups that ``BaseEnv`` would pass on (the expected group size, tokens
+    within ``max_token_len`` when that check is on) enter the statistics, one round trip per
+    group. A group whose normalized scores are all equal (say, every score clipped to the same
+    bound) is then skipped by ``BaseEnv``'s ``ensure_scores_are_not_same`` check, as the
+    reference did; groups whose raw scores are all equal still count in the statistics (they
+    are real rewards of the env) and are skipped as before.
+    """
+
+    config: SharedRewardNormConfig
+    name: str | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if BaseEnv in mro and mro.index(BaseEnv) < mro.index(SharedRewardNormMixin):
+            raise TypeError(f"{cls.__name__}: list SharedRewardNormMixin before BaseEnv in its bases, or "
+                            "BaseEnv's handle_send_to_api runs instead of the mixin's")
+
+    def __init__(self, config: SharedRewardNormConfig, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(config, SharedRewardNormConfig):
+            raise TypeError(f"{type(self).__name__} needs a SharedRewardNormConfig (set env_config_cls and "
+                            f"return one from config_init), got {type(config).__name__}")
+        validate_env(self._reward_norm_env_name(config))
+        self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
+        super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]
+
+    def _reward_norm_env_name(self, config: SharedRewardNormConfig) -> str:
+        return config.reward_norm_env or type(self).name or type(self).__name__
+
+    @property
+    def reward_norm_env(self) -> str:
+        """The env name the shared statistics are kept under."""
+        return self._reward_norm_env_name(self.config)
+
+    @property
+    def reward_normalizer(self) -> AsyncSharedRewardNormalizer | None:
+        """The shared normalizer, or ``None`` when ``reward_normalization`` is ``"none"``.
+
+        Created on first use inside the running event loop (an asyncio client belongs to the
+        loop it first ran in), and again if the env is later driven by another loop (the old
+        one is closed in its loop if that still runs, else dropped: see ``loops.PerLoop``).
+        """
+        if self.config.reward_normalization == "none":
+            return None
+        return self._reward_norm_loops.get()
+
+    def _make_reward_normalizer(self) -> AsyncSharedRewardNormalizer:
+        config = self.config
+        return AsyncSharedRewardNormalizer(
+            self.reward_norm_env, config.reward_norm_redis_url, mode=config.reward_normalization,
+            clip=config.reward_clip, warmup=config.reward_normalization_warmup,
+            namespace=config.reward_norm_namespace)
+
+    async def close_reward_normalizer(self) -> None:
+        """Close the shared normalizer's connections (before the event loop that used it ends);
+        a later use opens new ones."""
+        await self._reward_norm_loops.aclose()
+
+    def _passes_base_env_checks(self, group: Any, abort_on_any_max_length_exceeded: bool) -> bool:
+        """Whether ``BaseEnv.handle_send_to_api`` keeps ``group`` (before its equal-scores check):
+        the groups it drops must not enter the statistics either. The expressions are BaseEnv's
+        (atroposlib 0.4.0), failures included: ``group_overrides=None`` raises its
+        ``AttributeError`` here too."""
+        if group is None:
+            return False
+        group_size = group.get("group_overrides", {}).get("group_size", self.config.group_size)
+        if None in group or len(group.get("tokens", [])) != group_size or "scores" not in group:
+            return False
+        max_len = getattr(self, "max_token_len", -1)
+        return not (abort_on_any_max_length_exceeded and max_len > 0
+                    and any(len(tokens) >= max_len for tokens in group["tokens"]))
+
+    async def handle_send_to_api(self, scored_data: Any, item: Any = None, do_send_to_api: bool = True,
+                                 abort_on_any_max_length_exceeded: bool = True) -> Any:
+        """Replace each complete group's ``scores`` with the shared normalization of them, then
+        hand the groups to ``BaseEnv.handle_send_to_api`` (the API, or the JSONL file in
+        ``process`` mode). If the store stays unreachable after the store's retries, the error
+        propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores never go out
+        in place of normalized ones."""
+        norm = self.reward_normalizer
+        if norm is not None:
+            groups = scored_data if isinstance(scored_data, list) else [scored_data]
+            # Every group is checked before any is counted: a group that makes BaseEnv raise
+            # (so that it sends nothing) raises here first, and nothing enters the statistics.
+            kept = [group for group in groups if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded)]
+            for group in kept:
+                group["scores"] = await norm.normalize(group["scores"])
+        return await super().handle_send_to_api(  # type: ignore[misc]
+            scored_data, item, do_send_to_api, abort_on_any_max_length_exceeded)
+
+    async def wandb_log(self, wandb_metrics: dict[str, Any] | None = None) -> None:
+        """Add the shared statistics (``reward_norm/count|mean|std|min|max``, the reference's
+        keys) to this step's metrics. If the store cannot be read, the step is logged without
+        them and a warning says why: metrics must not stop an env that is otherwise running."""
+        wandb_metrics = dict(wandb_metrics or {})
+        norm = self.reward_normalizer
+        if norm is not None:
+            try:
+                wandb_metrics.update(await norm.metrics_dict())
+            except (redis.RedisError, RewardNormError) as exc:  # RewardNormError: a corrupt hash, say
+                logger.warning("reward_norm metrics for %r not logged this step: %s", self.reward_norm_env, exc)
+        await super().wandb_log(wandb_metrics)  # type: ignore[misc]

@@ -1,0 +1,221 @@
+"""Shared reward normalization for TRL reward functions (the ``trl`` extra).
+
+``SharedNormRewardFunc`` wraps a reward function of TRL's ``GRPOTrainer`` (or any trainer that
+calls ``func(prompts=..., completions=..., **kwargs)`` and reads one reward per completion)::
+
+    from shared_rewardnorm.trl import SharedNormRewardFunc
+
+    def correctness(prompts, completions, **kwargs):
+        return [1.0 if "42" in c else 0.0 for c in completions]
+
+    trainer = GRPOTrainer(model, reward_funcs=[SharedNormRewardFunc(correctness, redis=URL)], ...)
+
+Every process (every rank, every node) that wraps a function for the same env normalizes its
+outputs against one set of running statistics. Nothing from TRL is imported here: the calling
+convention is all the wrapper relies on. What normalization does to GRPO's advantages (often
+nothing: per-group standardization cancels it) is in docs/TRAINING.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shared_rewardnorm._core.formats import metrics_from_stats
+from shared_rewardnorm._core.inputs import validate_env, validate_namespace
+from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._core.normalizer_ops import NormalizerCore
+from shared_rewardnorm._redis.connection import check_url, resolve_async_client, resolve_client, url_from_environment
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
+from shared_rewardnorm.integrations.loops import PerLoop
+from shared_rewardnorm.sync import SharedRewardNormalizer
+
+__all__ = ["SharedNormRewardFunc"]
+
+
+def _is_async(func: Any) -> bool:
+    """Whether calling ``func`` returns a coroutine (functions, partials, callable instances),
+    as TRL decides which reward functions to await."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
+def _callable_name(func: Any) -> str | None:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__name__", None)
+
+
+def _is_reward(value: Any) -> bool:
+    """A reward to normalize; ``None`` and NaN mean "no reward for this completion" to TRL.
+
+    NaN is the one value unequal to itself, which holds for any kind of number (``float``,
+    ``numpy.float32``, a 0-d tensor), where ``isinstance(value, float)`` misses most of them.
+    Anything whose comparison is not a single truth value (a list, an array) is left for the
+    normalizer's input checks to refuse."""
+    if value is None:
+        return False
+    try:
+        return not bool(value != value)
+    except (TypeError, ValueError):
+        return True
+
+
+class SharedNormRewardFunc:
+    """A reward function whose outputs are normalized against statistics shared through Redis.
+
+    Args:
+        func: the reward function, sync or ``async`` (the wrapper is then awaited too).
+        env: the statistics key; default the function's ``__name__``, which the wrapper keeps
+            (TRL names its reward columns and metrics with it).
+        redis: a URL, a client (``redis.Redis`` for a sync ``func``, ``redis.asyncio.Redis`` for an
+            async one), or ``None``: ``$SHARED_REWARDNORM_URL``, else the embedded store (local
+            to the process, with a logged warning).
+        mode, clip, warmup, eps, namespace: as for ``SharedRewardNormalizer``.
+
+    ``None`` and NaN rewards pass through untouched and are not counted. When TRL passes
+    ``log_metric``, the wrapper reports ``reward_norm/<env>/count|mean|std|min|max``.
+
+    Copies: TRL and accelerate may pickle or deepcopy reward functions. The connection is not
+    copied: a copy opens its own on first call. Pickling needs ``redis`` to be a URL or
+    ``None`` (a live client cannot cross a process boundary); a deepcopy shares the client.
+    """
+
+    def __new__(cls, func: Any = None, *args: Any, **kwargs: Any) -> SharedNormRewardFunc:
+        if cls is SharedNormRewardFunc and func is not None and _is_async(func):
+            cls = _AsyncSharedNormRewardFunc
+        return super().__new__(cls)
+
+    def __init__(self, func: Callable[..., Any], env: str | None = None, redis: Any = None, *, mode: str = "zscore",
+                 clip: float | None = 5.0, warmup: int = 10, eps: float = 1e-8,
+                 namespace: str = "rewardnorm") -> None:
+        if not callable(func):
+            raise TypeError(f"func must be a reward function, got {type(func).__name__}")
+        name = _callable_name(func)
+        if env is None and name is None:
+            raise TypeError(f"{type(func).__name__} has no __name__: pass env= to name its statistics")
+        # Everything is checked now, before any call sends anything.
+        NormalizerSettings.create(mode, clip, warmup, eps)
+        self._env = validate_env(env if env is not None else name)
+        validate_namespace(namespace)
+        if isinstance(redis, str):
+            check_url(redis)
+        elif redis is None:
+            url_from_environment()
+        else:
+            (resolve_async_client if _is_async(func) else resolve_client)(redis)  # the right kind of client
+        self._func, self._redis, self._namespace = func, redis, namespace
+        self._settings = dict(mode=mode, clip=clip, warmup=warmup, eps=eps)
+        self._norm: NormalizerCore | None = None
+        # Async functions: one normalizer per event loop (made on first call).
+        self._loops: PerLoop[AsyncSharedRewardNormalizer] | None = None
+        self.__name__ = name if name is not None else self._env
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__doc__ = getattr(func, "__doc__", None)
+        self.__wrapped__ = func
+
+    @property
+    def env(self) -> str:
+        """The statistics key."""
+        return self._env
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        """The wrapped reward function."""
+        return self._func
+
+    @property
+    def normalizer(self) -> NormalizerCore | None:
+        """The normalizer of the latest call (``None`` before the first); its ``stats`` are the
+        shared statistics that call saw."""
+        return self._norm
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        rewards = self._func(*args, **kwargs)
+        positions, values = self._split(rewards)
+        norm = self._sync_normalizer()
+        normalized = norm.normalize(values) if values else []
+        return self._finish(rewards, positions, normalized, kwargs.get("log_metric"))
+
+    def _sync_normalizer(self) -> SharedRewardNormalizer:
+        if self._norm is None:
+            self._norm = SharedRewardNormalizer(self._env, self._redis, namespace=self._namespace, **self._settings)
+        return self._norm  # type: ignore[return-value]
+
+    def _split(self, rewards: Any) -> tuple[list[int], list[Any]]:
+        if not isinstance(rewards, Sequence) and not hasattr(rewards, "__len__"):
+            raise TypeError(f"reward function {self.__name__} returned {type(rewards).__name__}, not a list of rewards")
+        rewards = list(rewards)
+        positions = [i for i, value in enumerate(rewards) if _is_reward(value)]
+        return positions, [rewards[i] for i in positions]
+
+    def _finish(self, rewards: Any, positions: list[int], normalized: list[float],
+                log_metric: Callable[[str, float], Any] | None) -> list[Any]:
+        out = list(rewards)
+        for position, value in zip(positions, normalized, strict=True):
+            out[position] = value
+        if callable(log_metric) and normalized and self._settings["mode"] != "none":
+            for name, value in metrics_from_stats(self._norm.stats, f"reward_norm/{self._env}").items():  # type: ignore[union-attr]
+                log_metric(name, value)
+        return out
+
+    def close(self) -> None:
+        """Close the connections this wrapper opened (a later call opens new ones)."""
+        norm, self._norm = self._norm, None
+        if isinstance(norm, SharedRewardNormalizer):
+            norm.close()
+
+    # --- copies: settings travel, connections do not -------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._redis is not None and not isinstance(self._redis, str):
+            raise TypeError(f"cannot pickle SharedNormRewardFunc({self.__name__}) holding a live "
+                            f"{type(self._redis).__name__}: pass redis= as a URL (or None with "
+                            "$SHARED_REWARDNORM_URL) for a reward function that crosses processes")
+        state = dict(self.__dict__)
+        state["_norm"] = state["_loops"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedNormRewardFunc:
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)  # the same function and client; a fresh normalizer
+        copy._norm = copy._loops = None
+        copy._settings = dict(self._settings)
+        memo[id(self)] = copy
+        return copy
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.__name__}, env={self._env!r}, namespace={self._namespace!r}, "
+                + ", ".join(f"{key}={value!r}" for key, value in self._settings.items()) + ")")
+
+
+class _AsyncSharedNormRewardFunc(SharedNormRewardFunc):
+    """``SharedNormRewardFunc`` of an ``async`` reward function: awaited, normalizing with the
+    asyncio client of the event loop it runs in (TRL runs async reward functions on a loop of
+    its own, in a background thread)."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:  # type: ignore[override]
+        rewards = await self._func(*args, **kwargs)
+        positions, values = self._split(rewards)
+        norm = self._async_normalizer()
+        normalized = await norm.normalize(values) if values else []
+        return self._finish(rewards, positions, normalized, kwargs.get("log_metric"))
+
+    def _async_normalizer(self) -> AsyncSharedRewardNormalizer:
+        if self._loops is None:
+            self._loops = PerLoop(lambda: AsyncSharedRewardNormalizer(
+                self._env, self._redis, namespace=self._namespace, **self._settings))
+        self._norm = self._loops.get()
+        return self._norm
+
+    async def aclose(self) -> None:
+        """Close the connections this wrapper opened, inside the loop that used them."""
+        loops, self._loops, self._norm = self._loops, None, None
+        if loops is not None:
+            await loops.aclose()
