@@ -141,3 +141,19 @@ def validate_env(env: Any) -> str:
 def validate_namespace(namespace: Any) -> str:
     """Check a key namespace with the same rules as env names."""
     return _validate_name("namespace", namespace)
+
+
+def validate_batch_id(batch_id: Any) -> str | None:
+    """Check a caller's name for a batch: ``None`` (no name), an ``int`` (not ``bool``: ``True``
+    is more likely a mistake than a name) or a non-empty ``str`` of at most 256 characters.
+    Returned as text, so ``7`` and ``"7"`` name the same batch."""
+    if batch_id is None:
+        return None
+    if isinstance(batch_id, bool) or not isinstance(batch_id, (int, str)):
+        raise TypeError(f"batch_id must be a str, an int or None, got {type(batch_id).__name__}")
+    text = str(batch_id)
+    if not text:
+        raise ValueError("batch_id must not be empty")
+    if len(text) > MAX_NAME_LENGTH:
+        raise ValueError(f"batch_id is {len(text)} characters long; the limit is {MAX_NAME_LENGTH}")
+    return text
