@@ -104,7 +104,8 @@ def run(steps: int, scale_rewards: str, redis_url: str | None, workdir: str,
     raw = [Recorded(length_chars), Recorded(says_yes)]
     train(model_dir, str(Path(workdir) / "raw"), raw, steps, scale_rewards)
     results["raw rewards"] = advantage_shares({r.__name__: r.outputs for r in raw}, 4, weights)
-    wrapped = [SharedNormRewardFunc(f, redis=redis_url, namespace=namespace, warmup=8) for f in (length_chars, says_yes)]
+    wrapped = [SharedNormRewardFunc(f, redis=redis_url, namespace=namespace, warmup=8)
+               for f in (length_chars, says_yes)]
     normalized = [Recorded(w) for w in wrapped]
     try:
         train(model_dir, str(Path(workdir) / "shared"), normalized, steps, scale_rewards)
