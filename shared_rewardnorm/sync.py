@@ -209,7 +209,8 @@ class StatsStore(StoreCore):
             try:
                 request = operation.send(reply)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             try:
                 reply = self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
             except BaseException as exc:  # a cancelled or interrupted call too

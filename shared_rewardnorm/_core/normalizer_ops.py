@@ -147,7 +147,8 @@ class NormalizerCore:
                   else "normalize(update=False) adds none; normalize with update=True to add a batch")
         raise ValueError(f'statistics="recent" but env {self._env!r} has no recent statistics yet (decayed weight 0: '
                          f'nothing merged since its half-life was set or changed, or its statistics replaced) and '
-                         f'{reason}; or use statistics="total"' + ("; this batch was counted in the totals" if counted else ""))
+                         f'{reason}; or use statistics="total"'
+                         + ("; this batch was counted in the totals" if counted else ""))
 
     def _refresh_info_op(self) -> Operation[EnvInfo]:
         return self._seen((yield from read_env(self._key)))

@@ -22,7 +22,8 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request", "RunScript", "ScanKeys"]
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request",
+           "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 

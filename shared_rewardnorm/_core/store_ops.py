@@ -27,12 +27,12 @@ from shared_rewardnorm._core.protocol import (
     encode_stats,
 )
 from shared_rewardnorm._core.requests import (
+    ClientRequest,
     LoadFunctions,
     MergeBatch,
     Operation,
     ReadMany,
     ReadStats,
-    Request,
     RunScript,
     ScanKeys,
 )
@@ -67,7 +67,7 @@ def read_totals(key: str) -> Operation[RunningStats]:
 def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     """HGETALL several keys in one pipeline; the raw replies, after raising the first error among
     them (a key of another type becomes ``WrongTypeError``)."""
-    replies = yield ReadMany(keys)
+    replies: list[Any] = yield ReadMany(keys)
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, ResponseError):
             raise ReadStats(key).translate(reply) from reply
@@ -214,10 +214,9 @@ class StoreCore:
 
     def _configure_op(self, env: str, half_life: Any) -> Operation[bool]:
         key = self.key(env)
-        if half_life is not None:
-            if (isinstance(half_life, bool) or not isinstance(half_life, (int, float))
-                    or not 0 < half_life < math.inf):
-                raise ValueError(f"half_life must be a positive finite number of samples or None, got {half_life!r}")
+        if half_life is not None and (isinstance(half_life, bool) or not isinstance(half_life, (int, float))
+                                      or not 0 < half_life < math.inf):
+            raise ValueError(f"half_life must be a positive finite number of samples or None, got {half_life!r}")
         argument = "none" if half_life is None else "%.17g" % half_life
         reply = yield RunScript("configure", (key,), (argument,))
         return as_text(reply) == "1"

@@ -172,7 +172,8 @@ class AsyncStatsStore(StoreCore):
             try:
                 request = operation.send(reply)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             try:
                 if not isinstance(request, MergeBatch):
                     reply = await self._issue(request)
