@@ -7,7 +7,7 @@ through the store), and the advantages that common RL estimators compute from th
 the normalized rewards are compared. The estimators are written as TRL 1.16 computes them:
 GRPO's group mean and unbiased group std with ``+ 1e-4`` (``scale_rewards="group"``), the batch
 std (``"batch"``), no scaling (``"none"``, Dr. GRPO), and RLOO's leave-one-out baseline. Each
-line of output is a number docs/TRAINING.md quotes.
+line of output is a number docs/user/training.md quotes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def share(parts: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def measure(seed: int, redis_url: str | None, namespace: str | None = None) -> dict[str, float]:
-    """Every figure docs/TRAINING.md quotes. With ``namespace`` given the caller owns its keys
+    """Every figure docs/user/training.md quotes. With ``namespace`` given the caller owns its keys
     (a test deletes them all, batch records included); without, a random one is used and its
     statistics are reset at the end (the batch records expire after ``batch_record_ttl``)."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ advantage is ``weight * (reward - its group mean)`` (the division by the group's
 ``scale_rewards`` does it, is common to both). The script trains a random one-layer Llama for a
 few steps twice, with the same seed: with the raw functions, and with each one wrapped in
 ``SharedNormRewardFunc`` (z-score against statistics shared through Redis). It prints which
-share of the advantage's magnitude each reward drives in each run. docs/TRAINING.md explains
+share of the advantage's magnitude each reward drives in each run. docs/user/training.md explains
 the numbers.
 """
 

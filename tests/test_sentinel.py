@@ -215,7 +215,7 @@ def test_fcall_and_wait_go_in_one_pipeline(server: Any, inspector: redis.Redis) 
 
 @pytest.mark.own_server
 def test_a_user_without_wait_gets_not_replicated_after_merging_once(server: Any, inspector: redis.Redis) -> None:
-    # docs/SECURITY.md's trainer, which lacks +wait (the doc adds it only for replicas=).
+    # docs/operations/security.md's trainer, which lacks +wait (the doc adds it only for replicas=).
     inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", *TRAINER_RULES.split())
     url = f"redis://trainer:pw@127.0.0.1:{server.port}/0"
     with StatsStore(url, replicas=1, functions=False) as store:
@@ -229,7 +229,7 @@ def test_a_user_without_wait_gets_not_replicated_after_merging_once(server: Any,
 
 @pytest.mark.own_server
 def test_a_trainer_with_wait_merges_with_replicas_1(server: Any, inspector: redis.Redis, tmp_path: Path) -> None:
-    """docs/SECURITY.md's trainer rules plus +wait: a merge waits for the replica and returns."""
+    """docs/operations/security.md's trainer rules plus +wait: a merge waits for the replica and returns."""
     inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", *TRAINER_RULES.split(), "+wait")
     (tmp_path / "replica").mkdir()
     with RedisServer(tmp_path / "replica", NO_PERSISTENCE) as replica:

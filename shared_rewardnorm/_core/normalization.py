@@ -1,7 +1,7 @@
 """The normalization math: settings, and turning raw scores into normalized ones.
 
 Pure functions shared by the sync and asyncio normalizers. The behaviour is the reference
-``RewardNormalizer``'s, quirks included (see docs/API.md): statistics include the batch being
+``RewardNormalizer``'s, quirks included (see docs/reference/api.md): statistics include the batch being
 normalized; population std with ``std + eps`` in the denominator; zeros when std < eps and 0.5
 when the min-max range < eps; during warmup raw scores are returned, still clipped.
 """

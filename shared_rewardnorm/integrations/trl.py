@@ -13,7 +13,7 @@ calls ``func(prompts=..., completions=..., **kwargs)`` and reads one reward per 
 Every process (every rank, every node) that wraps a function for the same env normalizes its
 outputs against one set of running statistics. Nothing from TRL is imported here: the calling
 convention is all the wrapper relies on. What normalization does to GRPO's advantages (often
-nothing: per-group standardization cancels it) is in docs/TRAINING.md.
+nothing: per-group standardization cancels it) is in docs/user/training.md.
 """
 
 from __future__ import annotations
