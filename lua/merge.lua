@@ -42,7 +42,7 @@
 -- and one HSET of the hash (of the fields that changed: min and max only when the batch
 -- extends them), TIME, and with a record GET and SET EX; the record holds at most WINDOW gaps
 -- (more gaps cost more: each call rewrites the list). Measured (benchmarks/server_cost.py):
--- 34-38x the server time of a no-op EVALSHA, with or without a half-life (docs/SERVER_COST.md:
+-- 34-38x the server time of a no-op EVALSHA, with or without a half-life (benchmarks/README.md:
 -- where it goes, and why).
 
 local err = check_arity('merge', KEYS, ARGV, {1, 1, 2, 3})

@@ -9,7 +9,7 @@
 -- Helpers that find a problem return nil plus an error reply and never raise, so an operation
 -- stops before it writes anything.
 
--- The stats schema, named once for Lua (shared_rewardnorm/schema.py names it once for Python;
+-- The stats schema, named once for Lua (shared_rewardnorm/_core/schema.py names it once for Python;
 -- tests/test_schema.py checks that both agree). Every list of fields below derives from these.
 -- The totals, in the order operations receive and return them:
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
@@ -28,7 +28,7 @@ local DISPLAY_FIELDS = {'std'}
 -- fields after the totals (decay, configuration, activity): an env's "state". Spelled as
 -- elements of the groups above rather than built by loops: a script (EVALSHA) builds these
 -- on every call, and loops over a table of groups cost about twice as much (tests/test_schema.py
--- checks both against schema.py, so a field added to a group and not here fails there).
+-- checks both against _core/schema.py, so a field added to a group and not here fails there).
 local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
 local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],

@@ -201,7 +201,7 @@ class StatsStore(StoreCore):
         return self.run(self._load_functions_op())
 
     def run(self, operation: Operation[T]) -> T:
-        """Drive an operation of the core (a generator of requests, see ``core.py``): send each
+        """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): send each
         request it yields, hand back the reply, return the operation's result. The public seam
         for new operations; every method of this class is one call of it."""
         reply = None

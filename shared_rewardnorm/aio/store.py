@@ -164,7 +164,7 @@ class AsyncStatsStore(StoreCore):
         await self.aclose()
 
     async def run(self, operation: Operation[T]) -> T:
-        """Drive an operation of the core (a generator of requests, see ``core.py``): await each
+        """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): await each
         request it yields, hand back the reply, return the operation's result. The public seam
         for new operations; every method of this class is one call of it."""
         reply = None
