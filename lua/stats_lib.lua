@@ -427,3 +427,176 @@ local function check_arity(name, keys, args, forms)
   return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. table.concat(accepted, ' or ')
     .. ', got ' .. #keys .. ' and ' .. #args)
 end
+
+-- ---------------------------------------------------------------------------------------------
+-- Per-prompt statistics (prompt_*.lua; shared_rewardnorm/_core/prompt_ops.py is the Python twin).
+--
+-- An env's prompts live beside its stats hash, in its hash slot: the prompt set's settings in
+-- the hash "<ns>:{<env>}:prompts" (fields decay, buckets; absent: 1 and DEFAULT_PROMPT_BUCKETS),
+-- and the prompts in `buckets` hashes "<ns>:{<env>}:p:<b>", b = crc32(prompt id) mod buckets
+-- (computed by the client), one field per prompt. So a bucket stays small enough for Redis's
+-- compact hash encoding (listpack: at most 128 fields of at most 64 bytes by default), which is
+-- what keeps a prompt near 40 bytes.
+--
+-- A prompt's record: "<visits>,<count>,<mean><m2>[<weight>]": visits and count in decimal, then
+-- each double as 11 characters of base 64 (digits '0'..'o', ASCII 48..111: the IEEE-754 bits,
+-- sign and biased exponent in the first two characters, the 52 fraction bits in the other nine),
+-- so every double round-trips exactly in a third of the room of '%.17g'. The weight is written
+-- only when it differs from the count (a prompt set with decay): otherwise it is the count.
+
+local PROMPT_SETTINGS_SUFFIX = ':prompts'
+local PROMPT_BUCKET_INFIX = ':p:'
+local DEFAULT_PROMPT_BUCKETS = 16384
+local MAX_PROMPT_BUCKETS = 1048576
+local TWO_52 = 4503599627370496
+
+-- The 11 characters of a double (see above); x must be finite.
+local function encode_double(x)
+  local hi = 0
+  if x < 0 or (x == 0 and 1 / x < 0) then
+    hi = 2048
+    x = -x
+  end
+  local frac = 0
+  if x ~= 0 then
+    local m, e = math.frexp(x)  -- x = m * 2^e, 0.5 <= m < 1
+    if e >= -1021 then
+      hi = hi + e + 1022
+      frac = (m * 2 - 1) * TWO_52
+    else  -- subnormal: biased exponent 0, the fraction is x in units of 2^-1074
+      frac = math.ldexp(x, 1074)
+    end
+  end
+  local d9 = frac % 64; frac = (frac - d9) / 64
+  local d8 = frac % 64; frac = (frac - d8) / 64
+  local d7 = frac % 64; frac = (frac - d7) / 64
+  local d6 = frac % 64; frac = (frac - d6) / 64
+  local d5 = frac % 64; frac = (frac - d5) / 64
+  local d4 = frac % 64; frac = (frac - d4) / 64
+  local d3 = frac % 64; frac = (frac - d3) / 64
+  local d2 = frac % 64; frac = (frac - d2) / 64
+  local d1 = frac
+  local h2 = hi % 64
+  return string.char(48 + (hi - h2) / 64, 48 + h2, 48 + d1, 48 + d2, 48 + d3, 48 + d4, 48 + d5, 48 + d6,
+    48 + d7, 48 + d8, 48 + d9)
+end
+
+-- The double whose 11 characters start at `at` in `text`, or nil when they are not a finite
+-- double's (a character outside '0'..'o', fraction bits beyond 52, exponent of inf/NaN).
+local function decode_double(text, at)
+  local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 = string.byte(text, at, at + 10)
+  if not b11 then return nil end
+  if b1 < 48 or b1 > 111 or b2 < 48 or b2 > 111 or b3 < 48 or b3 > 63 or b4 < 48 or b4 > 111
+      or b5 < 48 or b5 > 111 or b6 < 48 or b6 > 111 or b7 < 48 or b7 > 111 or b8 < 48 or b8 > 111
+      or b9 < 48 or b9 > 111 or b10 < 48 or b10 > 111 or b11 < 48 or b11 > 111 then
+    return nil
+  end
+  local hi = (b1 - 48) * 64 + b2 - 48
+  local frac = ((((((((b3 - 48) * 64 + b4 - 48) * 64 + b5 - 48) * 64 + b6 - 48) * 64 + b7 - 48) * 64
+    + b8 - 48) * 64 + b9 - 48) * 64 + b10 - 48) * 64 + b11 - 48
+  local biased = hi % 2048
+  if biased == 2047 then return nil end
+  local x
+  if biased == 0 then
+    x = math.ldexp(frac, -1074)
+  else
+    x = math.ldexp(1 + frac / TWO_52, biased - 1023)
+  end
+  if hi >= 2048 then return -x end
+  return x
+end
+
+-- A prompt's record as a table {visits, count, weight, mean, m2}, or nil plus an error reply
+-- naming the bucket and the prompt.
+local function parse_prompt(key, id, text)
+  local first = string.find(text, ',', 1, true)
+  local second = first and string.find(text, ',', first + 1, true)
+  local rest = second and #text - second
+  local visits = second and string.find(text, '^[0-9]+,[0-9]+,') and tonumber(string.sub(text, 1, first - 1))
+  local count = visits and tonumber(string.sub(text, first + 1, second - 1))
+  local mean = visits and (rest == 22 or rest == 33) and decode_double(text, second + 1)
+  local m2 = mean and decode_double(text, second + 12)
+  local weight = count
+  if m2 and rest == 33 then weight = decode_double(text, second + 23) end
+  if not (weight and m2) or m2 < 0 or weight < 0 or visits > MAX_COUNT or count > MAX_COUNT then
+    return nil, error_for('CORRUPT', key, 'prompt ' .. quoted(id) .. ' holds ' .. quoted(string.sub(text, 1, 60)))
+  end
+  return {visits, count, weight, mean, m2}
+end
+
+-- The record of {visits, count, weight, mean, m2}.
+local function format_prompt(p)
+  local text = string.format('%d,%d,', p[1], p[2]) .. encode_double(p[4]) .. encode_double(p[5])
+  if p[3] ~= p[2] then
+    return text .. encode_double(p[3])
+  end
+  return text
+end
+
+-- The prompt set's settings key -> the prefix of its bucket keys, or nil plus an error reply.
+local function prompt_bucket_prefix(settings_key)
+  local n = #PROMPT_SETTINGS_SUFFIX
+  if string.sub(settings_key, -n) ~= PROMPT_SETTINGS_SUFFIX then
+    return nil, error_for('INVALID', settings_key, 'is not a prompt set\'s settings key (it must end in "'
+      .. PROMPT_SETTINGS_SUFFIX .. '")')
+  end
+  return string.sub(settings_key, 1, -n - 1) .. PROMPT_BUCKET_INFIX
+end
+
+-- Parse a bucket count (text): an integer from 1 to MAX_PROMPT_BUCKETS.
+local function parse_bucket_count(key, text, kind)
+  local buckets = type(text) == 'string' and string.find(text, '^[0-9]+$') and tonumber(text)
+  if not buckets or buckets < 1 or buckets > MAX_PROMPT_BUCKETS then
+    return nil, error_for(kind, key, 'buckets must be an integer from 1 to ' .. MAX_PROMPT_BUCKETS .. ', got '
+      .. quoted(text))
+  end
+  return buckets
+end
+
+-- Parse a decay (text): a number in (0, 1].
+local function parse_decay(key, text, kind)
+  local decay = parse_finite(text)
+  if not decay or decay <= 0 or decay > 1 then
+    return nil, error_for(kind, key, 'decay must be a number in (0, 1], got ' .. quoted(text))
+  end
+  return decay
+end
+
+-- The prompt set's settings: {decay = number, buckets = number, stored = bool (whether the
+-- settings hash has its bucket count)}, or nil plus an error reply.
+local function read_prompt_settings(key)
+  local stored, err = read_key(key, 'hash', 'HMGET', 'decay', 'buckets')
+  if err then return nil, err end
+  local settings = {decay = 1, buckets = DEFAULT_PROMPT_BUCKETS, stored = stored[2] ~= false}
+  if stored[1] then
+    settings.decay, err = parse_decay(key, stored[1], 'CORRUPT')
+    if err then return nil, err end
+  end
+  if stored[2] then
+    settings.buckets, err = parse_bucket_count(key, stored[2], 'CORRUPT')
+    if err then return nil, err end
+  end
+  return settings
+end
+
+-- Check the bucket count a client computed its buckets with (ARGV text) against the set's.
+local function check_bucket_count(key, settings, text)
+  local buckets, err = parse_bucket_count(key, text, 'INVALID')
+  if err then return err end
+  if buckets ~= settings.buckets then
+    return error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made for '
+      .. quoted(text) .. ' (read the settings again)')
+  end
+  return nil
+end
+
+-- The bucket key of a prompt from the client's bucket number (text), checked against the count.
+local function prompt_bucket_key(key, prefix, settings, text)
+  -- canonical decimal only ('07' would name another key than '7')
+  local bucket = (text == '0' or string.find(text, '^[1-9][0-9]*$')) and tonumber(text)
+  if not bucket or bucket >= settings.buckets then
+    return nil, error_for('INVALID', key, 'bucket must be an integer from 0 to ' .. (settings.buckets - 1)
+      .. ', got ' .. quoted(text))
+  end
+  return prefix .. text
+end

@@ -9,6 +9,7 @@ Quick start::
 """
 
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+from shared_rewardnorm.aio.prompts import AsyncPromptStats
 from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
 from shared_rewardnorm.errors import (
     CorruptStatsError,
@@ -20,11 +21,13 @@ from shared_rewardnorm.errors import (
     StatsOverflowError,
     WrongTypeError,
 )
+from shared_rewardnorm.prompts import PromptInfo, PromptStats
 from shared_rewardnorm.retry import RetryPolicy
 from shared_rewardnorm.stats import RunningStats
 from shared_rewardnorm.sync import SharedRewardNormalizer, StatsStore
 
 __all__ = [
+    "AsyncPromptStats",
     "AsyncSharedRewardNormalizer",
     "AsyncStatsStore",
     "CorruptStatsError",
@@ -33,6 +36,8 @@ __all__ = [
     "FunctionsNotLoadedError",
     "InvalidStatsError",
     "NotReplicatedError",
+    "PromptInfo",
+    "PromptStats",
     "RetryPolicy",
     "RewardNormError",
     "RunningStats",

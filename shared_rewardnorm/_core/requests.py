@@ -22,8 +22,8 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request",
-           "RunScript", "ScanKeys"]
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadCommands", "ReadMany", "ReadStats",
+           "Request", "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 
@@ -139,6 +139,21 @@ class LoadFunctions(_PassErrorsThrough):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadCommands(_PassErrorsThrough):
+    """Read commands (each a tuple of words, e.g. ``("HMGET", key, field, ...)``) in one
+    pipeline: one round trip per server. The reply has one entry per command, its reply or its
+    error. For reads of other keys than stats hashes (the prompt statistics' buckets)."""
+
+    commands: tuple[tuple[str, ...], ...]
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        pipeline = client.pipeline(transaction=False)
+        for command in self.commands:
+            pipeline.execute_command(*command)
+        return pipeline.execute(raise_on_error=False)
+
+
+@dataclass(frozen=True, slots=True)
 class MergeBatch:
     """A validated, non-empty batch to merge into ``key`` exactly once: its summary, the summary
     encoded for the script, and the caller's name for it (``batch_id``, or ``None``). The
@@ -152,7 +167,7 @@ class MergeBatch:
 
 
 #: The requests a shell issues on its client as they are.
-ClientRequest = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
+ClientRequest = RunScript | ReadStats | ReadMany | ReadCommands | ScanKeys | LoadFunctions
 Request = ClientRequest | MergeBatch
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]
