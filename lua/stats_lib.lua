@@ -482,15 +482,11 @@ local function encode_double(x)
 end
 
 -- The double whose 11 characters start at `at` in `text`, or nil when they are not a finite
--- double's (a character outside '0'..'o', fraction bits beyond 52, exponent of inf/NaN).
+-- double's (fraction bits beyond 52, the exponent of inf/NaN). The caller has checked that every
+-- character is a digit of the code ('0'..'o': one pattern match per record, not 22 comparisons).
 local function decode_double(text, at)
   local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 = string.byte(text, at, at + 10)
-  if not b11 then return nil end
-  if b1 < 48 or b1 > 111 or b2 < 48 or b2 > 111 or b3 < 48 or b3 > 63 or b4 < 48 or b4 > 111
-      or b5 < 48 or b5 > 111 or b6 < 48 or b6 > 111 or b7 < 48 or b7 > 111 or b8 < 48 or b8 > 111
-      or b9 < 48 or b9 > 111 or b10 < 48 or b10 > 111 or b11 < 48 or b11 > 111 then
-    return nil
-  end
+  if not b11 or b3 > 63 then return nil end
   local hi = (b1 - 48) * 64 + b2 - 48
   local frac = ((((((((b3 - 48) * 64 + b4 - 48) * 64 + b5 - 48) * 64 + b6 - 48) * 64 + b7 - 48) * 64
     + b8 - 48) * 64 + b9 - 48) * 64 + b10 - 48) * 64 + b11 - 48
@@ -512,10 +508,12 @@ local function parse_prompt(key, id, text)
   local first = string.find(text, ',', 1, true)
   local second = first and string.find(text, ',', first + 1, true)
   local rest = second and #text - second
-  local visits = second and string.find(text, '^[0-9]+,[0-9]+,') and tonumber(string.sub(text, 1, first - 1))
-  local count = visits and tonumber(string.sub(text, first + 1, second - 1))
-  local mean = visits and (rest == 22 or rest == 33) and decode_double(text, second + 1)
-  local m2 = mean and decode_double(text, second + 12)
+  local visits, count, mean, m2
+  if (rest == 22 or rest == 33) and string.find(text, '^[0-9]+,[0-9]+,[0-o]+$') then
+    visits, count = tonumber(string.sub(text, 1, first - 1)), tonumber(string.sub(text, first + 1, second - 1))
+    mean = decode_double(text, second + 1)
+    m2 = mean and decode_double(text, second + 12)
+  end
   local weight = count
   if m2 and rest == 33 then weight = decode_double(text, second + 23) end
   if not (weight and m2) or m2 < 0 or weight < 0 or visits > MAX_COUNT or count > MAX_COUNT then
