@@ -221,6 +221,8 @@ class PromptCore:
         self._store_core = store
         self._key = settings_key(store.namespace, self._env)
         self._settings: PromptSettings | None = None
+        #: Whether the latest read found the bucket count stored (fixed by a write or configure).
+        self._buckets_fixed = False
 
     @property
     def env(self) -> str:
@@ -246,6 +248,7 @@ class PromptCore:
         except ValueError as exc:
             raise CorruptStatsError(f"corrupt prompt settings {self._key}: {exc}", key=self._key) from None
         self._settings = settings
+        self._buckets_fixed = buckets is not None
         return settings
 
     def _known_settings_op(self) -> Operation[PromptSettings]:
@@ -431,9 +434,12 @@ class PromptCore:
                 "prompts": {prompt_id: info.to_list() for prompt_id, info in sorted(items)}}
 
     def _restore_op(self, snapshot: Any) -> Operation[int]:
+        """Write a snapshot's prompts (replacing those with the same ids) and its decay, in calls
+        of ``WRITE_CHUNK`` prompts; the whole snapshot is validated first."""
         settings, records = parse_prompt_snapshot(snapshot)
-        current = yield from self._settings_op()
-        yield from self._configure_op(settings.decay, None if current.buckets == settings.buckets else settings.buckets)
+        yield from self._settings_op()
+        # A target whose bucket count is fixed keeps it: the ids are bucketed for it here.
+        yield from self._configure_op(settings.decay, None if self._buckets_fixed else settings.buckets)
         written = 0
         items = list(records.items())
         for start in range(0, len(items), WRITE_CHUNK):
