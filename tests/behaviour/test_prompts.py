@@ -14,49 +14,12 @@ from typing import Any
 import pytest
 import redis
 from drop_proxy import DropProxy
+from prompt_oracle import OFFSET, DefinitionOracle, assert_matches
 
 from shared_rewardnorm import AsyncPromptStats, CorruptStatsError, PromptInfo, PromptStats, RetryPolicy, StatsStore
 from shared_rewardnorm._core.prompt_ops import bucket_key, bucket_of
 
-OFFSET = 1e6
 FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
-
-
-class DefinitionOracle:
-    """The definition, per sample: every reward remembered with the visit it came in; after k
-    visits of a prompt, a reward of visit j weighs decay ** (k - j)."""
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-        self.rewards: dict[str, list[tuple[int, float]]] = {}
-        self.visits: dict[str, int] = {}
-
-    def call(self, ids: list[str], rewards: list[float]) -> None:
-        for prompt_id in dict.fromkeys(ids):
-            self.visits[prompt_id] = self.visits.get(prompt_id, 0) + 1
-        for prompt_id, reward in zip(ids, rewards, strict=True):
-            self.rewards.setdefault(prompt_id, []).append((self.visits[prompt_id], reward))
-
-    def expected(self, prompt_id: str) -> tuple[int, int, float, float, float]:
-        k = self.visits[prompt_id]
-        samples = self.rewards[prompt_id]
-        weights = [self.decay ** (k - j) for j, _ in samples]
-        weight = math.fsum(weights)
-        centred = math.fsum(w * (r - OFFSET) for w, (_, r) in zip(weights, samples, strict=True)) / weight
-        mean = OFFSET + centred
-        m2 = math.fsum(w * ((r - OFFSET) - centred) ** 2 for w, (_, r) in zip(weights, samples, strict=True))
-        return k, len(samples), weight, mean, m2
-
-
-def assert_matches(info: PromptInfo | None, expected: tuple[int, int, float, float, float]) -> None:
-    visits, count, weight, mean, m2 = expected
-    assert info is not None
-    assert (info.visits, info.count) == (visits, count)
-    assert info.weight == pytest.approx(weight, rel=1e-9)
-    scale = max(math.sqrt(m2 / weight), 1e-3)
-    # the mean's error relative to the spread (far stricter than relative to a mean near 1e6)
-    assert abs(info.mean - mean) <= 1e-9 * scale
-    assert info.m2 == pytest.approx(m2, rel=1e-9, abs=1e-9 * weight * scale * scale)
 
 
 def run_against_the_definition(prompts: PromptStats, calls: int, decay: float, seed: int) -> None:
