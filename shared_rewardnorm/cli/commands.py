@@ -38,6 +38,7 @@ from shared_rewardnorm.cli.demo import (
     require_matplotlib,
     run_demo,
 )
+from shared_rewardnorm.cli.prompts import add_prompt_commands
 from shared_rewardnorm.cli.render import (
     ProgressLine,
     demo_report,
@@ -451,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_commands(commands)
     _add_admin_commands(commands)
     _add_demo_command(commands)
+    add_prompt_commands(commands, _command, open_store)
     return parser
 
 
