@@ -14,12 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import drop_namespace, require_binaries, unavailable
-from redis_servers import NO_PERSISTENCE, RedisServer
-
 from shared_rewardnorm._redis.connection import URL_VARIABLE, embedded_server
+from tests.support.helpers import drop_namespace, require_binaries, unavailable
+from tests.support.redis_servers import NO_PERSISTENCE, RedisServer
 
 REAL_REDIS_URL = os.environ.get("SHARED_REWARDNORM_TEST_URL", "redis://127.0.0.1:6379/0")
 
