@@ -1,5 +1,7 @@
-"""The ``shared-rewardnorm`` command line: what it prints matches the store, snapshots round-trip
-exactly, bad input and unreachable servers give one line and no write, snapshot really saves.
+"""The ``shared-rewardnorm`` command line on the shared server: what it prints matches the store,
+snapshots round-trip exactly, bad input and unreachable servers give one line and no write.
+(Without a server: tests/unit/test_cli.py; ``snapshot``, a cluster and ``load-functions`` on
+servers of their own: tests/deployment/test_cli.py.)
 
 Most tests call ``main([...])`` in process; a few run the installed console script, as a user
 would."""
@@ -10,56 +12,25 @@ import io
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import redis.cluster
 
 from shared_rewardnorm import StatsStore
-from shared_rewardnorm._redis.connection import close_client
-from shared_rewardnorm.cli import main
 from shared_rewardnorm.cli.bgsave import snapshot_masters
-from shared_rewardnorm.cli.render import redact
-from tests.support.redis_servers import RedisServer, free_port
+from tests.support.cli import PROG, assert_one_error_line, cli_command, run
+from tests.support.redis_servers import free_port
 
-PROG = "shared-rewardnorm"
 SEED_VALUES = {
     "gsm8k": [1.0, -1.0, 1.0, 1.0, -1.0, 1.0],
     "tool_use": [0.125, 0.5, 0.875, 0.3333333333333333],
     "code": [12.0, 40.0, 100.0, 0.0, 57.0],
 }
-
-
-def cli_command() -> list[str]:
-    """The installed console script, or the module if the script is not installed."""
-    script = Path(sys.executable).with_name(PROG)
-    if script.exists():
-        return [str(script)]
-    found = shutil.which(PROG)
-    return [found] if found else [sys.executable, "-m", "shared_rewardnorm.cli"]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error_line(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{PROG}: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def namespace_keys(client: redis.Redis, namespace: str) -> dict[bytes, Any]:
@@ -210,44 +181,6 @@ def test_export_writes_every_healthy_env_and_names_the_broken(cli: Any, seeded: 
     exported, error = err.strip().splitlines()
     assert exported.startswith(f"exported 3 envs of namespace {namespace!r}")
     assert_one_error_line(error, "env 'broken' left out of the snapshot", "corrupt")
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--namespace", "", "reset", "gsm8k", "--yes"], "--namespace must not be empty or blank"),
-    (["--namespace", "  ", "reset", "gsm8k", "--yes"], "--namespace must not be empty or blank"),
-    (["reset", "gsm8k", "--yes", "--namespace", ""], "--namespace must not be empty or blank"),
-    (["--url", "", "reset", "gsm8k", "--yes"], "--url must not be empty or blank"),
-    (["stats", "--url", " "], "--url must not be empty or blank"),
-])
-def test_blank_namespace_or_url_is_refused_and_nothing_is_deleted(
-        argv: list[str], message: str, server: RedisServer, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # The default namespace on the server the default URL would reach: it must survive.
-    monkeypatch.setenv("SHARED_REWARDNORM_URL", server.url)
-    StatsStore(server.url).update("gsm8k", [1.0, 2.0])
-    if "--url" not in argv:
-        argv = ["--url", server.url, *argv]
-    code, _, err = run(capsys, *argv)
-    assert code == 2
-    assert message in err and "Traceback" not in err
-    assert StatsStore(server.url).get("gsm8k").count == 2
-
-
-@pytest.mark.parametrize("value", ["", " "])
-def test_a_blank_url_variable_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                         value: str) -> None:
-    monkeypatch.setenv("SHARED_REWARDNORM_URL", value)
-    code, _, err = run(capsys, "reset", "gsm8k", "--yes")
-    assert code == 2
-    assert_one_error_line(err, "$SHARED_REWARDNORM_URL is set but blank")
-
-
-def test_a_malformed_url_variable_is_refused_by_the_same_rule(monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("SHARED_REWARDNORM_URL", "localhost:6379")
-    code, _, err = run(capsys, "reset", "gsm8k", "--yes")
-    assert code == 2
-    assert_one_error_line(err, "$SHARED_REWARDNORM_URL must start with redis://")
 
 
 @pytest.mark.real_redis
@@ -418,24 +351,6 @@ def test_corrupt_hash(cli: Any, real_client: redis.Redis, namespace: str) -> Non
     assert_one_error_line(err, "corrupt", "mean")
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "required"),
-    (["watch", "--interval", "0"], "must be > 0"),
-    (["demo", "--workers", "2"], "must be >= 3"),
-    (["bogus"], "invalid choice"),
-])
-def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, *argv)
-    assert code == 2
-    assert message in err and "Traceback" not in err
-
-
-def test_redact_hides_passwords() -> None:
-    assert redact("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
-    assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
-    assert redact("redis://host:6379/0") == "redis://host:6379/0"
-
-
 # --- the installed command ----------------------------------------------------------------------
 
 
@@ -455,120 +370,13 @@ def test_console_script_without_server() -> None:
     assert "hunter2" not in result.stderr
 
 
-def test_python_dash_m() -> None:
-    result = subprocess.run([sys.executable, "-m", "shared_rewardnorm", "--help"], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0 and "snapshot" in result.stdout
-
-
 # --- snapshot -----------------------------------------------------------------------------------
-
-
-@pytest.mark.own_server
-def test_snapshot_writes_the_rdb_file(server: RedisServer, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    store = StatsStore(server.url)
-    store.update("gsm8k", [1.0, -1.0])
-    store.client.close()
-    code, out, err = run(capsys, "--url", server.url, "snapshot")
-    assert (code, err) == (0, "")
-    assert (tmp_path / "dump.rdb").exists()
-    assert str(tmp_path / "dump.rdb") in out
-    assert f"127.0.0.1:{server.port}" in out and " ok " in out
-
-
-def slow_saves(server: RedisServer, keys: int, delay_us: int) -> redis.Redis:
-    """A client of ``server`` whose background saves take about keys * delay_us microseconds."""
-    client = redis.Redis.from_url(server.url)
-    client.config_set("rdb-key-save-delay", delay_us)
-    client.mset({f"k{i}": i for i in range(keys)})
-    return client
-
-
-@pytest.mark.own_server
-def test_snapshot_waits_for_a_save_already_running(server: RedisServer, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    client = slow_saves(server, keys=5, delay_us=100_000)  # each save takes about 0.5 s
-    try:
-        client.bgsave(schedule=False)
-        started = time.monotonic()
-        code, _, err = run(capsys, "--url", server.url, "snapshot")
-        assert (code, err) == (0, "")
-        assert time.monotonic() - started > 0.7  # the running save, then ours
-        info = client.info("persistence")
-        assert info["rdb_bgsave_in_progress"] == 0 and info["rdb_last_bgsave_status"] == "ok"
-        assert (tmp_path / "dump.rdb").exists()
-    finally:
-        client.config_set("rdb-key-save-delay", 0)
-        client.close()
-
-
-@pytest.mark.own_server
-def test_snapshot_timeout(server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
-    client = slow_saves(server, keys=5, delay_us=200_000)
-    try:
-        code, _, err = run(capsys, "--url", server.url, "snapshot", "--timeout", "0.2")
-        assert code == 1
-        assert_one_error_line(err, "still running after 0.2 s")
-    finally:
-        client.config_set("rdb-key-save-delay", 0)
-        client.close()
 
 
 def test_embedded_store_cannot_snapshot() -> None:
     store = StatsStore(None, "snapshot-test")
     with pytest.raises(TypeError, match="embedded store"):
         snapshot_masters(store.client)
-
-
-@contextmanager
-def one_master_cluster() -> Iterator[Any]:
-    """A private single-master Redis Cluster (skipped without redis-server and redis-cli)."""
-    from tests.support.redis_cluster import RedisCluster, cluster_tools_missing
-
-    reason = cluster_tools_missing()
-    if reason:
-        pytest.skip(reason)
-    with RedisCluster(masters=1) as cluster:
-        yield cluster
-
-
-@pytest.mark.own_server
-@pytest.mark.slow
-def test_cluster_stats_and_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
-    with one_master_cluster() as cluster:
-        client = redis.cluster.RedisCluster.from_url(cluster.url)
-        try:
-            StatsStore(client, "cli").update("gsm8k", [1.0, -1.0, 1.0])
-        finally:
-            close_client(client)  # RedisCluster.close() alone leaves the node sockets open
-        code, out, _ = run(capsys, "--url", cluster.url, "--cluster", "--namespace", "cli", "stats", "--json")
-        assert code == 0
-        assert json.loads(out)["envs"]["gsm8k"]["count"] == 3
-        code, out, err = run(capsys, "--url", cluster.url, "--cluster", "snapshot")
-        assert (code, err) == (0, "")
-        assert all(f"127.0.0.1:{port}" in out for port in cluster.ports)
-        assert "dump.rdb" in out
-
-
-def test_lua_prints_what_clients_run(capsys: pytest.CaptureFixture[str]) -> None:
-    from shared_rewardnorm._redis.scripts import function_library, script_source
-
-    for what, expected in (("merge", script_source("merge")), ("replace", script_source("replace")),
-                           ("library", function_library())):
-        assert main(["lua", what]) == 0
-        assert capsys.readouterr().out == expected
-
-
-@pytest.mark.own_server
-def test_load_functions_lets_a_functions_only_store_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from shared_rewardnorm._redis.scripts import library_name
-
-    with RedisServer(tmp_path, ["--save", ""]) as server:
-        assert main(["--url", server.url, "load-functions"]) == 0
-        assert library_name() in capsys.readouterr().out
-        with StatsStore(server.url, "fn", functions=True) as store:
-            assert store.update("env", [1.0, 3.0]).mean == 2.0
 
 
 # --- configure, freeze, unfreeze ---------------------------------------------------------------
@@ -591,22 +399,6 @@ def test_configure_freeze_unfreeze_and_what_stats_shows(cli: Any, seeded: StatsS
     assert cli("unfreeze", "gsm8k", "code") == (0, "gsm8k: unfrozen\ncode: unfrozen\n", "")
     assert cli("configure", "gsm8k", "--no-decay")[1] == "gsm8k: no decay (decayed statistics deleted)\n"
     assert seeded.info("gsm8k").decayed is None and not seeded.info("code").frozen
-
-
-@pytest.mark.parametrize("argv, message", [
-    (("configure", "gsm8k"), "one of the arguments --half-life --no-decay is required"),
-    (("configure", "gsm8k", "--half-life", "0"), "must be > 0"),
-    (("configure", "gsm8k", "--half-life", "-1"), "must be > 0"),
-    (("configure", "gsm8k", "--half-life", "nan"), "must be a finite number, got nan"),
-    (("configure", "gsm8k", "--half-life", "inf"), "must be a finite number, got inf"),
-    (("watch", "--interval", "nan"), "must be a finite number, got nan"),
-    (("configure", "gsm8k", "--half-life", "10", "--no-decay"), "not allowed with argument"),
-    (("freeze",), "the following arguments are required: ENV"),
-])
-def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
-                                           message: str) -> None:
-    code, _, err = run(capsys, *argv)
-    assert code == 2 and message in err
 
 
 @pytest.mark.real_redis

@@ -1,5 +1,5 @@
 """``SharedNormRewardFunc`` without TRL: TRL's calling convention, played here on every backend
-(tests/test_trl.py runs it inside a real ``GRPOTrainer``)."""
+(tests/integrations/test_trl.py runs it inside a real ``GRPOTrainer``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import redis
 from shared_rewardnorm import StatsStore
 from shared_rewardnorm._redis.connection import URL_VARIABLE
 from shared_rewardnorm.trl import SharedNormRewardFunc
+from tests.support.helpers import in_loop
 from tests.support.reference_oracle import OracleNormalizer
 
 PROMPTS = ["p"] * 4
@@ -194,3 +195,28 @@ def test_none_follows_the_url_variable(monkeypatch: pytest.MonkeyPatch, real_red
     wrapped(prompts=PROMPTS, completions=["a", "bb", "ccc", "dddd"])
     assert StatsStore(real_client, namespace).get("length_reward").count == 4
     wrapped.close()
+
+
+def test_the_async_trl_wrapper_closes_its_normalizer_of_a_loop_still_running(
+        thread_loop: asyncio.AbstractEventLoop, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
+
+    closed: list[asyncio.AbstractEventLoop] = []
+    original = AsyncSharedRewardNormalizer.aclose
+
+    async def recording(self: AsyncSharedRewardNormalizer) -> None:
+        closed.append(asyncio.get_running_loop())
+        await original(self)
+
+    monkeypatch.setattr(AsyncSharedRewardNormalizer, "aclose", recording)
+
+    async def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        return [float(len(c)) for c in completions]
+
+    wrapped = SharedNormRewardFunc(reward, namespace=namespace, warmup=0)
+    in_loop(thread_loop, wrapped(prompts=["p"] * 2, completions=["a", "bb"]))
+    first = wrapped.normalizer
+    asyncio.run(wrapped(prompts=["p"] * 2, completions=["a", "bbb"]))
+    in_loop(thread_loop, asyncio.sleep(0))
+    assert wrapped.normalizer is not first and wrapped.normalizer.count == 4 and closed == [thread_loop]
+    asyncio.run(wrapped.aclose())

@@ -8,6 +8,7 @@ Test-only (it imports pytest); the process helpers the benchmarks use too live i
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import math
 import os
@@ -78,6 +79,11 @@ def assert_summarizes(stats: RunningStats, values: list[float], *, variance_rel_
     assert math.isclose(stats.variance, variance, rel_tol=variance_rel_tol, abs_tol=variance_abs_tol), (
         stats.variance, variance)
     assert (stats.min, stats.max) == (min(values), max(values))
+
+
+def in_loop(loop: asyncio.AbstractEventLoop, work: Any) -> Any:
+    """Run the coroutine ``work`` in ``loop`` (running in another thread) and return its result."""
+    return asyncio.run_coroutine_threadsafe(work, loop).result(10)
 
 
 def import_script(path: Path) -> ModuleType:

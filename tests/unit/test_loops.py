@@ -4,14 +4,9 @@ happens to the one left behind when the loop changes."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 
 from shared_rewardnorm.integrations.loops import PerLoop
-from shared_rewardnorm.trl import SharedNormRewardFunc
+from tests.support.helpers import in_loop
 
 
 class Closable:
@@ -20,22 +15,6 @@ class Closable:
 
     async def aclose(self) -> None:
         self.closed_in.append(asyncio.get_running_loop())
-
-
-@pytest.fixture
-def thread_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in another thread (as TRL runs async reward functions)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
-
-
-def in_loop(loop: asyncio.AbstractEventLoop, work: Any) -> Any:
-    return asyncio.run_coroutine_threadsafe(work, loop).result(10)
 
 
 def test_the_old_object_is_closed_in_its_loop_when_that_loop_still_runs(
@@ -74,28 +53,3 @@ def test_aclose_closes_in_the_running_loop_and_the_next_get_makes_a_new_one() ->
         await per_loop.aclose()
 
     asyncio.run(main())
-
-
-def test_the_async_trl_wrapper_closes_its_normalizer_of_a_loop_still_running(
-        thread_loop: asyncio.AbstractEventLoop, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
-
-    closed: list[asyncio.AbstractEventLoop] = []
-    original = AsyncSharedRewardNormalizer.aclose
-
-    async def recording(self: AsyncSharedRewardNormalizer) -> None:
-        closed.append(asyncio.get_running_loop())
-        await original(self)
-
-    monkeypatch.setattr(AsyncSharedRewardNormalizer, "aclose", recording)
-
-    async def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        return [float(len(c)) for c in completions]
-
-    wrapped = SharedNormRewardFunc(reward, namespace=namespace, warmup=0)
-    in_loop(thread_loop, wrapped(prompts=["p"] * 2, completions=["a", "bb"]))
-    first = wrapped.normalizer
-    asyncio.run(wrapped(prompts=["p"] * 2, completions=["a", "bbb"]))
-    in_loop(thread_loop, asyncio.sleep(0))
-    assert wrapped.normalizer is not first and wrapped.normalizer.count == 4 and closed == [thread_loop]
-    asyncio.run(wrapped.aclose())
