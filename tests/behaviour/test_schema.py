@@ -1,4 +1,4 @@
-"""The stats schema is named once per language: ``shared_rewardnorm/schema.py`` for Python and
+"""The stats schema is named once per language: ``shared_rewardnorm/_core/schema.py`` for Python and
 the ``*_FIELDS`` tables at the top of ``lua/stats_lib.lua`` for Lua. These tests check that the
 two agree, that what the scripts store is exactly that schema, and that a hash missing a field
 is reported as *missing* by the scripts and by the Python decoder alike."""
@@ -83,16 +83,3 @@ def test_a_version_2_snapshot_entry_missing_a_key_is_refused(backend: Any, names
     totals = {name: entry.get(name, snapshot["envs"]["env"][name]) for name in schema.STAT_FIELDS}
     store.restore({**snapshot, "version": 1, "envs": {"env": totals}})
     assert store.info("env").frozen and store.get("env").count == 2
-
-
-def test_the_state_argument_follows_state_fields() -> None:
-    """encode_state writes the words in ``STATE_FIELDS`` order, as replace.lua reads them."""
-    from shared_rewardnorm import RunningStats
-    from shared_rewardnorm._core.protocol import encode_state
-    from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
-
-    info = EnvInfo(RunningStats(), DecayedStats(2.0, 1.5, 0.25), 10.0, True, 3, 1700000000000)
-    assert dict(zip(schema.STATE_FIELDS, encode_state(info).split(" "), strict=True)) == {
-        "weight": "2", "wmean": "1.5", "wm2": "0.25", "half_life": "10", "frozen": "1", "merges": "3",
-        "updated_at": "1700000000000"}
-    assert encode_state(EnvInfo()) == " ".join(["0"] * len(schema.STATE_FIELDS))

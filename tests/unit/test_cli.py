@@ -4,13 +4,16 @@ from plain values (``cli/render.py``)."""
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+from shared_rewardnorm import DecayedStats, EnvInfo, RunningStats
 from shared_rewardnorm.cli import main
-from shared_rewardnorm.cli.render import redact
+from shared_rewardnorm.cli.render import format_age, format_table, redact, stats_json, stats_table
 from tests.support.cli import assert_one_error_line, run
 
 
@@ -78,3 +81,48 @@ def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], a
                                            message: str) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
+
+
+# --- rendering (cli/render.py): plain values in, text out ---------------------------------------
+
+
+#: Two envs as ``stats`` reads them: one plain, merged two hours before ``NOW``; one with a
+#: half-life, frozen, merged 42 s before.
+NOW = 1_700_000_042.0
+FOUND = {"b": EnvInfo(RunningStats(4, 3.0, 14.0, 1.0, 6.0), DecayedStats(3.5, 3.25, 9.5), 8.0, True, 2,
+                      1_700_000_000_000),
+         "a": EnvInfo(RunningStats(1, 5.0, 0.0, 5.0, 5.0), merges=1, updated_at=1_700_000_042_000 - 7_200_000)}
+
+
+def test_the_stats_table_shows_totals_recent_statistics_flag_and_age() -> None:
+    """std sqrt(14/4), recent std sqrt(9.5/3.5), and the aggregate of both (count 5, mean 3.4,
+    m2 14 + 0 + 2**2 * 4 * 1 / 5 = 17.2, std sqrt(17.2/5)) at six significant digits."""
+    assert stats_table(FOUND, now=NOW).splitlines() == [
+        "env        count  mean      std  min  max  recent mean  recent std  frozen  age",
+        "a              1     5        0    5    5            -           -      no   2h",
+        "b              4     3  1.87083    1    6         3.25     1.64751     yes  42s",
+        "-------------------------------------------------------------------------------",
+        "aggregate      5   3.4  1.85472    1    6",
+    ]
+
+
+def test_stats_json_holds_every_field_exactly() -> None:
+    shown = stats_json("ns", FOUND)
+    assert json.loads(json.dumps(shown, allow_nan=False)) == shown  # strict JSON, every float round-trips
+    assert list(shown["envs"]) == ["a", "b"]
+    assert shown["envs"]["b"] == {**FOUND["b"].to_dict(), "std": math.sqrt(14 / 4),
+                                  "decayed": {"weight": 3.5, "mean": 3.25, "m2": 9.5, "std": math.sqrt(9.5 / 3.5)}}
+    aggregate = shown["aggregate"]
+    assert (aggregate["count"], aggregate["min"], aggregate["max"]) == (5, 1.0, 6.0)
+    assert aggregate["mean"] == pytest.approx(3.4, rel=1e-15) and aggregate["m2"] == pytest.approx(17.2, rel=1e-15)
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(None, "-"), (-3.0, "0s"), (0.0, "0s"), (59.4, "59s"), (60.0, "1m"),
+                                                (3599.0, "59m"), (3600.0, "1h"), (2 * 86400 + 5, "2d")])
+def test_ages_are_short(seconds: float | None, shown: str) -> None:
+    assert format_age(seconds) == shown
+
+
+def test_tables_align_names_left_and_numbers_right_with_a_footer_under_a_rule() -> None:
+    assert format_table(["name", "n"], [["x", "1"], ["long", "100"]], ["total", "101"]).splitlines() == [
+        "name     n", "x        1", "long   100", "----------", "total  101"]
