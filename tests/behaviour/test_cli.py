@@ -71,7 +71,8 @@ def test_stats_table_matches_store(cli: Any, seeded: StatsStore) -> None:
     expected = {**seeded.all(), "aggregate": seeded.aggregate()}
     assert set(rows) == set(expected)
     for name, stats in expected.items():
-        assert rows[name][:5] == [str(stats.count)] + [f"{v:.6g}" for v in (stats.mean, stats.std, stats.min, stats.max)]
+        numbers = [f"{v:.6g}" for v in (stats.mean, stats.std, stats.min, stats.max)]
+        assert rows[name][:5] == [str(stats.count), *numbers]
         if name != "aggregate":  # no half-life: no recent mean or std; not frozen; merged seconds ago
             assert rows[name][5:8] == ["-", "-", "no"] and re.fullmatch(r"\d+s", rows[name][8])
 

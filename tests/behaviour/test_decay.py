@@ -183,8 +183,8 @@ def test_recent_with_no_batch_since_the_half_life_was_set_is_an_error_past_warmu
     assert SharedRewardNormalizer("env", store, statistics="recent", warmup=50, clip=3.0).normalize(
         [1.0, 100.0], update=False) == [1.0, 3.0]  # warming up: raw, clipped
     norm = SharedRewardNormalizer("env", store, statistics="recent", warmup=1, clip=3.0)
-    with pytest.raises(ValueError, match=r"env 'env' has no recent statistics yet \(decayed weight 0.*update=False\) adds "
-                                         r"none"):
+    with pytest.raises(ValueError, match=r"env 'env' has no recent statistics yet \(decayed weight 0.*update=False\) "
+                                         r"adds none"):
         norm.normalize([1.0, 100.0], update=False)
     store.freeze("env")  # frozen: a merge adds no weight either, and nothing is counted
     with pytest.raises(ValueError, match=r"decayed weight 0.*it is frozen(?!.*was counted)"):
@@ -320,7 +320,8 @@ def test_configure_repairs_a_corrupt_half_life(backend: Any, namespace: str, raw
     store = StatsStore(backend, namespace)
     store.update("env", [1.0, 2.0])
     raw_client.hset(store.key("env"), "half_life", "oops")
-    with pytest.raises(CorruptStatsError, match=rf"corrupt stats hash {re.escape(store.key('env'))}: half_life is 'oops'"):
+    key = re.escape(store.key("env"))
+    with pytest.raises(CorruptStatsError, match=rf"corrupt stats hash {key}: half_life is 'oops'"):
         store.info("env")
     assert store.configure("env", half_life=20) is True
     assert store.info("env").half_life == 20.0 and store.update("env", [3.0]).count == 3

@@ -19,8 +19,8 @@ from shared_rewardnorm.stats import RunningStats
 #: Texts tonumber() turns into a number (in Lua 5.1, or in fakeredis's Lua) that are not plain
 #: decimal, or not finite: whitespace around, hex integers and hex floats, a NUL and what
 #: follows it, infinities and NaN.
-NOT_PLAIN = ["1 ", " 1", "\t1", "1\n", "0x10", "-0x1p4", "+0X10", "0x1P-2", "1\x00x", "1\x0025", "infinity", "-inf", "nan",
-             "1e400"]
+NOT_PLAIN = ["1 ", " 1", "\t1", "1\n", "0x10", "-0x1p4", "+0X10", "0x1P-2", "1\x00x", "1\x0025", "infinity", "-inf",
+             "nan", "1e400"]
 
 
 @pytest.mark.parametrize("text", NOT_PLAIN)

@@ -38,15 +38,15 @@ def random_batches(seed: int, calls: int = 40) -> list[list[float]]:
 
 
 SETTINGS = [
-    dict(mode="zscore"),
-    dict(mode="zscore", clip=0, warmup=0),
-    dict(mode="zscore", clip=1.5, warmup=50),
-    dict(mode="zscore", clip=None, warmup=1000),
-    dict(mode="minmax"),
-    dict(mode="minmax", clip=0.7, warmup=3),
-    dict(mode="minmax", clip=None, warmup=0),
-    dict(mode="none"),
-    dict(mode="zscore", eps=0.5, warmup=-4),
+    {"mode": "zscore"},
+    {"mode": "zscore", "clip": 0, "warmup": 0},
+    {"mode": "zscore", "clip": 1.5, "warmup": 50},
+    {"mode": "zscore", "clip": None, "warmup": 1000},
+    {"mode": "minmax"},
+    {"mode": "minmax", "clip": 0.7, "warmup": 3},
+    {"mode": "minmax", "clip": None, "warmup": 0},
+    {"mode": "none"},
+    {"mode": "zscore", "eps": 0.5, "warmup": -4},
 ]
 
 

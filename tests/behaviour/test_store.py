@@ -70,8 +70,8 @@ def test_set_round_trips_every_double_exactly(backend: Any, namespace: str) -> N
     for _ in range(50):
         low = rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-20, 20)
         high = low + abs(rng.gauss(0, 1)) * 10 ** rng.randint(-5, 5)
-        stats = RunningStats(rng.randint(1, 2**53 - 1), rng.uniform(low, high), rng.random() * 10 ** rng.randint(-30, 30),
-                             low, high)
+        stats = RunningStats(rng.randint(1, 2**53 - 1), rng.uniform(low, high),
+                             rng.random() * 10 ** rng.randint(-30, 30), low, high)
         assert store.set("exact", stats) == stats
         assert store.get("exact") == stats
 
@@ -131,7 +131,7 @@ def state_args_cases() -> list[tuple[str, str]]:
     words = GOOD_STATE.split(" ")
 
     def spoiled(index: int, text: str) -> str:
-        return " ".join(words[:index] + [text] + words[index + 1:])
+        return " ".join([*words[:index], text, *words[index + 1:]])
 
     return [
         (spoiled(3, "0"), 'weight must be 0 without a half_life, got "2"'),  # half_life 0, weight 2

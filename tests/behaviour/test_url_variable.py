@@ -35,10 +35,10 @@ def test_none_follows_the_variable(monkeypatch: pytest.MonkeyPatch, real_client:
                                    real_redis_url: str, caplog: pytest.LogCaptureFixture,
                                    fresh_warning: None) -> None:
     monkeypatch.setenv(URL_VARIABLE, real_redis_url)
-    with caplog.at_level(logging.WARNING, logger="shared_rewardnorm"):
-        with SharedRewardNormalizer("env-a", None, namespace=namespace, warmup=0) as norm:
-            norm.normalize([1.0, 2.0, 3.0])
-            assert not isinstance(norm.store.client, fakeredis.FakeRedis)
+    with (caplog.at_level(logging.WARNING, logger="shared_rewardnorm"),
+          SharedRewardNormalizer("env-a", None, namespace=namespace, warmup=0) as norm):
+        norm.normalize([1.0, 2.0, 3.0])
+        assert not isinstance(norm.store.client, fakeredis.FakeRedis)
     # The statistics are on the real server, where any other process can see them.
     assert StatsStore(real_client, namespace).get("env-a").count == 3
     assert local_warnings(caplog) == []

@@ -256,10 +256,10 @@ def test_get_many_is_one_pipeline_send_per_master(filled_store: StatsStore, clus
         return original(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-    found = filled_store.get_many(ENVS + ["never-written"])
+    found = filled_store.get_many([*ENVS, "never-written"])
     monkeypatch.undo()
     assert sends == Counter(dict.fromkeys(cluster.ports, 1)), sends
-    assert list(found) == ENVS + ["never-written"]
+    assert list(found) == [*ENVS, "never-written"]
     assert found["never-written"] == RunningStats()
     for index, env in enumerate(ENVS):
         assert found[env] == filled_store.get(env)
@@ -497,7 +497,7 @@ def test_async_script_cache_flush_on_every_primary_is_survived(cluster: RedisClu
     assert errors == [] and reloaded_again == [True] * masters
     for index, env in enumerate(envs):
         burst = [v for i in range(150) if i % len(envs) == index for v in (float(i), 1.0)]
-        assert_exact(found[env], [1.0, 2.0, 3.0, 4.0, 5.0] + burst)
+        assert_exact(found[env], [1.0, 2.0, 3.0, 4.0, 5.0, *burst])
 
 
 async def async_burst(url: str, namespace: str, batches: list[tuple[str, list[float]]], *,

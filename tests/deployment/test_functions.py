@@ -286,7 +286,7 @@ def test_async_functions_true_without_the_library_fails(server: RedisServer, ins
     async def scenario() -> None:
         store = AsyncStatsStore(server.url, namespace, functions=True)
         try:
-            with pytest.raises((redis.ResponseError, RewardNormError), match="(?i)function"):
+            with pytest.raises((redis.ResponseError, RewardNormError), match=r"(?i)function"):
                 await store.update("env", [1.0])
         finally:
             await store.aclose()

@@ -196,7 +196,8 @@ def stored_count(server: RedisServer, namespace: str) -> int:
         client.close()
 
 
-def inspect_crashed_data(directory: Path, namespace: str, client_ids: dict[int, str]) -> tuple[RunningStats, dict[int, bytes | None]]:
+def inspect_crashed_data(directory: Path, namespace: str,
+                         client_ids: dict[int, str]) -> tuple[RunningStats, dict[int, bytes | None]]:
     """What the crashed server's AOF holds: load it with a second server on another port
     (the workers keep knocking on the original one, so nobody writes meanwhile), read the
     env's stats and every worker's batch record, then SIGKILL that server so it changes

@@ -107,7 +107,7 @@ def test_a_coalesced_group_not_replicated_counts_once_when_its_callers_retry(
 
     async def scenario() -> tuple[int, int]:
         async with AsyncStatsStore(real_redis_url, namespace, replicas=1, replica_timeout=0.05) as store:
-            for attempt in range(2):  # the first try, then every caller's retry of the same batch
+            for _attempt in range(2):  # the first try, then every caller's retry of the same batch
                 outcomes = await asyncio.gather(*(store.update("e", batch) for batch in batches),
                                                 return_exceptions=True)
                 assert all(isinstance(outcome, NotReplicatedError) for outcome in outcomes), outcomes

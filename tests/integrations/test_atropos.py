@@ -344,15 +344,16 @@ def test_the_mixin_must_come_first() -> None:
 
 
 def test_a_plain_config_is_refused(tokenizer_dir: str) -> None:
-    with pytest.raises(TypeError, match="needs a SharedRewardNormConfig.*got BaseEnvConfig"):
+    with pytest.raises(TypeError, match=r"needs a SharedRewardNormConfig.*got BaseEnvConfig"):
         GroupsEnv(atropos_base.BaseEnvConfig(tokenizer_name=tokenizer_dir), [], testing=True)
 
 
 def test_the_example_demo_runs_as_documented() -> None:
     """``python examples/atropos_env.py demo``: two replicas, one set of statistics."""
     example = import_example("atropos_env")
+    without_url = {name: value for name, value in os.environ.items() if name != "SHARED_REWARDNORM_URL"}
     result = subprocess.run([sys.executable, str(example.__file__), "demo", "--steps", "4"], capture_output=True,
-                            text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "SHARED_REWARDNORM_URL"})
+                            text=True, timeout=120, env=without_url)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("replica")]
     assert [line.split()[1] for line in lines] == ["0", "1", "0", "1"]

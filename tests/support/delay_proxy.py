@@ -10,6 +10,7 @@ listens on loopback. Stdlib only: the benchmarks import it too.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -72,7 +73,5 @@ class DelayProxy(TcpProxy):
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 target.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass

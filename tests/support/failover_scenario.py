@@ -3,9 +3,10 @@
 ``run_failover(directory, replicas=N)`` starts a ``SentinelGroup`` whose replica lags by
 ``lag`` seconds, starts ``workers`` processes that each merge batches into an env of their own
 through the ``redis+sentinel://`` URL, SIGKILLs the primary once every worker has had
-``before`` batches acknowledged and ``warm_seconds`` have passed, waits for the Sentinels to promote the replica, restarts the
-old server (the Sentinels turn it into a replica of the new primary, so ``replicas=1`` can be
-met again), lets the workers go on for a while, stops them and counts.
+``before`` batches acknowledged and ``warm_seconds`` have passed, waits for the Sentinels to
+promote the replica, restarts the old server (the Sentinels turn it into a replica of the new
+primary, so ``replicas=1`` can be met again), lets the workers go on for a while, stops them
+and counts.
 
 Batch ``j`` (1, 2, 3, ...) of worker ``i`` is the single score ``j`` merged into an env of its
 own, ``w<i>-<j>``, so the count of that env is exactly how many times the batch was counted:

@@ -5,6 +5,7 @@ connection (``_accepted``). Stdlib only: the benchmarks import the proxies too."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import TypeVar
@@ -68,10 +69,8 @@ class TcpProxy:
             self._thread.join(5)
         with self._lock:
             for sock in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
             self._sockets.clear()
 
     def __enter__(self: P) -> P:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import time
@@ -19,10 +20,8 @@ def stop_workers(workers: Sequence[Any], *queues: Any, timeout: float = 30.0) ->
         if not queues:
             time.sleep(0.1)
         for reports in queues:
-            try:
+            with contextlib.suppress(queue.Empty):
                 reports.get(timeout=0.1)
-            except queue.Empty:
-                pass
     for process in workers:
         if process.is_alive():
             process.kill()

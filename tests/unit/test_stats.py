@@ -60,16 +60,16 @@ def test_merge_of_split_equals_whole(values: list[float], cut: int) -> None:
 @pytest.mark.parametrize(
     "fields, fragment",
     [
-        (dict(count=-1), "count"),
-        (dict(count=2**53), "count"),
-        (dict(count=1.5), "count"),
-        (dict(count=True), "count"),
-        (dict(count=2, mean=math.nan), "mean"),
-        (dict(count=2, m2=math.inf), "m2"),
-        (dict(count=2, m2=-1.0), "m2"),
-        (dict(count=2, min=2.0, max=1.0), "min"),
-        (dict(count=2, mean="1"), "mean"),
-        (dict(count=0, mean=1.0), "empty"),
+        ({"count": -1}, "count"),
+        ({"count": 2**53}, "count"),
+        ({"count": 1.5}, "count"),
+        ({"count": True}, "count"),
+        ({"count": 2, "mean": math.nan}, "mean"),
+        ({"count": 2, "m2": math.inf}, "m2"),
+        ({"count": 2, "m2": -1.0}, "m2"),
+        ({"count": 2, "min": 2.0, "max": 1.0}, "min"),
+        ({"count": 2, "mean": "1"}, "mean"),
+        ({"count": 0, "mean": 1.0}, "empty"),
     ],
 )
 def test_invalid_fields_are_refused(fields: dict, fragment: str) -> None:
