@@ -59,8 +59,9 @@ def test_wheel_contains_every_lua_file(wheel: Path) -> None:
             member = f"shared_rewardnorm/lua/{relative}"
             assert member in names, f"{member} is missing from {wheel.name}"
             assert archive.read(member) == content, f"{member} differs from lua/{relative}"
-        modules = {path.name for path in (REPO / "shared_rewardnorm").glob("*.py")}
-        assert {f"shared_rewardnorm/{module}" for module in modules} <= names
+        # Every module of every subpackage, and the typing marker.
+        shipped = {path.relative_to(REPO).as_posix() for path in (REPO / "shared_rewardnorm").rglob("*.py")}
+        assert shipped | {"shared_rewardnorm/py.typed"} <= names, sorted(shipped - names)
         # The scripts ship inside the package only, never as a top-level lua/ package.
         assert not any(name.startswith("lua/") for name in names)
 
@@ -72,7 +73,8 @@ from importlib import resources
 from pathlib import Path
 
 import shared_rewardnorm
-from shared_rewardnorm import SharedRewardNormalizer, scripts
+from shared_rewardnorm import SharedRewardNormalizer
+from shared_rewardnorm._redis import scripts
 
 batch = [float(value) for value in range(20)]
 norm = SharedRewardNormalizer("x")  # redis=None: the embedded store, fakeredis running the Lua
@@ -80,7 +82,7 @@ normalized = norm.normalize(batch)
 print(json.dumps({
     "package_file": shared_rewardnorm.__file__,
     "scripts_file": scripts.__file__,
-    "checkout_fallback": str(Path(scripts.__file__).resolve().parent.parent / "lua"),
+    "checkout_fallback": str(Path(scripts.__file__).resolve().parents[2] / "lua"),
     "packaged_merge_is_file": resources.files("shared_rewardnorm").joinpath("lua", "merge.lua").is_file(),
     "sources": {operation: scripts.script_source(operation) for operation in scripts.OPERATIONS},
     "batch": batch,
