@@ -1,5 +1,5 @@
 """Decayed statistics, the half-life, read-only normalize, staleness and the new stored fields,
-on the embedded store and a real Redis (cluster: tests/test_cluster.py)."""
+on the embedded store and a real Redis (cluster: tests/deployment/test_cluster.py)."""
 
 from __future__ import annotations
 

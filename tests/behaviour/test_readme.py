@@ -39,7 +39,7 @@ def test_readme_examples_run_in_order() -> None:
     try:
         for block in BLOCKS:
             if "cluster=True" in block or "redis+sentinel://" in block:
-                continue  # needs a Redis Cluster or Sentinels: test_cluster.py / test_sentinel.py cover them
+                continue  # needs a Redis Cluster or Sentinels: tests/deployment/ covers them
             code = runnable(block)
             if "await " in code:
                 exec("async def example():\n" + textwrap.indent(code, "    ") + "\n    return locals()", namespace)

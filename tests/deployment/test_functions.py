@@ -3,7 +3,7 @@ FCALL and gives exactly what the EVALSHA scripts give, ``functions=None`` uses i
 there and falls back to EVALSHA when not, ``functions=True`` without it fails without writing,
 it survives a crash and ``SCRIPT FLUSH``, and the printed library is what ``redis-cli`` loads.
 
-Every test runs its own ``redis-server`` (``tests/redis_servers.py``); the shared server on
+Every test runs its own ``redis-server`` (``tests/support/redis_servers.py``); the shared server on
 6379 is never touched.
 """
 

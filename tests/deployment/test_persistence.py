@@ -2,7 +2,7 @@
 acknowledged (AOF, ``appendfsync always``) or exactly the snapshot (RDB), batch records included,
 so the exactly-once promise holds across a crash and a restart.
 
-Every test runs its own ``redis-server`` in a temp dir (``tests/redis_servers.py``) and crashes
+Every test runs its own ``redis-server`` in a temp dir (``tests/support/redis_servers.py``) and crashes
 it with SIGKILL; the shared server on 6379 is never touched.
 """
 

@@ -3,7 +3,7 @@ a failover to a replica that never saw the script, the next call gets the script
 server again and succeeds, with the statistics right (sync and asyncio, EVALSHA mode); the
 Function library, which is data, is on the promoted replica already.
 
-Every test runs its own ``redis-server`` (``tests/redis_servers.py``); the shared server on
+Every test runs its own ``redis-server`` (``tests/support/redis_servers.py``); the shared server on
 6379 is never touched.
 """
 

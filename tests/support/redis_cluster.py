@@ -304,7 +304,7 @@ def _slot_map(reply: Any) -> list[tuple[int, int, int]]:
     return sorted(ranges)
 
 
-if __name__ == "__main__":  # a quick manual check: python tests/redis_cluster.py [masters]
+if __name__ == "__main__":  # a quick manual check: python -m tests.support.redis_cluster [masters]
     import sys
 
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 3
