@@ -78,7 +78,7 @@ def _worker(url: str, index: int, replicas: int, replica_timeout: float, failed_
         started = time.monotonic()
         while True:
             try:
-                store.update(batch_env(index, batch), [float(batch)])
+                store.update(batch_env(index, batch), [float(batch)], batch_id=batch)  # its retry: the same name
                 break
             except NotReplicatedError:
                 not_replicated += 1
