@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
+sys.path.insert(0, str(REPO))  # the repository root: the test helpers are the package tests.support
+from tests.support.redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import Printer, argument_parser, machine_rows  # noqa: E402

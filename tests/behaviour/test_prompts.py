@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import redis
-from drop_proxy import DropProxy
-from prompt_oracle import OFFSET, DefinitionOracle, assert_matches
 
 from shared_rewardnorm import AsyncPromptStats, CorruptStatsError, PromptInfo, PromptStats, RetryPolicy, StatsStore
 from shared_rewardnorm._core.prompt_ops import bucket_key, bucket_of
+from tests.support.drop_proxy import DropProxy
+from tests.support.prompt_oracle import OFFSET, DefinitionOracle, assert_matches
 
 FAST_RETRY = RetryPolicy(attempts=10, base=0.001, cap=0.01)
 

@@ -9,12 +9,12 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from helpers import unavailable
-from prompt_oracle import DefinitionOracle, assert_matches
 from redis.cluster import RedisCluster as ClusterClient
-from redis_cluster import RedisCluster, cluster_tools_missing
 
 from shared_rewardnorm import AsyncPromptStats, PromptStats
+from tests.support.helpers import unavailable
+from tests.support.prompt_oracle import DefinitionOracle, assert_matches
+from tests.support.redis_cluster import RedisCluster, cluster_tools_missing
 
 pytestmark = [pytest.mark.own_server, pytest.mark.slow]
 
