@@ -5,8 +5,9 @@ set with ``--prompts`` prompts (default 1,000,000) through ``PromptStats.update`
 prompts (0/1 rewards; with ``--decay`` below 1 every record carries its weight, the longer form),
 and reports:
 
-- memory: ``INFO memory`` used_memory after the fill minus before, per prompt, and the encoding of
-  the buckets (``OBJECT ENCODING``: listpack is the compact one);
+- memory: ``INFO memory`` used_memory after the fill (``--visits`` passes over every prompt)
+  minus before, per prompt, and the encoding of the buckets (``OBJECT ENCODING``: listpack is
+  the compact one);
 - server time: ``INFO commandstats`` (usec of EVALSHA) over ``--calls`` updates of 256 distinct
   existing prompts each, per call and per prompt, beside a no-op EVALSHA's;
 - reading the whole set with ``PromptStats.items`` (wall time, and the longest single command
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=2000, help="timed 256-prompt updates")
     parser.add_argument("--decay", type=float, default=0.99)
+    parser.add_argument("--visits", type=int, default=2,
+                        help="fill passes over every prompt (from 2 on, with decay, records carry their weight)")
     parser.add_argument("--ids", choices=("index", "hex"), default="index",
                         help="prompt ids: dataset indexes ('0'..'999999') or 16-hex-digit hashes")
     args = parser.parse_args(argv)
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         client.execute_command("MEMORY", "PURGE")
         before = int(client.info("memory")["used_memory"])
         started = time.perf_counter()
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start:start + BATCH]
-            prompts.update(chunk, [float(rng.random() < 0.5) for _ in chunk])
+        for _ in range(args.visits):
+            for start in range(0, len(ids), BATCH):
+                chunk = ids[start:start + BATCH]
+                prompts.update(chunk, [float(rng.random() < 0.5) for _ in chunk])
         fill_seconds = time.perf_counter() - started
         after = int(client.info("memory")["used_memory"])
         settings = prompts.settings()
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         longest_id = max(ids, key=len)
         record = client.hget(bucket_key(prompts.key, bucket_of(longest_id, settings.buckets)), longest_id) or b""
 
-        out.heading(f"Memory: {args.prompts:,} prompts in one env ({settings.buckets} buckets, decay {args.decay})")
+        out.heading(f"Memory: {args.prompts:,} prompts in one env ({settings.buckets} buckets, decay {args.decay}, "
+                    f"{args.visits} visits each)")
         out.table(["measure", "value"], [
             ["used_memory delta", f"{after - before:,} B"],
             ["per prompt", f"{(after - before) / args.prompts:.1f} B"],
