@@ -18,6 +18,7 @@ from shared_rewardnorm.errors import (
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
+    StoreUnavailableError,
     WrongTypeError,
 )
 from shared_rewardnorm.retry import RetryPolicy
@@ -40,6 +41,7 @@ __all__ = [
     "StaleBatchError",
     "StatsOverflowError",
     "StatsStore",
+    "StoreUnavailableError",
     "WrongTypeError",
 ]
 

@@ -17,12 +17,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from shared_rewardnorm._core.normalizer_ops import NormalizerCore
-from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Operation
+from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Once, Operation, Request
 from shared_rewardnorm._core.store_ops import (
+    DEFAULT,
     DEFAULT_BATCH_RECORD_TTL,
     DEFAULT_REPLICA_TIMEOUT,
     SEND_FAILURES,
     StoreCore,
+    _Default,
 )
 from shared_rewardnorm._redis.connection import close_client, resolve_client
 from shared_rewardnorm._redis.durability import check_socket_timeout, refuse_unsupported
@@ -202,29 +204,40 @@ class StatsStore(StoreCore):
 
     def run(self, operation: Operation[T]) -> T:
         """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): send each
-        request it yields, hand back the reply, return the operation's result. The public seam
-        for new operations; every method of this class is one call of it."""
-        reply = None
+        request it yields, hand back the reply (or throw in the error), return the operation's
+        result. The public seam for new operations; every method of this class is one call of it."""
+        reply: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                request = operation.send(reply)
+                if error is None:
+                    request = operation.send(reply)
+                else:  # the operation may handle it (a normalizer answering locally) or re-raise it
+                    failure, error = error, None
+                    request = operation.throw(failure)
             except StopIteration as done:
                 result: T = done.value
                 return result
             try:
-                reply = self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
+                reply = self._send(request)
             except BaseException as exc:  # a cancelled or interrupted call too
-                operation.throw(exc)  # the operation may clean up; it re-raises
-                raise
+                error = exc
 
-    def _issue(self, request: ClientRequest) -> Any:
+    def _send(self, request: Request) -> Any:
+        if isinstance(request, Once):  # one try
+            inner = request.request
+            return self._issue(self.merge_request(inner) if isinstance(inner, MergeBatch) else inner, None)
+        return self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
+
+    def _issue(self, request: ClientRequest, retry: RetryPolicy | _Default | None = DEFAULT) -> Any:
         """Send one request, sending it again after failures the retry policy allows."""
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 return request.issue(self._client, self._scripts)
             except SEND_FAILURES as exc:
-                pause = self._pause_before_resending(request, exc, attempt)
+                pause = self._pause_before_resending(request, exc, attempt, time.monotonic() - started, retry)
             attempt += 1
             time.sleep(pause)
 

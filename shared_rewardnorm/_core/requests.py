@@ -22,8 +22,8 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request",
-           "RunScript", "ScanKeys"]
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Once", "Operation", "ReadMany", "ReadStats",
+           "Request", "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 
@@ -153,6 +153,18 @@ class MergeBatch:
 
 #: The requests a shell issues on its client as they are.
 ClientRequest = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
-Request = ClientRequest | MergeBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """Send ``request`` with one try, whatever the store's retry policy (a merge goes alone,
+    never coalesced): the probe of a normalizer whose store is unavailable
+    (``on_unavailable="local"``), which must answer within one connection attempt rather than
+    wait out the policy's backoff."""
+
+    request: ClientRequest | MergeBatch
+
+
+Request = ClientRequest | MergeBatch | Once
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

@@ -36,10 +36,11 @@ from shared_rewardnorm._core.requests import (
     RunScript,
     ScanKeys,
 )
+from shared_rewardnorm._redis.connection import describe_client
 from shared_rewardnorm._redis.durability import replica_wait
 from shared_rewardnorm._redis.scripts import ClientScripts
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.errors import RewardNormError, StoreUnavailableError
 from shared_rewardnorm.retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from shared_rewardnorm.stats import RunningStats
 
@@ -110,6 +111,14 @@ DEFAULT_REPLICA_TIMEOUT = 1.0
 MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
 
+class _Default:
+    """The type of ``DEFAULT``: "the store's own retry policy" (``None`` means never retry)."""
+
+
+#: Passed as ``retry=`` to a shell's ``run``: retry as the store's policy says.
+DEFAULT = _Default()
+
+
 class StoreCore:
     """Namespace, key naming, the batch ledger, retry settings and the store's operations;
     the shells (``sync.StatsStore``, ``aio.AsyncStatsStore``) add the I/O.
@@ -146,20 +155,34 @@ class StoreCore:
         #: landed); under coalescing, counted once per caller.
         self.duplicates = 0
 
-    def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int) -> float:
-        """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0): the seconds
-        to wait before sending it again (0: at once, after NOSCRIPT or a fallback from FCALL to
-        EVALSHA), or raise what the caller should see. The sync and asyncio stores share this
+    def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int,
+                                elapsed: float, retry: RetryPolicy | _Default | None = DEFAULT) -> float:
+        """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0, ``elapsed``
+        seconds after the first try began): the seconds to wait before sending it again (0: at
+        once, after NOSCRIPT or a fallback from FCALL to EVALSHA), or raise what the caller
+        should see: ``StoreUnavailableError`` once the retry policy (``retry``, by default the
+        store's) is spent on a transient failure. The sync and asyncio stores share this
         decision; they differ only in how they wait."""
         if isinstance(error, ResponseError) and not isinstance(error, TRANSIENT_ERRORS):
             if self._scripts.fall_back(error):
                 return 0.0
             raise request.translate(error) from error
-        delay = self._retry.delay(attempt) if self._retry is not None and worth_retrying(error) else None
+        policy = self._retry if isinstance(retry, _Default) else retry
+        if not worth_retrying(error):
+            raise error  # not transient (a wrong password, a refused certificate): say so as it is
+        delay = policy.delay(attempt) if policy is not None else None
         if delay is None:
-            raise error
+            raise self._unavailable(error, attempt + 1, elapsed) from error
         self.retries += 1
         return delay
+
+    def _unavailable(self, error: BaseException, attempts: int, elapsed: float) -> StoreUnavailableError:
+        where = describe_client(self._client)
+        detail = " ".join(str(error).split()) or type(error).__name__
+        return StoreUnavailableError(
+            f"the store at {where} is unavailable: {type(error).__name__}: {detail} (after {attempts} "
+            f"{'try' if attempts == 1 else 'tries'} in {elapsed:.2f} s; the request's fate is unknown)",
+            store=where, elapsed=elapsed, attempts=attempts)
 
     @property
     def client_id(self) -> str:

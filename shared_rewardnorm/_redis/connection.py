@@ -34,6 +34,7 @@ __all__ = [
     "URL_VARIABLE",
     "check_url",
     "close_client",
+    "describe_client",
     "embedded_server",
     "is_cluster",
     "resolve_async_client",
@@ -186,3 +187,26 @@ def close_client(client: Any) -> None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
     close_sentinels(client)
+
+
+def describe_client(client: Any) -> str:
+    """Where ``client`` connects, for error messages: ``host:port``, a socket path, a Sentinel
+    service, a cluster's seed node, or the embedded store. Never a password."""
+    if type(client).__module__.startswith("fakeredis"):
+        return "the embedded store"
+    if is_cluster(client):
+        try:
+            node = client.get_default_node()
+        except Exception:  # an asyncio cluster client before its first command has no nodes yet
+            node = None
+        return "a Redis Cluster" + (f" via {node.host}:{node.port}" if node is not None else "")
+    pool = getattr(client, "connection_pool", None)
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"Sentinel service {service!r}"
+    options = getattr(pool, "connection_kwargs", {})
+    if "path" in options:
+        return f"unix:{options['path']}"
+    if "host" in options:
+        return f"{options['host']}:{options.get('port', 6379)}"
+    return type(client).__name__
