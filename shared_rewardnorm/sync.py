@@ -265,7 +265,18 @@ class SharedRewardNormalizer(NormalizerCore):
         cluster: with a URL, connect to a Redis Cluster through that node.
         statistics: ``"total"`` normalizes against all history; ``"recent"`` against the env's
             decayed statistics (it needs a half-life, see ``StatsStore.configure``, and
-            ``mode="zscore"``; warmup still counts all samples). Checkpoints do not carry it.
+            ``mode="zscore"``; warmup still counts all samples; ``mean``, ``std`` and
+            ``metrics_dict()`` then report the decayed statistics, ``total_mean`` and
+            ``total_std`` the totals). Checkpoints do not carry it.
+        on_unavailable: what ``normalize`` does when the store cannot be reached once the
+            store's retry policy is spent: ``"raise"`` raises ``StoreUnavailableError``;
+            ``"local"`` normalizes against the last shared statistics seen merged with the
+            batches normalized since (``degraded`` is then True and ``metrics_dict()`` reports
+            ``reward_norm/degraded`` 1.0), tries the store again at most once a second (the
+            calls in between answer at once, without I/O), and when it answers merges those
+            batches into it exactly once. ``refresh()`` and ``metrics_dict()`` answer locally
+            too; ``state_dict()`` and ``load_state_dict()`` always need the store. See
+            docs/operations/persistence-and-failover.md.
 
     The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
     returned by this normalizer's latest round trip and never touch the network; call
@@ -274,10 +285,10 @@ class SharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
-                 statistics: str = "total") -> None:
+                 statistics: str = "total", on_unavailable: str = "raise") -> None:
         self._owns_store = not isinstance(redis, StatsStore)
         self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics, on_unavailable)
 
     def close(self) -> None:
         """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);

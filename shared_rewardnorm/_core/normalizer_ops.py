@@ -7,14 +7,18 @@ that the shell's store runs.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from shared_rewardnorm._core.formats import checkpoint_from, metrics_from_info, parse_checkpoint
 from shared_rewardnorm._core.inputs import coerce_scores, validate_batch_id
 from shared_rewardnorm._core.normalization import MODES, NormalizerSettings, normalize_values
+from shared_rewardnorm._core.outage import ON_UNAVAILABLE, LocalFallback
 from shared_rewardnorm._core.requests import Operation
 from shared_rewardnorm._core.store_ops import StoreCore, read_env, replace_stats, yes_or_no
 from shared_rewardnorm.envinfo import EnvInfo
+from shared_rewardnorm.errors import StoreUnavailableError
 from shared_rewardnorm.stats import RunningStats, summarize
 
 __all__ = ["NormalizerCore"]
@@ -31,8 +35,14 @@ class NormalizerCore:
     VALID_MODES = frozenset(MODES)
 
     def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any,
-                 statistics: Any = "total") -> None:
+                 statistics: Any = "total", on_unavailable: Any = "raise",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = NormalizerSettings.create(mode, clip, warmup, eps, statistics)
+        if on_unavailable not in ON_UNAVAILABLE:
+            raise ValueError(f"on_unavailable must be one of {', '.join(map(repr, ON_UNAVAILABLE))}, "
+                             f"got {on_unavailable!r}")
+        #: With on_unavailable="local": the owed batches and the circuit breaker; else None.
+        self._fallback = LocalFallback(env, clock) if on_unavailable == "local" else None
         self._store_core = store
         self._key = store.key(env)
         self._env = env
@@ -46,16 +56,36 @@ class NormalizerCore:
         """The environment this normalizer belongs to."""
         return self._env
 
+    def _view(self) -> EnvInfo:
+        """The env as this normalizer sees it: the latest round trip's, with the batches owed to
+        an unreachable store merged in (``on_unavailable="local"``)."""
+        if self._fallback is not None and self._fallback.owes:
+            return self._fallback.view(self._info)
+        return self._info
+
     @property
     def stats(self) -> RunningStats:
-        """The statistics seen by the latest round trip (no network)."""
-        return self._stats
+        """The totals seen by the latest round trip (no network); while degraded
+        (``on_unavailable="local"``), with the samples normalized locally since."""
+        return self._view().stats
 
     @property
     def info(self) -> EnvInfo:
         """Everything the latest round trip returned about the env (decayed statistics, frozen
-        flag, half-life, activity); no network."""
-        return self._info
+        flag, half-life, activity; while degraded, with the local samples); no network."""
+        return self._view()
+
+    @property
+    def on_unavailable(self) -> str:
+        """``"raise"`` (an unreachable store raises ``StoreUnavailableError``) or ``"local"``
+        (normalize locally until it answers again)."""
+        return "raise" if self._fallback is None else "local"
+
+    @property
+    def degraded(self) -> bool:
+        """Whether this normalizer is answering locally because its store is unreachable
+        (always ``False`` with ``on_unavailable="raise"``)."""
+        return self._fallback is not None and self._fallback.degraded
 
     @property
     def statistics(self) -> str:
@@ -84,23 +114,42 @@ class NormalizerCore:
 
     @property
     def count(self) -> int:
-        """Samples in the shared store as of the latest round trip."""
-        return self._stats.count
+        """Samples in the shared store as of the latest round trip (all of them, also with
+        ``statistics="recent"``: warmup counts these)."""
+        return self._view().stats.count
 
     @property
     def mean(self) -> float:
-        """Shared running mean as of the latest round trip."""
-        return self._stats.mean
+        """The mean this normalizer normalizes with, as of the latest round trip: the shared
+        running mean, or with ``statistics="recent"`` the decayed one (``total_mean`` is the
+        running mean in either case)."""
+        view = self._view()
+        return view.decayed.mean if self._recent(view) and view.decayed is not None else view.stats.mean
 
     @property
     def std(self) -> float:
-        """Shared population standard deviation as of the latest round trip."""
-        return self._stats.std
+        """The population standard deviation this normalizer normalizes with: the shared one,
+        or with ``statistics="recent"`` the decayed one (``total_std``: the shared one always)."""
+        view = self._view()
+        return view.decayed.std if self._recent(view) and view.decayed is not None else view.stats.std
+
+    @property
+    def total_mean(self) -> float:
+        """The running mean of all history, whatever ``statistics`` says."""
+        return self._view().stats.mean
+
+    @property
+    def total_std(self) -> float:
+        """The population standard deviation of all history, whatever ``statistics`` says."""
+        return self._view().stats.std
 
     @property
     def is_warmed_up(self) -> bool:
         """Whether the shared store had ``warmup`` samples at the latest round trip."""
-        return self._stats.count >= self._settings.warmup
+        return self._view().stats.count >= self._settings.warmup
+
+    def _recent(self, info: EnvInfo) -> bool:
+        return self._settings.statistics == "recent" and info.decayed is not None
 
     def _seen(self, info: EnvInfo) -> EnvInfo:
         self._info = info
@@ -126,11 +175,17 @@ class NormalizerCore:
             return normalize_values(values, self._stats, self._settings)
         recent = self._settings.statistics == "recent"
         if recent and update and not self._decay_seen:  # refuse before the first merge, not after it
-            self._require_decay((yield from self._refresh_info_op()), counted=False)
-        if update:
-            info = self._seen((yield from self._store_core.merge_at(self._key, summarize(values), batch_id)))
+            known = yield from self._read_op()
+            if known is not None:  # (None: unreachable with on_unavailable="local"; nothing to check against)
+                self._require_decay(known, counted=False)
+        summary = summarize(values) if update else RunningStats()
+        if self._fallback is None:
+            if update:
+                info = self._seen((yield from self._store_core.merge_at(self._key, summary, batch_id)))
+            else:
+                info = yield from self._refresh_info_op()
         else:
-            info = yield from self._refresh_info_op()
+            info = yield from self._resilient_op(summary, batch_id)
         if recent:
             self._require_decay(info, counted=update)
             self._require_recent_weight(info, counted=update and not info.frozen)
@@ -153,11 +208,69 @@ class NormalizerCore:
     def _refresh_info_op(self) -> Operation[EnvInfo]:
         return self._seen((yield from read_env(self._key)))
 
+    def _read_op(self) -> Operation[EnvInfo | None]:
+        """Read the env; with ``on_unavailable="local"``, ``None`` if the store is unreachable."""
+        if self._fallback is None:
+            return (yield from self._refresh_info_op())
+        if not self._fallback.claim():
+            return None
+        try:
+            info = yield from read_env(self._key, self._fallback.probing)
+        except StoreUnavailableError as exc:
+            self._fallback.failed(exc, self._info)
+            return None
+        return self._seen(info)
+
+    def _resilient_op(self, summary: RunningStats, batch_id: str | None) -> Operation[EnvInfo]:
+        """``on_unavailable="local"``: merge ``summary`` (empty: only read) after paying what is
+        owed, or, with the store unreachable, owe it and answer with the local view (see
+        ``_core/outage.py``)."""
+        fallback = self._fallback
+        assert fallback is not None
+        if not fallback.claim():
+            fallback.owe(summary, batch_id)
+            return fallback.view(self._info)
+        once = fallback.probing
+        name = batch_id
+        sent = False
+        try:
+            while (owed := fallback.next_owed()) is not None:
+                self._seen((yield from self._store_core.merge_at(self._key, owed.stats, owed.batch_id, once)))
+                fallback.paid(owed)
+            if summary.count and name is None:
+                name = fallback.batch_id()
+            sent = True
+            info = self._seen((yield from self._store_core.merge_at(self._key, summary, name, once)))
+        except StoreUnavailableError as exc:
+            fallback.failed(exc, self._info)
+            fallback.owe(summary, name, sent=sent)
+            return fallback.view(self._info)
+        fallback.recovered()
+        return info
+
     def _refresh_op(self) -> Operation[RunningStats]:
-        return (yield from self._refresh_info_op()).stats
+        if self._fallback is None:
+            return (yield from self._refresh_info_op()).stats
+        return (yield from self._resilient_op(RunningStats(), None)).stats
 
     def _metrics_op(self) -> Operation[dict[str, float]]:
-        return metrics_from_info((yield from self._refresh_info_op()))
+        if self._fallback is None:
+            return self._metrics_of((yield from self._refresh_info_op()))
+        metrics = self._metrics_of((yield from self._resilient_op(RunningStats(), None)))
+        metrics["reward_norm/degraded"] = 1.0 if self._fallback.degraded else 0.0
+        return metrics
+
+    def _metrics_of(self, info: EnvInfo) -> dict[str, float]:
+        """The reference's metric keys for ``info``; with ``statistics="recent"``, ``mean`` and
+        ``std`` are the decayed ones it normalizes with, and the totals' are ``total_mean`` and
+        ``total_std``."""
+        metrics = metrics_from_info(info)
+        if self._recent(info) and info.decayed is not None:
+            metrics["reward_norm/total_mean"] = info.stats.mean
+            metrics["reward_norm/total_std"] = info.stats.std
+            metrics["reward_norm/mean"] = info.decayed.mean
+            metrics["reward_norm/std"] = info.decayed.std
+        return metrics
 
     def _state_dict_op(self) -> Operation[dict[str, Any]]:
         return checkpoint_from(self._settings, (yield from self._refresh_op()))

@@ -30,6 +30,7 @@ from shared_rewardnorm._core.requests import (
     ClientRequest,
     LoadFunctions,
     MergeBatch,
+    Once,
     Operation,
     ReadMany,
     ReadStats,
@@ -56,8 +57,9 @@ __all__ = [
 ]
 
 
-def read_env(key: str) -> Operation[EnvInfo]:
-    reply = yield ReadStats(key)
+def read_env(key: str, once: bool = False) -> Operation[EnvInfo]:
+    """The env at ``key``, read (``once``: with a single try, see ``Once``)."""
+    reply = yield Once(ReadStats(key)) if once else ReadStats(key)
     return decode_stored(key, reply)
 
 
@@ -193,13 +195,15 @@ class StoreCore:
         """The merge script's call that carries ``batch`` alone (see ``BatchLedger.request_for``)."""
         return self.ledger.request_for(batch)
 
-    def merge_at(self, key: str, stats: RunningStats, batch_id: Any = None) -> Operation[EnvInfo]:
+    def merge_at(self, key: str, stats: RunningStats, batch_id: Any = None, once: bool = False) -> Operation[EnvInfo]:
         """Merge a summary into the env at ``key`` exactly once (nothing while it is frozen) and
-        return the env as the merge left it; empty summaries only read."""
+        return the env as the merge left it; empty summaries only read. ``once``: a single try
+        (see ``Once``)."""
         name = validate_batch_id(batch_id)
         if stats.count == 0:
-            return (yield from read_env(key))
-        reply = yield MergeBatch(key, stats, encode_stats(stats), name)
+            return (yield from read_env(key, once))
+        batch = MergeBatch(key, stats, encode_stats(stats), name)
+        reply = yield Once(batch) if once else batch
         return self._merged(key, reply)
 
     def _merged(self, key: str, reply: Any) -> EnvInfo:
