@@ -277,6 +277,12 @@ class SharedRewardNormalizer(NormalizerCore):
             batches into it exactly once. ``refresh()`` and ``metrics_dict()`` answer locally
             too; ``state_dict()`` and ``load_state_dict()`` always need the store. See
             docs/operations/persistence-and-failover.md.
+        on_lost: what to do when a reply shows that the env's statistics this normalizer knew
+            are gone (the server came back empty, a failover to a replica without them, a
+            FLUSHDB, eviction): ``"reseed"`` (the default) logs an ERROR and puts its last view
+            back, merged with what the env holds now, atomically and only if no other client
+            or deliberate ``reset``/``restore`` changed it first; ``"log"`` only logs it. A
+            deliberate replacement is never treated as a loss.
 
     The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
     returned by this normalizer's latest round trip and never touch the network; call
@@ -285,10 +291,10 @@ class SharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
-                 statistics: str = "total", on_unavailable: str = "raise") -> None:
+                 statistics: str = "total", on_unavailable: str = "raise", on_lost: str = "reseed") -> None:
         self._owns_store = not isinstance(redis, StatsStore)
         self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps, statistics, on_unavailable)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics, on_unavailable, on_lost)
 
     def close(self) -> None:
         """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);

@@ -7,21 +7,25 @@ that the shell's store runs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from shared_rewardnorm._core.formats import checkpoint_from, metrics_from_info, parse_checkpoint
+from shared_rewardnorm._core.identity import ON_LOST, Verdict, judge
 from shared_rewardnorm._core.inputs import coerce_scores, validate_batch_id
 from shared_rewardnorm._core.normalization import MODES, NormalizerSettings, normalize_values
 from shared_rewardnorm._core.outage import ON_UNAVAILABLE, LocalFallback
 from shared_rewardnorm._core.requests import Operation
-from shared_rewardnorm._core.store_ops import StoreCore, read_env, replace_stats, yes_or_no
+from shared_rewardnorm._core.store_ops import StoreCore, read_env, replace_stats, reseed_env, yes_or_no
 from shared_rewardnorm.envinfo import EnvInfo
 from shared_rewardnorm.errors import StoreUnavailableError
 from shared_rewardnorm.stats import RunningStats, summarize
 
 __all__ = ["NormalizerCore"]
+
+logger = logging.getLogger("shared_rewardnorm")
 
 
 class NormalizerCore:
@@ -35,12 +39,20 @@ class NormalizerCore:
     VALID_MODES = frozenset(MODES)
 
     def __init__(self, env: str, store: StoreCore, mode: Any, clip: Any, warmup: Any, eps: Any,
-                 statistics: Any = "total", on_unavailable: Any = "raise",
+                 statistics: Any = "total", on_unavailable: Any = "raise", on_lost: Any = "reseed",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = NormalizerSettings.create(mode, clip, warmup, eps, statistics)
         if on_unavailable not in ON_UNAVAILABLE:
             raise ValueError(f"on_unavailable must be one of {', '.join(map(repr, ON_UNAVAILABLE))}, "
                              f"got {on_unavailable!r}")
+        if on_lost not in ON_LOST:
+            raise ValueError(f"on_lost must be one of {', '.join(map(repr, ON_LOST))}, got {on_lost!r}")
+        self._on_lost = on_lost
+        #: Losses of the env's statistics this normalizer noticed, and re-seeds it performed.
+        self.losses = 0
+        self.reseeds = 0
+        #: Epochs this normalizer saw replaced (a reply carrying one was overtaken).
+        self._retired: set[int] = set()
         #: With on_unavailable="local": the owed batches and the circuit breaker; else None.
         self._fallback = LocalFallback(env, clock) if on_unavailable == "local" else None
         self._store_core = store
@@ -152,9 +164,49 @@ class NormalizerCore:
         return self._settings.statistics == "recent" and info.decayed is not None
 
     def _seen(self, info: EnvInfo) -> EnvInfo:
+        if info.epoch != self._info.epoch and self._info.epoch is not None:
+            self._retired.add(self._info.epoch)
         self._info = info
         self._stats = info.stats
         return info
+
+    def _observed(self, found: EnvInfo, once: bool = False) -> Operation[EnvInfo]:
+        """Adopt a reply as the view after comparing its identity with the last view's (see
+        ``_core/identity.py``): a loss is logged as an ERROR and, with ``on_lost="reseed"``,
+        repaired from the last view; a deliberate replacement or another client's repair is
+        adopted; a reply overtaken by a later one is not adopted. ``once``: a repair's request
+        gets a single try (the store is being probed)."""
+        known = self._info
+        verdict = judge(known, found, self._retired)
+        if verdict is Verdict.SAME:
+            return self._seen(found)
+        if verdict is Verdict.STALE:
+            return found
+        if verdict is Verdict.REPLACED:
+            logger.info("shared_rewardnorm: env %r was replaced deliberately (set, reset, restore or a checkpoint "
+                        "load): count %d before, %d now", self._env, known.stats.count, found.stats.count)
+        elif verdict is Verdict.RESEEDED:
+            logger.warning("shared_rewardnorm: env %r was lost and another client has re-seeded it from its last "
+                           "view: this normalizer knew count %d, found %d", self._env, known.stats.count,
+                           found.stats.count)
+        else:
+            self.losses += 1
+            found_as = "no statistics" if found.stats.count == 0 and found.epoch is None else \
+                f"count {found.stats.count} created by a merge since"
+            logger.error("shared_rewardnorm: env %r lost its statistics (the server came back empty, failed over to "
+                         "a replica without them, was flushed or evicted them): this normalizer knew count %d, "
+                         "found %s; %s", self._env, known.stats.count, found_as,
+                         "re-seeding it from this normalizer's last view" if self._on_lost == "reseed"
+                         else 'on_lost="log": not repairing it')
+            if self._on_lost == "reseed":
+                found, won = yield from reseed_env(self._key, found.epoch, known, once)
+                if won:
+                    self.reseeds += 1
+                    logger.error("shared_rewardnorm: env %r re-seeded: count %d now", self._env, found.stats.count)
+                else:
+                    logger.warning("shared_rewardnorm: env %r was changed by another client first (count %d now); "
+                                   "not re-seeding it", self._env, found.stats.count)
+        return self._seen(found)
 
     def _require_decay(self, info: EnvInfo, counted: bool) -> None:
         if info.decayed is None:
@@ -181,7 +233,7 @@ class NormalizerCore:
         summary = summarize(values) if update else RunningStats()
         if self._fallback is None:
             if update:
-                info = self._seen((yield from self._store_core.merge_at(self._key, summary, batch_id)))
+                info = yield from self._observed((yield from self._store_core.merge_at(self._key, summary, batch_id)))
             else:
                 info = yield from self._refresh_info_op()
         else:
@@ -206,7 +258,7 @@ class NormalizerCore:
                          + ("; this batch was counted in the totals" if counted else ""))
 
     def _refresh_info_op(self) -> Operation[EnvInfo]:
-        return self._seen((yield from read_env(self._key)))
+        return (yield from self._observed((yield from read_env(self._key))))
 
     def _read_op(self) -> Operation[EnvInfo | None]:
         """Read the env; with ``on_unavailable="local"``, ``None`` if the store is unreachable."""
@@ -215,11 +267,11 @@ class NormalizerCore:
         if not self._fallback.claim():
             return None
         try:
-            info = yield from read_env(self._key, self._fallback.probing)
+            once = self._fallback.probing
+            return (yield from self._observed((yield from read_env(self._key, once)), once))
         except StoreUnavailableError as exc:
             self._fallback.failed(exc, self._info)
             return None
-        return self._seen(info)
 
     def _resilient_op(self, summary: RunningStats, batch_id: str | None) -> Operation[EnvInfo]:
         """``on_unavailable="local"``: merge ``summary`` (empty: only read) after paying what is
@@ -235,12 +287,14 @@ class NormalizerCore:
         sent = False
         try:
             while (owed := fallback.next_owed()) is not None:
-                self._seen((yield from self._store_core.merge_at(self._key, owed.stats, owed.batch_id, once)))
+                yield from self._observed((yield from self._store_core.merge_at(self._key, owed.stats, owed.batch_id,
+                                                                                once)), once)
                 fallback.paid(owed)
             if summary.count and name is None:
                 name = fallback.batch_id()
             sent = True
-            info = self._seen((yield from self._store_core.merge_at(self._key, summary, name, once)))
+            info = yield from self._observed((yield from self._store_core.merge_at(self._key, summary, name, once)),
+                                             once)
         except StoreUnavailableError as exc:
             fallback.failed(exc, self._info)
             fallback.owe(summary, name, sent=sent)
@@ -263,8 +317,13 @@ class NormalizerCore:
     def _metrics_of(self, info: EnvInfo) -> dict[str, float]:
         """The reference's metric keys for ``info``; with ``statistics="recent"``, ``mean`` and
         ``std`` are the decayed ones it normalizes with, and the totals' are ``total_mean`` and
-        ``total_std``."""
+        ``total_std``. ``losses`` and ``reseeds`` (of the env's statistics, noticed and repaired
+        by this normalizer) appear with ``on_unavailable="local"``, and otherwise once there
+        has been a loss (the reference's keys stay as they are)."""
         metrics = metrics_from_info(info)
+        if self._fallback is not None or self.losses:
+            metrics["reward_norm/losses"] = float(self.losses)
+            metrics["reward_norm/reseeds"] = float(self.reseeds)
         if self._recent(info) and info.decayed is not None:
             metrics["reward_norm/total_mean"] = info.stats.mean
             metrics["reward_norm/total_std"] = info.stats.std

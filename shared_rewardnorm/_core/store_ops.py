@@ -20,6 +20,7 @@ from shared_rewardnorm._core.ledger import BatchLedger
 from shared_rewardnorm._core.protocol import (
     DUPLICATE,
     FROZEN,
+    MERGED,
     as_text,
     decode_reply,
     decode_stored,
@@ -53,6 +54,7 @@ __all__ = [
     "StoreCore",
     "read_env",
     "replace_stats",
+    "reseed_env",
     "yes_or_no",
 ]
 
@@ -86,6 +88,17 @@ def replace_stats(key: str, stats: RunningStats, state: EnvInfo | None = None) -
     args = (encode_stats(stats),) if state is None else (encode_stats(stats), encode_state(state))
     reply = yield RunScript("replace", (key,), args)
     return decode_reply(reply)[0]
+
+
+def reseed_env(key: str, found_epoch: int | None, view: EnvInfo, once: bool = False) -> Operation[tuple[EnvInfo, bool]]:
+    """Put ``view`` (a client's last view, with statistics) back into the env at ``key``, merged
+    with what the env holds now, if its epoch is still ``found_epoch`` (``None``: no identity);
+    see ``lua/reseed.lua``. Returns the env as it is afterwards and whether this call re-seeded
+    it (``False``: somebody changed it first)."""
+    request = RunScript("reseed", (key,), ("%d" % (found_epoch or 0), encode_stats(view.stats), encode_state(view)))
+    reply = yield Once(request) if once else request
+    info, outcome = decode_reply(reply)
+    return info, outcome == MERGED
 
 
 def yes_or_no(name: str, value: Any) -> None:
@@ -274,15 +287,21 @@ class StoreCore:
     def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
         return {env: info.stats for env, info in (yield from self._infos_op(envs)).items()}
 
-    def _envs_op(self) -> Operation[list[str]]:
+    def _scan_envs_op(self) -> Operation[list[str]]:
+        """The names of every env hash in the namespace, those a ``reset`` left holding only
+        their identity included."""
         keys = yield ScanKeys(env_scan_pattern(self._namespace))
         names = {env_of_key(self._namespace, key) for key in map(as_text, keys)}
         return sorted(name for name in names if name is not None)
 
+    def _envs_op(self) -> Operation[list[str]]:
+        return sorted((yield from self._all_infos_op()))
+
     def _all_infos_op(self) -> Operation[dict[str, EnvInfo]]:
-        envs = yield from self._envs_op()
+        envs = yield from self._scan_envs_op()
         found = yield from self._infos_op(envs)
-        # An env deleted between the SCAN and the read has nothing to report.
+        # An env deleted between the SCAN and the read, or reset (its hash then holds only its
+        # identity), has nothing to report.
         return {env: info for env, info in found.items() if not info.is_empty}
 
     def _all_op(self) -> Operation[dict[str, RunningStats]]:
@@ -310,7 +329,7 @@ class StoreCore:
 
     def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, EnvInfo],
                                                                           dict[str, RewardNormError]]]:
-        names = (yield from self._envs_op()) if envs is None else _env_names(envs)
+        names = (yield from self._scan_envs_op()) if envs is None else _env_names(envs)
         keys = tuple(self.key(env) for env in names)
         replies = (yield ReadMany(keys)) if keys else []
         found: dict[str, EnvInfo] = {}

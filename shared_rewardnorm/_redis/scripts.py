@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: One Lua file per atomic operation.
-OPERATIONS = ("merge", "replace", "configure", "freeze")
+OPERATIONS = ("merge", "replace", "configure", "freeze", "reseed")
 _LIBRARY = "stats_lib"
 
 

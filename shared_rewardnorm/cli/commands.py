@@ -47,7 +47,7 @@ from shared_rewardnorm.cli.render import (
     stats_json,
 )
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.errors import RewardNormError, StoreUnavailableError
 from shared_rewardnorm.retry import RetryPolicy
 from shared_rewardnorm.sync import StatsStore
 
@@ -460,6 +460,8 @@ def _fail(message: str) -> None:
 
 def _describe(exc: BaseException, args: argparse.Namespace) -> str:
     """One line for a failure: what went wrong, with the server named when it is unreachable."""
+    if isinstance(exc, StoreUnavailableError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the server is named below; the driver's words say what happened
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, MasterNotFoundError):
         # redis-py appends the repr of every Sentinel client it asked: keep the first sentence.
