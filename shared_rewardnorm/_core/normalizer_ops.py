@@ -16,7 +16,7 @@ from shared_rewardnorm._core.formats import checkpoint_from, metrics_from_info, 
 from shared_rewardnorm._core.identity import ON_LOST, Verdict, judge
 from shared_rewardnorm._core.inputs import coerce_scores, validate_batch_id
 from shared_rewardnorm._core.normalization import MODES, NormalizerSettings, normalize_values
-from shared_rewardnorm._core.outage import ON_UNAVAILABLE, LocalFallback
+from shared_rewardnorm._core.outage import LocalFallback, validate_on_unavailable
 from shared_rewardnorm._core.requests import Operation
 from shared_rewardnorm._core.store_ops import StoreCore, read_env, replace_stats, reseed_env, yes_or_no
 from shared_rewardnorm.envinfo import EnvInfo
@@ -42,9 +42,7 @@ class NormalizerCore:
                  statistics: Any = "total", on_unavailable: Any = "raise", on_lost: Any = "reseed",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = NormalizerSettings.create(mode, clip, warmup, eps, statistics)
-        if on_unavailable not in ON_UNAVAILABLE:
-            raise ValueError(f"on_unavailable must be one of {', '.join(map(repr, ON_UNAVAILABLE))}, "
-                             f"got {on_unavailable!r}")
+        validate_on_unavailable(on_unavailable)
         if on_lost not in ON_LOST:
             raise ValueError(f"on_lost must be one of {', '.join(map(repr, ON_LOST))}, got {on_lost!r}")
         self._on_lost = on_lost

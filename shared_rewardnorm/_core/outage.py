@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ON_UNAVAILABLE", "RECONNECT_INTERVAL", "LocalFallback", "Owed", "decayed_after"]
+__all__ = ["ON_UNAVAILABLE", "RECONNECT_INTERVAL", "LocalFallback", "Owed", "decayed_after",
+           "validate_on_unavailable"]
 
 #: The accepted values of ``on_unavailable=``.
 ON_UNAVAILABLE = ("raise", "local")
@@ -41,6 +42,13 @@ ON_UNAVAILABLE = ("raise", "local")
 RECONNECT_INTERVAL = 1.0
 
 logger = logging.getLogger("shared_rewardnorm")
+
+
+def validate_on_unavailable(value: object) -> str:
+    """``value`` if it is one of ``ON_UNAVAILABLE``, else ``ValueError`` naming the choices."""
+    if value not in ON_UNAVAILABLE:
+        raise ValueError(f"on_unavailable must be one of {', '.join(map(repr, ON_UNAVAILABLE))}, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
