@@ -86,6 +86,12 @@ class NormalizerCore:
         return self._view()
 
     @property
+    def owed(self) -> RunningStats:
+        """The samples normalized locally that the store has not acknowledged yet (with
+        ``on_unavailable="local"``, while it was unreachable; merged when it answers again)."""
+        return RunningStats() if self._fallback is None else self._fallback.pending()
+
+    @property
     def on_unavailable(self) -> str:
         """``"raise"`` (an unreachable store raises ``StoreUnavailableError``) or ``"local"``
         (normalize locally until it answers again)."""
