@@ -18,6 +18,7 @@ from shared_rewardnorm.errors import (
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
+    StoreConfigError,
     StoreUnavailableError,
     WrongTypeError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "StaleBatchError",
     "StatsOverflowError",
     "StatsStore",
+    "StoreConfigError",
     "StoreUnavailableError",
     "WrongTypeError",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "RewardNormError",
     "StaleBatchError",
     "StatsOverflowError",
+    "StoreConfigError",
     "StoreUnavailableError",
     "WrongTypeError",
     "translate_response_error",
@@ -109,6 +110,11 @@ class StoreUnavailableError(RewardNormError, RedisConnectionError, builtins.Conn
         self.store = store
         self.elapsed = elapsed
         self.attempts = attempts
+
+
+class StoreConfigError(RewardNormError, ValueError):
+    """The server refuses the connection's settings: a database index it does not have (its
+    ``databases`` setting bounds the index). Nothing was sent; no retry can help."""
 
 
 _KINDS: dict[str, type[RewardNormError]] = {

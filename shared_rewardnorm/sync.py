@@ -255,10 +255,10 @@ class SharedRewardNormalizer(NormalizerCore):
         redis: a ``redis.Redis`` client, a URL, ``None`` for the embedded store, or a
             ``StatsStore`` to share one connection pool between normalizers.
         mode: ``"zscore"``, ``"minmax"`` or ``"none"`` (pass-through; records nothing).
-        clip: clip normalized scores to +/-clip; a clip <= 0 or ``None`` disables clipping (the
-            reference's meaning).
-        warmup: samples (in the shared store, from every process) before normalization starts;
-            until then raw scores are returned, clipped.
+        clip: clip normalized scores to +/-clip; 0 or ``None`` disables clipping; negative is
+            a ``ValueError``.
+        warmup: samples (in the shared store, from every process) before normalization starts
+            (>= 0); until then raw scores are returned, clipped.
         eps: added to the denominator, must be > 0; below it, std or range count as zero.
         namespace: key prefix shared by the processes that should see the same statistics
             (ignored when ``redis`` is a ``StatsStore``).

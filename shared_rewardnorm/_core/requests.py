@@ -121,9 +121,12 @@ class ScanKeys(_PassErrorsThrough):
     (redis-py's cluster ``scan_iter`` walks each primary's cursor)."""
 
     pattern: str
+    #: Only hashes (env statistics); ``False`` also finds keys of other types under an env's name
+    #: (for ``survey``, which names them).
+    hashes_only: bool = True
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        found = client.scan_iter(match=self.pattern, count=1000, _type="hash")
+        found = client.scan_iter(match=self.pattern, count=1000, _type="hash" if self.hashes_only else None)
         if hasattr(found, "__aiter__"):
             return _collect(found)
         return list(found)

@@ -42,7 +42,7 @@ from shared_rewardnorm._redis.connection import describe_client
 from shared_rewardnorm._redis.durability import replica_wait
 from shared_rewardnorm._redis.scripts import ClientScripts
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import RewardNormError, StoreUnavailableError
+from shared_rewardnorm.errors import RewardNormError, StoreConfigError, StoreUnavailableError
 from shared_rewardnorm.retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from shared_rewardnorm.stats import RunningStats
 
@@ -181,6 +181,10 @@ class StoreCore:
         if isinstance(error, ResponseError) and not isinstance(error, TRANSIENT_ERRORS):
             if self._scripts.fall_back(error):
                 return 0.0
+            if str(error).startswith("DB index is out of range"):  # SELECT, as the connection opened
+                database = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {}).get("db")
+                raise StoreConfigError(f"the store at {describe_client(self._client)} has no database {database} "
+                                       f"({error}: its `databases` setting bounds the index)") from error
             raise request.translate(error) from error
         policy = self._retry if isinstance(retry, _Default) else retry
         if not worth_retrying(error):
@@ -287,10 +291,11 @@ class StoreCore:
     def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
         return {env: info.stats for env, info in (yield from self._infos_op(envs)).items()}
 
-    def _scan_envs_op(self) -> Operation[list[str]]:
+    def _scan_envs_op(self, hashes_only: bool = True) -> Operation[list[str]]:
         """The names of every env hash in the namespace, those a ``reset`` left holding only
-        their identity included."""
-        keys = yield ScanKeys(env_scan_pattern(self._namespace))
+        their identity included (``hashes_only=False``: and of every key of another type under
+        an env's name)."""
+        keys = yield ScanKeys(env_scan_pattern(self._namespace), hashes_only)
         names = {env_of_key(self._namespace, key) for key in map(as_text, keys)}
         return sorted(name for name in names if name is not None)
 
@@ -329,7 +334,7 @@ class StoreCore:
 
     def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, EnvInfo],
                                                                           dict[str, RewardNormError]]]:
-        names = (yield from self._scan_envs_op()) if envs is None else _env_names(envs)
+        names = (yield from self._scan_envs_op(hashes_only=False)) if envs is None else _env_names(envs)
         keys = tuple(self.key(env) for env in names)
         replies = (yield ReadMany(keys)) if keys else []
         found: dict[str, EnvInfo] = {}
