@@ -21,6 +21,12 @@ local CONFIG_FIELDS = {'half_life', 'frozen'}
 -- Written by each merge: batches merged since the last replace, and the server time of the
 -- last one (milliseconds since the epoch); absent: 0, never.
 local ACTIVITY_FIELDS = {'merges', 'updated_at'}
+-- The statistics' identity: `epoch`, the server time in microseconds since the epoch when they
+-- were created (by the first merge into an env without one, a replace, or a re-seed), and
+-- `origin`, how: 'merge', 'replace' (set, reset, restore, a checkpoint load: deliberate) or
+-- 'reseed' (a client put back its last view after finding them lost, reseed.lua). Persistence
+-- and replicas keep both; an env found without them, or with another epoch, was replaced.
+local IDENTITY_FIELDS = {'epoch', 'origin'}
 -- Written beside the statistics for people reading the hash with redis-cli; never read back:
 local DISPLAY_FIELDS = {'std'}
 
@@ -33,16 +39,21 @@ local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
 local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],
   DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
-  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2], IDENTITY_FIELDS[1], IDENTITY_FIELDS[2]}
 
 -- Where each group starts in ENV_FIELDS order (texts[AT + i] is the group's i-th field), derived
 -- from the groups so that adding a field to a group moves the ones after it:
 local DECAY_AT = #STAT_FIELDS
 local CONFIG_AT = DECAY_AT + #DECAY_FIELDS
 local ACTIVITY_AT = CONFIG_AT + #CONFIG_FIELDS
--- Two single fields read by position:
+local IDENTITY_AT = ACTIVITY_AT + #ACTIVITY_FIELDS
+-- Single fields read by position:
 local HALF_LIFE_AT = CONFIG_AT + 1
 local FROZEN_AT = CONFIG_AT + 2
+local EPOCH_AT = IDENTITY_AT + 1
+local ORIGIN_AT = IDENTITY_AT + 2
+-- The accepted origins (a set, for validation).
+local ORIGINS = {merge = true, replace = true, reseed = true}
 
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
@@ -225,11 +236,21 @@ local function read_env(key)
   end
   -- Every field the env will get, from the start (no resizing as parse_state fills it).
   local env = {stored = stored, stats = false, half_life = false, weight = 0, wmean = 0, wm2 = 0, frozen = false,
-    merges = 0, updated_at = 0}
+    merges = 0, updated_at = 0, epoch = stored[EPOCH_AT], origin = stored[ORIGIN_AT]}
   if stored[1] or stored[2] or stored[3] or stored[4] or stored[5] then
     env.stats, err = parse_stats(key, stored, 'CORRUPT', 1)
     if err then
       return nil, err
+    end
+  end
+  -- The identity: both or neither; an epoch is digits (kept as text: it is only compared).
+  local epoch, origin = env.epoch, env.origin
+  if epoch or origin then
+    if not epoch or not string.find(epoch, '^[0-9]+$') or string.len(epoch) > 16 then
+      return nil, error_for('CORRUPT', key, 'epoch must be an integer (microseconds), got ' .. quoted(epoch))
+    end
+    if not origin or not ORIGINS[origin] then
+      return nil, error_for('CORRUPT', key, 'origin must be merge, replace or reseed, got ' .. quoted(origin))
     end
   end
   return parse_state(key, stored, #STAT_FIELDS, 'CORRUPT', env)
@@ -244,7 +265,7 @@ end
 -- the configuration is never stored here (see write_env's `extra`).
 local function env_texts(env, old, fields)
   local stored = old and old.stored
-  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
+  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
   local function put(i, value, previous)
     local text = stored and stored[i]
     if not text or value ~= previous then
@@ -297,6 +318,16 @@ local function env_texts(env, old, fields)
       fields[#fields + 1] = field
       fields[#fields + 1] = texts[at]
     end
+  end
+  -- The identity (absent: epoch 0, origin '-'), stored when it is new.
+  local epoch = env.epoch
+  texts[EPOCH_AT] = epoch or '0'
+  texts[ORIGIN_AT] = env.origin or '-'
+  if fields and epoch and epoch ~= (old and old.epoch) then
+    fields[#fields + 1] = IDENTITY_FIELDS[1]
+    fields[#fields + 1] = epoch
+    fields[#fields + 1] = IDENTITY_FIELDS[2]
+    fields[#fields + 1] = env.origin
   end
   return texts
 end
@@ -405,11 +436,88 @@ local function store_batch_record(record_key, record, ttl_text)
   redis.call('SET', record_key, record, 'EX', ttl_text)
 end
 
--- The server's clock in milliseconds since the epoch (scripts replicate by effects, so
--- reading TIME is allowed and replicas store the primary's value).
-local function now_ms()
+-- The server's clock: milliseconds since the epoch (for updated_at), and TIME's reply for
+-- epoch_of. Scripts replicate by effects, so reading TIME is allowed and replicas store the
+-- primary's values.
+local function server_time()
   local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), time
+end
+
+-- A new epoch from TIME's reply: microseconds since the epoch, as text (formatted only when an
+-- identity is created).
+local function epoch_of(time)
+  return time[1] .. string.format('%06d', tonumber(time[2]))
+end
+
+-- Chan, Golub and LeVeque's pairwise merge of two stats tables (exact in real arithmetic, stable
+-- in floats), or nil plus an error reply when it would not be finite.
+local function merge_stats(key, old, batch)
+  local count = old.count + batch.count
+  if count > MAX_COUNT then
+    return nil, error_for('OVERFLOW', key, 'count would reach 2^53')
+  end
+  local delta = batch.mean - old.mean
+  local mean = old.mean + delta * (batch.count / count)
+  local m2 = old.m2 + batch.m2 + delta * delta * (old.count * batch.count / count)
+  if mean - mean ~= 0 or m2 - m2 ~= 0 then  -- x - x is 0 only for a finite x
+    return nil, error_for('OVERFLOW', key, 'merged mean or m2 is not finite')
+  end
+  return {count = count, mean = mean, m2 = m2, min = math.min(old.min, batch.min), max = math.max(old.max, batch.max)}
+end
+
+-- The decayed statistics (weight, wmean, wm2 of `env`, half-life `half_life`) after a batch of
+-- n samples: the old weights shrink by 2^(-n/H), the batch weighs 1 per sample (the weighted
+-- form of Chan's merge). Writes new.weight, new.wmean, new.wm2; nil plus an error reply when
+-- they would not be finite.
+local function merge_decayed(key, env, half_life, batch, new)
+  local n = batch.count
+  local factor = 2 ^ (-n / half_life)
+  local old_weight = env.weight * factor
+  if old_weight > 0 then
+    local weight = old_weight + n
+    local delta = batch.mean - env.wmean
+    new.wmean = env.wmean + delta * (n / weight)
+    new.wm2 = env.wm2 * factor + batch.m2 + delta * delta * (old_weight * n / weight)
+    new.weight = weight
+  else  -- nothing before (or all of it decayed to nothing): the batch alone, exactly
+    new.weight, new.wmean, new.wm2 = n, batch.mean, batch.m2
+  end
+  if new.wmean - new.wmean ~= 0 or new.wm2 - new.wm2 ~= 0 then
+    return nil, error_for('OVERFLOW', key, 'decayed mean or wm2 is not finite')
+  end
+  return new
+end
+
+-- Parse a state argument ("weight wmean wm2 half_life frozen merges updated_at", a snapshot's
+-- or a client's view: half_life 0 for none, then the decayed fields must be 0) into `env`.
+local function parse_state_arg(key, text, env)
+  local texts, err = split_words(key, 'state', text, STATE_FIELDS)
+  if err then return nil, err end
+  local half_life_at = HALF_LIFE_AT - DECAY_AT  -- positions in the state argument
+  if texts[half_life_at] == '0' then  -- half_life 0: no decay, so the decayed fields are zeros
+    for i = 1, #DECAY_FIELDS do
+      if texts[i] ~= '0' then
+        return nil, error_for('INVALID', key, DECAY_FIELDS[i] .. ' must be 0 without a half_life, got '
+          .. quoted(texts[i]))
+      end
+    end
+    texts[half_life_at] = false
+  end
+  return parse_state(key, texts, 0, 'INVALID', env)
+end
+
+-- The configuration of `env` as field/value pairs for write_env's `extra`.
+local function config_pairs(env)
+  local config = {}
+  if env.half_life then
+    config = {'half_life', string.format('%.17g', env.half_life)}
+  end
+  if env.frozen then
+    config[#config + 1] = 'frozen'
+    config[#config + 1] = '1'
+  end
+  return config
 end
 
 -- Operations take a fixed number of keys and arguments; `forms` lists the accepted numbers of

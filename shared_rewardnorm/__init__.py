@@ -19,6 +19,8 @@ from shared_rewardnorm.errors import (
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
+    StoreConfigError,
+    StoreUnavailableError,
     WrongTypeError,
 )
 from shared_rewardnorm.prompts import PromptInfo, PromptStats
@@ -45,6 +47,8 @@ __all__ = [
     "StaleBatchError",
     "StatsOverflowError",
     "StatsStore",
+    "StoreConfigError",
+    "StoreUnavailableError",
     "WrongTypeError",
 ]
 

@@ -22,7 +22,8 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadCommands", "ReadMany", "ReadStats",
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Once", "Operation", "ReadCommands", "ReadMany",
+           "ReadStats",
            "Request", "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
@@ -121,9 +122,12 @@ class ScanKeys(_PassErrorsThrough):
     (redis-py's cluster ``scan_iter`` walks each primary's cursor)."""
 
     pattern: str
+    #: Only hashes (env statistics); ``False`` also finds keys of other types under an env's name
+    #: (for ``survey``, which names them).
+    hashes_only: bool = True
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        found = client.scan_iter(match=self.pattern, count=1000, _type="hash")
+        found = client.scan_iter(match=self.pattern, count=1000, _type="hash" if self.hashes_only else None)
         if hasattr(found, "__aiter__"):
             return _collect(found)
         return list(found)
@@ -168,6 +172,18 @@ class MergeBatch:
 
 #: The requests a shell issues on its client as they are.
 ClientRequest = RunScript | ReadStats | ReadMany | ReadCommands | ScanKeys | LoadFunctions
-Request = ClientRequest | MergeBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """Send ``request`` with one try, whatever the store's retry policy (a merge goes alone,
+    never coalesced): the probe of a normalizer whose store is unavailable
+    (``on_unavailable="local"``), which must answer within one connection attempt rather than
+    wait out the policy's backoff."""
+
+    request: ClientRequest | MergeBatch
+
+
+Request = ClientRequest | MergeBatch | Once
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]
