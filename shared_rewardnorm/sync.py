@@ -175,7 +175,17 @@ class StatsStore(StoreCore):
         return self.run(self._aggregate_op(envs))
 
     def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
-        """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``."""
+        """``reward_norm/<env>/<stat>`` for every env (or the given ones), for ``wandb.log``.
+
+        Every env normalized through this store (by a normalizer given it as ``redis=``, or
+        owning it) also gets ``reward_norm/<env>/degraded``: 1.0 while one of them answers
+        locally (``on_unavailable="local"``, the store unreachable), else 0.0. While such a
+        normalizer is degraded, each read gets a single try. If the store cannot be reached and
+        a normalizer of it runs with ``on_unavailable="local"``, the metrics come from their
+        local views instead of raising: for each env they serve, the newest shared statistics
+        they saw with the samples they normalized since, and ``degraded`` 1.0; envs none of them
+        serves are left out. Otherwise ``StoreUnavailableError``.
+        """
         return self.run(self._metrics_op(envs))
 
     def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, EnvInfo],

@@ -60,6 +60,7 @@ class NormalizerCore:
         self._stats = self._info.stats
         # statistics="recent": whether a read has shown the env to have a half-life yet.
         self._decay_seen = False
+        store.served.add(self)  # the store's metrics() report this env's degraded flag
 
     @property
     def env(self) -> str:
@@ -84,6 +85,11 @@ class NormalizerCore:
         """Everything the latest round trip returned about the env (decayed statistics, frozen
         flag, half-life, activity; while degraded, with the local samples); no network."""
         return self._view()
+
+    @property
+    def shared_info(self) -> EnvInfo:
+        """The env as the latest round trip returned it, without the local samples (no network)."""
+        return self._info
 
     @property
     def owed(self) -> RunningStats:

@@ -34,7 +34,7 @@ from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
 from shared_rewardnorm.stats import RunningStats
 
 __all__ = ["ON_UNAVAILABLE", "RECONNECT_INTERVAL", "LocalFallback", "Owed", "decayed_after",
-           "validate_on_unavailable"]
+           "validate_on_unavailable", "view_with"]
 
 #: The accepted values of ``on_unavailable=``.
 ON_UNAVAILABLE = ("raise", "local")
@@ -74,6 +74,15 @@ def decayed_after(decayed: DecayedStats | None, half_life: float | None, batch: 
     delta = batch.mean - before.mean
     return DecayedStats(weight, before.mean + delta * (batch.count / weight),
                         before.m2 * factor + batch.m2 + delta * delta * (old_weight * batch.count / weight))
+
+
+def view_with(known: EnvInfo, pending: RunningStats) -> EnvInfo:
+    """``known`` (a shared view) with the samples ``pending`` merged in, as the store would merge
+    them (nothing, for a frozen env: the store would not count them)."""
+    if pending.count == 0 or known.frozen:
+        return known
+    return replace(known, stats=known.stats.merge(pending),
+                   decayed=decayed_after(known.decayed, known.half_life, pending))
 
 
 class LocalFallback:
@@ -180,8 +189,4 @@ class LocalFallback:
     def view(self, known: EnvInfo) -> EnvInfo:
         """The statistics to normalize with locally: the last shared view ``known`` with the owed
         batches merged in (nothing, for a frozen env: the store would not count them)."""
-        pending = self.pending()
-        if pending.count == 0 or known.frozen:
-            return known
-        return replace(known, stats=known.stats.merge(pending),
-                       decayed=decayed_after(known.decayed, known.half_life, pending))
+        return view_with(known, self.pending())

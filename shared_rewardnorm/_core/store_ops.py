@@ -38,6 +38,7 @@ from shared_rewardnorm._core.requests import (
     RunScript,
     ScanKeys,
 )
+from shared_rewardnorm._core.served import ServedEnvs, single_tries
 from shared_rewardnorm._redis.connection import describe_client
 from shared_rewardnorm._redis.durability import replica_wait
 from shared_rewardnorm._redis.scripts import ClientScripts
@@ -169,6 +170,8 @@ class StoreCore:
         #: Merge replies saying the batch had been merged before (a retry whose first try had
         #: landed); under coalescing, counted once per caller.
         self.duplicates = 0
+        #: The normalizers normalizing through this store, for ``metrics()`` (see ``served.py``).
+        self.served = ServedEnvs()
 
     def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int,
                                 elapsed: float, retry: RetryPolicy | _Default | None = DEFAULT) -> float:
@@ -325,11 +328,25 @@ class StoreCore:
         return RunningStats.combine(found[env].stats for env in sorted(found))
 
     def _metrics_op(self, envs: Iterable[str] | None = None) -> Operation[dict[str, float]]:
+        """The stored envs' metrics, with ``degraded`` of the envs normalized through this store;
+        while it is unreachable, from its ``on_unavailable="local"`` normalizers' views (see
+        ``_core/served.py``)."""
+        names = None if envs is None else _env_names(envs)  # (an iterator is read once)
+        read = self._selected_infos_op(names)
+        try:  # the store known to be down (a normalizer is degraded): one try per request
+            found = yield from (single_tries(read) if self.served.probing else read)
+        except StoreUnavailableError:
+            if not self.served.answers_locally:
+                raise
+            return self.served.local_metrics(names)
+        flags = self.served.flags(names)
         metrics: dict[str, float] = {}
-        for env, info in sorted((yield from self._selected_infos_op(envs)).items()):
-            if envs is None and info.stats.is_empty:  # all envs: those with statistics to report
-                continue
-            metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
+        for env in sorted(set(found) | set(flags)):
+            info = found.get(env)
+            if info is not None and not (names is None and info.stats.is_empty):  # all: those with statistics
+                metrics.update(metrics_from_info(info, prefix=f"reward_norm/{env}"))
+            if env in flags:
+                metrics[f"reward_norm/{env}/degraded"] = flags[env]
         return metrics
 
     def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, EnvInfo],

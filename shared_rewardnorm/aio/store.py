@@ -133,7 +133,8 @@ class AsyncStatsStore(StoreCore):
         return await self.run(self._aggregate_op(envs))
 
     async def metrics(self, envs: Iterable[str] | None = None) -> dict[str, float]:
-        """See ``StatsStore.metrics``."""
+        """See ``StatsStore.metrics`` (``degraded`` per env, and the local views of the
+        ``on_unavailable="local"`` normalizers of this store while it is unreachable)."""
         return await self.run(self._metrics_op(envs))
 
     async def survey(self, envs: Iterable[str] | None = None) -> tuple[dict[str, EnvInfo],

@@ -162,3 +162,88 @@ def test_asyncio_rides_out_an_outage_too(tmp_path: Path, namespace: str) -> None
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def degraded_flags(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if key.endswith("/degraded")}
+
+
+@pytest.mark.own_server
+def test_the_store_metrics_flag_degraded_envs_and_answer_locally_through_an_outage(server: RedisServer,
+                                                                                  namespace: str) -> None:
+    """A store shared by two normalizers, and a store a third normalizer owns: their metrics carry
+    each env's degraded flag; with the server killed they answer from the local views instead of
+    raising; after an empty restart the local samples are back in the store and the flags are 0."""
+    store = StatsStore(server.url, namespace, retry=QUICK)
+    a = SharedRewardNormalizer("a", store, warmup=0, on_unavailable="local")
+    b = SharedRewardNormalizer("b", store, warmup=0, on_unavailable="local")
+    owner = SharedRewardNormalizer("c", server.url, namespace=namespace, warmup=0, on_unavailable="local")
+    owner.store._retry = QUICK
+    clocks = [with_clock(norm) for norm in (a, b, owner)]
+    try:
+        for norm in (a, b, owner):
+            norm.normalize([1.0, 2.0, 3.0])
+        metrics = store.metrics()
+        assert degraded_flags(metrics) == {"reward_norm/a/degraded": 0.0, "reward_norm/b/degraded": 0.0}
+        assert metrics["reward_norm/c/count"] == 3.0  # c is in the namespace but normalized through another store
+        assert degraded_flags(owner.store.metrics(["c"])) == {"reward_norm/c/degraded": 0.0}
+
+        server.kill()
+        a.normalize([10.0])  # a meets the outage; b has not yet
+        assert a.degraded and not b.degraded
+        sent = counting_sends(store)
+        metrics = store.metrics()  # the store is known down: one try, then the local views
+        assert len(sent) == 1
+        assert degraded_flags(metrics) == {"reward_norm/a/degraded": 1.0, "reward_norm/b/degraded": 1.0}
+        assert metrics["reward_norm/a/count"] == 4.0 and metrics["reward_norm/a/max"] == 10.0
+        assert metrics["reward_norm/b/count"] == 3.0 and "reward_norm/c/count" not in metrics
+        assert store.metrics(["b", "elsewhere"]).keys() == {f"reward_norm/b/{stat}" for stat in
+                                                           ("count", "mean", "std", "min", "max", "degraded")}
+        # A store whose normalizer has not met the outage waits out its retry policy, then answers locally.
+        assert owner.store.metrics()["reward_norm/c/degraded"] == 1.0
+
+        server.restart()  # empty
+        for clock in clocks:
+            clock.now += 1.5
+        for norm in (a, b, owner):
+            norm.normalize([4.0])
+        assert not (a.degraded or b.degraded or owner.degraded)
+        metrics = store.metrics()
+        assert degraded_flags(metrics) == {"reward_norm/a/degraded": 0.0, "reward_norm/b/degraded": 0.0}
+        # Re-seeded from each normalizer's last view, plus what it normalized since.
+        assert metrics["reward_norm/a/count"] == 5.0 and metrics["reward_norm/b/count"] == 4.0
+        assert metrics["reward_norm/c/count"] == 4.0
+    finally:
+        owner.close()
+        store.close()
+
+
+def test_a_store_without_a_local_normalizer_still_raises_from_metrics(namespace: str) -> None:
+    store = StatsStore("redis://127.0.0.1:1/0", namespace, retry=QUICK)  # port 1: nothing listens
+    norm = SharedRewardNormalizer("env", store)
+    with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1:1 is unavailable"):
+        store.metrics()
+    assert norm.on_unavailable == "raise"
+    store.close()
+
+
+@pytest.mark.own_server
+def test_the_asyncio_store_metrics_answer_locally_through_an_outage(server: RedisServer, namespace: str) -> None:
+    async def scenario() -> None:
+        async with AsyncStatsStore(server.url, namespace, retry=QUICK) as store:
+            norm = AsyncSharedRewardNormalizer("env", store, warmup=0, on_unavailable="local")
+            clock = with_clock(norm)
+            await asyncio.gather(*(norm.normalize([float(i)]) for i in range(4)))
+            assert degraded_flags(await store.metrics()) == {"reward_norm/env/degraded": 0.0}
+            server.kill()
+            await asyncio.gather(*(norm.normalize([float(i)]) for i in range(4, 6)))
+            assert norm.degraded
+            metrics = await store.metrics()
+            assert metrics["reward_norm/env/degraded"] == 1.0 and metrics["reward_norm/env/count"] == 6.0
+            server.restart()
+            clock.now += 1.5
+            await norm.normalize([6.0])
+            metrics = await store.metrics()
+            assert metrics["reward_norm/env/degraded"] == 0.0 and metrics["reward_norm/env/count"] == 7.0
+
+    asyncio.run(scenario())
