@@ -182,9 +182,11 @@ class SharedRewardNormMixin:
                                  abort_on_any_max_length_exceeded: bool = True) -> Any:
         """Replace each complete group's ``scores`` with the shared normalization of them, then
         hand the groups to ``BaseEnv.handle_send_to_api`` (the API, or the JSONL file in
-        ``process`` mode). If the store stays unreachable after the store's retries, the error
-        propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores never go out
-        in place of normalized ones."""
+        ``process`` mode). If the store stays unreachable after the store's retries, the
+        default ``reward_norm_on_unavailable="local"`` normalizes against the last shared
+        statistics plus the scores seen since (merged once the store answers); with ``"raise"``
+        the error propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores
+        never go out in place of normalized ones."""
         norm = self.reward_normalizer
         if norm is not None:
             groups = scored_data if isinstance(scored_data, list) else [scored_data]
