@@ -33,9 +33,8 @@ from verl.experimental.reward_loop.reward_manager.registry import get_reward_man
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
 from shared_rewardnorm._redis.connection import check_url, url_from_environment
-from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
 from shared_rewardnorm.integrations.batch_ids import GroupIds
-from shared_rewardnorm.integrations.loops import PerLoop
+from shared_rewardnorm.integrations.loops import EnvNormalizers, PerLoop
 
 __all__ = ["REGISTERED_NAME", "SharedNormRewardManager", "VerlOptions"]
 
@@ -105,26 +104,6 @@ class VerlOptions:
         NormalizerSettings.create(self.mode, self.clip, self.warmup, self.eps, self.statistics)
 
 
-class _LoopNormalizers:
-    """What one event loop uses: one coalescing asyncio store and a normalizer per env on it."""
-
-    def __init__(self, options: VerlOptions) -> None:
-        self.options = options
-        self.store = AsyncStatsStore(options.url, options.namespace)
-        self.normalizers: dict[str, AsyncSharedRewardNormalizer] = {}
-
-    def normalizer(self, env: str) -> AsyncSharedRewardNormalizer:
-        norm = self.normalizers.get(env)
-        if norm is None:
-            o = self.options
-            norm = self.normalizers[env] = AsyncSharedRewardNormalizer(
-                env, self.store, mode=o.mode, clip=o.clip, warmup=o.warmup, eps=o.eps, statistics=o.statistics)
-        return norm
-
-    async def aclose(self) -> None:
-        await self.store.aclose()
-
-
 def _refuse_uncovered_paths(config: Any) -> None:
     """Refuse the verl paths on which normalizing in the reward manager would be wrong or void."""
     reward = config.get("reward")
@@ -187,7 +166,9 @@ class SharedNormRewardManager(RewardManagerBase):  # type: ignore[misc]  # verl 
         self.inner = inner_cls(config=config, tokenizer=tokenizer, compute_score=compute_score, **kwargs)
         if self.options.url is None:
             url_from_environment()  # a malformed $SHARED_REWARDNORM_URL fails here, not at the first score
-        self._loops: PerLoop[_LoopNormalizers] = PerLoop(lambda: _LoopNormalizers(self.options))
+        o = self.options
+        self._loops: PerLoop[EnvNormalizers] = PerLoop(lambda: EnvNormalizers(
+            o.url, o.namespace, mode=o.mode, clip=o.clip, warmup=o.warmup, eps=o.eps, statistics=o.statistics))
         self._ids = GroupIds()
 
     def env_of(self, data: Any) -> str:
@@ -201,7 +182,7 @@ class SharedNormRewardManager(RewardManagerBase):  # type: ignore[misc]  # verl 
         return validate_env(str(value))
 
     @property
-    def normalizers(self) -> "_LoopNormalizers | None":
+    def normalizers(self) -> EnvNormalizers | None:
         """The current event loop's store and normalizers (``None`` before the first score)."""
         return self._loops.current
 
