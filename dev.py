@@ -14,7 +14,10 @@ local URL, one it starts there for the run (no persistence, in a temp dir, stopp
 afterwards, also on SIGTERM) when ``redis-server`` is on PATH; tests that need a server skip
 without one (fail under ``SHARED_REWARDNORM_REQUIRE_REDIS=1``). pytest collecting no test is a
 failure.
-``.ci/run`` calls this same command with a fresh venv (``--venv DIR --no-editable``).
+``check`` runs the static checks configured in ``pyproject.toml`` from the repo root, ``ruff
+check .`` and ``mypy``, both always (each one's findings are printed), and fails if either
+finds anything; their caches go into the venv, not the checkout.
+``.ci/run`` calls ``check``, then ``test``, with a fresh venv (``--venv DIR --no-editable``).
 
 Another suite with a venv of its own (say an integration with a framework that pins other
 versions) is one more call of ``ensure_venv(path, extras)`` and one more command below.
@@ -168,7 +171,7 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
 
 
 def cmd_demo(python: Path, rest: list[str]) -> int:
-    return subprocess.run([str(python), "-m", "shared_rewardnorm", "demo", *rest], cwd=REPO).returncode
+    return subprocess.run([str(python), "-m", "shared_rewardnorm", "demo", *rest], cwd=REPO, check=False).returncode
 
 
 def cmd_test(python: Path, rest: list[str]) -> int:
@@ -184,7 +187,8 @@ def cmd_test(python: Path, rest: list[str]) -> int:
         try:
             # The checkout comes first on sys.path (python -m pytest from the repo), so the tests
             # check this commit's code even with a non-editable install (see .ci/run).
-            status = subprocess.run([str(python), "-m", "pytest", "-q", *rest], cwd=REPO).returncode
+            status = subprocess.run([str(python), "-m", "pytest", "-q", *rest], cwd=REPO,
+                                    check=False).returncode
         finally:
             stop(server)
     if status == 5:
@@ -193,7 +197,23 @@ def cmd_test(python: Path, rest: list[str]) -> int:
     return status
 
 
-COMMANDS = {"demo": (set(), cmd_demo), "test": ({"test"}, cmd_test)}
+def cmd_check(python: Path, rest: list[str]) -> int:
+    if rest:
+        raise SystemExit(f"dev.py: check takes no arguments, got {' '.join(rest)}")
+    venv = python.parent.parent
+    env = {**os.environ, "RUFF_CACHE_DIR": str(venv / ".ruff_cache"), "MYPY_CACHE_DIR": str(venv / ".mypy_cache")}
+    failed = []
+    for tool, command in (("ruff", ["ruff", "check", "."]), ("mypy", ["mypy"])):
+        say(f"running {' '.join(command)}")
+        if subprocess.run([str(python), "-m", *command], cwd=REPO, env=env, check=False).returncode != 0:
+            failed.append(tool)
+    if failed:
+        say(f"static checks failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+COMMANDS = {"demo": (set(), cmd_demo), "test": ({"test"}, cmd_test), "check": ({"test"}, cmd_check)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"the venv to use (default {DEFAULT_VENV})")
     parser.add_argument("--no-editable", action="store_true",
                         help="a regular install (pip builds the wheel, as a user's install does), as CI does")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="demo: the demo, embedded; test: the test suite")
+    parser.add_argument("command", choices=sorted(COMMANDS),
+                        help="demo: the demo, embedded; test: the test suite; check: ruff and mypy")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="passed on (to the demo, or to pytest)")
     args = parser.parse_args(argv)
     extras, run = COMMANDS[args.command]

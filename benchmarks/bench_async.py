@@ -6,9 +6,9 @@ group as it finishes. The asyncio store coalesces the merges of concurrent calls
 (one script call carries every batch that arrived while the previous one was in flight); with
 ``coalesce=False`` it keeps one merge per call in flight on a pool of connections. The sync
 store runs one call at a time. The goal: 64 coroutines normalizing batches of 16 into one env
-reach >= 3x the sync store's calls/s with <= 0.25 script calls per normalize call. Both run in the same process, interleaved in rounds (sync,
-async, sync, async, ...), against the same server; the script prints a table and asserts
-nothing.
+reach >= 3x the sync store's calls/s with <= 0.25 script calls per normalize call. Both run in
+the same process, interleaved in rounds (sync, async, sync, async, ...), against the same
+server; the script prints a table and asserts nothing.
 
 Usage::
 

@@ -484,6 +484,11 @@ def _watch_normalizer(client: redis.Redis, key: str) -> Callable[[list[float]], 
     return normalize
 
 
+def _ours_normalizer(normalizer: SharedRewardNormalizer) -> Callable[[list[float]], tuple[list[float], int]]:
+    """``normalizer.normalize`` in the shape of ``_watch_normalizer``'s function (it never retries)."""
+    return lambda values: (normalizer.normalize(values), 0)
+
+
 def _worker(index: int, url: str, rounds: list[tuple[str, str]], calls: int, batch_size: int,
             barrier: Any, results: Any) -> None:
     """One of the processes of section 4: runs every round, synchronised by ``barrier``."""
@@ -494,8 +499,7 @@ def _worker(index: int, url: str, rounds: list[tuple[str, str]], calls: int, bat
             namespace, env = target.split("|")
             store = StatsStore(client, namespace)
             store.merge(env + "-warm", RunningStats.from_values(batches[0]))  # FCALL fallback, script load
-            normalizer = SharedRewardNormalizer(env, store, mode="zscore")
-            run = lambda values: (normalizer.normalize(values), 0)  # noqa: E731
+            run = _ours_normalizer(SharedRewardNormalizer(env, store, mode="zscore"))
         else:
             run = _watch_normalizer(client, target)
             _watch_normalizer(client, target + "-warm")(batches[0])
@@ -538,7 +542,7 @@ def section_processes(out: Printer, client: redis.Redis, url: str, ns: str, plan
             done = [results.get(timeout=600) for _ in workers]
             elapsed = max(d["end"] for d in done) - min(d["start"] for d in done)
             if variant == "ours":
-                namespace, env = target.split("|")
+                _, env = target.split("|")
                 final = store.get(env).count
             else:
                 raw = client.hget(target, "count")
@@ -682,66 +686,71 @@ def _profile_groups(client: redis.Redis, normalizer: SharedRewardNormalizer, bat
     return {name: 1e6 * seconds / calls for name, seconds in groups.items()}
 
 
-def section_client_profile(out: Printer, client: redis.Redis, ns: str, plan: Plan) -> None:
-    """Where the client's time per normalize call goes: each stage of the library timed alone
-    with the network stubbed out (the operation driven with a canned reply), redis-py's own
-    work, and a cProfile of real calls grouped by module."""
-    progress("section 7: client time per normalize call, by stage")
-    out.heading("7. Client time per normalize call, by stage (network stubbed; best of 5 loops)")
+def _client_stage_rows(client: redis.Redis, ns: str, size: int, loops: int) -> list[list[str]]:
+    """Section 7's rows for one batch size: each stage timed alone, then the cProfile groups."""
     from shared_rewardnorm._core.inputs import coerce_scores
     from shared_rewardnorm._core.normalization import normalize_values
     from shared_rewardnorm._core.protocol import decode_reply
     from shared_rewardnorm.stats import summarize
 
     rows = []
-    loops = 2000 if plan is FULL else 300
-    for size in (16, 256):
-        normalizer = SharedRewardNormalizer(f"profile-b{size}", client, mode="zscore", namespace=ns)
-        store_core = normalizer.store
-        batch = make_batches(size, 1, seed=700 + size)[0]
-        for _ in range(20):  # past warmup, so normalization takes its real path
-            normalizer.normalize(batch)
-        key = store_core.key(f"profile-b{size}")
-        captured = capture_script_calls(client, lambda: normalizer.normalize(batch))
-        method, target, numkeys, keys_and_args = captured[0]
-        # A reply of the merge as normalize gets it, from a batch record of its own.
-        reply = getattr(client, method)(target, numkeys, keys_and_args[0], batch_record_key(key, "canned"),
-                                        keys_and_args[2], encode_sequence(1), keys_and_args[4])
-        values = coerce_scores(batch)
-        stats = summarize(values)
-        info, _outcome = decode_reply(reply)
-        settings = normalizer._settings
+    normalizer = SharedRewardNormalizer(f"profile-b{size}", client, mode="zscore", namespace=ns)
+    store_core = normalizer.store
+    batch = make_batches(size, 1, seed=700 + size)[0]
+    for _ in range(20):  # past warmup, so normalization takes its real path
+        normalizer.normalize(batch)
+    key = store_core.key(f"profile-b{size}")
+    captured = capture_script_calls(client, lambda: normalizer.normalize(batch))
+    method, target, numkeys, keys_and_args = captured[0]
+    # A reply of the merge as normalize gets it, from a batch record of its own.
+    reply = getattr(client, method)(target, numkeys, keys_and_args[0], batch_record_key(key, "canned"),
+                                    keys_and_args[2], encode_sequence(1), keys_and_args[4])
+    values = coerce_scores(batch)
+    stats = summarize(values)
+    info, _outcome = decode_reply(reply)
+    settings = normalizer._settings
 
-        def driven() -> Any:
-            operation = normalizer._normalize_op(batch)
-            next(operation)
-            try:
-                operation.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            raise RuntimeError("normalize sent more than one request")
-
-        connection = client.connection_pool.get_connection()
+    def driven() -> Any:
+        operation = normalizer._normalize_op(batch)
+        next(operation)
         try:
-            stages = [
-                ("validation (coerce_scores)", lambda: coerce_scores(batch)),
-                ("summary (summarize)", lambda: summarize(values)),
-                ("encoding (encode_stats + the merge request)",
-                 lambda: store_core._merge_request(key, encode_stats(stats))),
-                ("reply parsing (decode_reply)", lambda: decode_reply(reply)),
-                ("normalization (normalize_values)", lambda: normalize_values(values, info.stats, settings)),
-                ("the whole operation, driven with a canned reply", driven),
-                ("redis-py: pack the EVALSHA command",
-                 lambda: connection.pack_command(method.upper(), target, numkeys, *keys_and_args)),
-            ]
-        finally:
-            client.connection_pool.release(connection)
-        for label, func in stages:
-            func()
-            rows.append([f"batch {size}", label, f"{_usec_per_call(func, loops):.1f}"])
-        for label, usec in _profile_groups(client, normalizer, make_batches(size, 64, seed=710 + size),
-                                           max(200, loops // 4)).items():
-            rows.append([f"batch {size}", f"cProfile of real calls: {label}", f"{usec:.1f}"])
+            operation.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        raise RuntimeError("normalize sent more than one request")
+
+    connection = client.connection_pool.get_connection()
+    try:
+        stages = [
+            ("validation (coerce_scores)", lambda: coerce_scores(batch)),
+            ("summary (summarize)", lambda: summarize(values)),
+            ("encoding (encode_stats + the merge request)",
+             lambda: store_core._merge_request(key, encode_stats(stats))),
+            ("reply parsing (decode_reply)", lambda: decode_reply(reply)),
+            ("normalization (normalize_values)", lambda: normalize_values(values, info.stats, settings)),
+            ("the whole operation, driven with a canned reply", driven),
+            ("redis-py: pack the EVALSHA command",
+             lambda: connection.pack_command(method.upper(), target, numkeys, *keys_and_args)),
+        ]
+    finally:
+        client.connection_pool.release(connection)
+    for label, func in stages:
+        func()
+        rows.append([f"batch {size}", label, f"{_usec_per_call(func, loops):.1f}"])
+    for label, usec in _profile_groups(client, normalizer, make_batches(size, 64, seed=710 + size),
+                                       max(200, loops // 4)).items():
+        rows.append([f"batch {size}", f"cProfile of real calls: {label}", f"{usec:.1f}"])
+    return rows
+
+
+def section_client_profile(out: Printer, client: redis.Redis, ns: str, plan: Plan) -> None:
+    """Where the client's time per normalize call goes: each stage of the library timed alone
+    with the network stubbed out (the operation driven with a canned reply), redis-py's own
+    work, and a cProfile of real calls grouped by module."""
+    progress("section 7: client time per normalize call, by stage")
+    out.heading("7. Client time per normalize call, by stage (network stubbed; best of 5 loops)")
+    loops = 2000 if plan is FULL else 300
+    rows = [row for size in (16, 256) for row in _client_stage_rows(client, ns, size, loops)]
     out.table(["batch", "stage", "us per call"], rows)
     out.note("each stage alone in a loop, no network; 'the whole operation' is what normalize runs besides "
              "redis-py and the socket (its sum of stages plus the generator's hand-over)")

@@ -63,7 +63,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from common import Printer, argument_parser, machine_rows, main_thread_cpu, progress, quartiles  # noqa: E402
 from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
-from shared_rewardnorm._core.keys import batch_record_key
+from shared_rewardnorm._core.keys import batch_record_key  # noqa: E402
 from shared_rewardnorm._core.protocol import encode_sequence, encode_stats  # noqa: E402
 from shared_rewardnorm._redis.scripts import function_library, function_name, helpers_source, script_source  # noqa: E402
 from shared_rewardnorm.stats import RunningStats  # noqa: E402
@@ -248,7 +248,7 @@ def load(client: redis.Redis, args: argparse.Namespace) -> list[Timed]:
     if args.half_life is not None:
         for entry in timed:
             if entry.shape in ("merge", "no record"):
-                client.eval(script_source("configure"), 1, entry.env, "%.17g" % args.half_life)
+                client.eval(script_source("configure"), 1, entry.env, f"{args.half_life:.17g}")
     return timed
 
 
@@ -279,7 +279,7 @@ def capacity(client: redis.Redis, by_name: dict[str, Timed], rounds: int, calls:
     measured: dict[str, list[float]] = {"PING": [], "no-op EVALSHA": [], "merge + record": []}
     for round_number in range(rounds):
         progress(f"capacity round {round_number + 1}/{rounds}")
-        for name in measured:
+        for name, samples in measured.items():
             before = main_thread_cpu(client)
             if name == "PING":
                 for _ in range(calls):
@@ -287,7 +287,7 @@ def capacity(client: redis.Redis, by_name: dict[str, Timed], rounds: int, calls:
             else:
                 for target, keys, args in by_name["noop" if name.startswith("no-op") else "merge"].calls(calls):
                     client.evalsha(target, len(keys), *keys, *args)
-            measured[name].append(1e6 * (main_thread_cpu(client) - before) / calls)
+            samples.append(1e6 * (main_thread_cpu(client) - before) / calls)
     rows = []
     for name, usec in measured.items():
         per_call = statistics.median(usec)

@@ -7,7 +7,7 @@ through the store), and the advantages that common RL estimators compute from th
 the normalized rewards are compared. The estimators are written as TRL 1.16 computes them:
 GRPO's group mean and unbiased group std with ``+ 1e-4`` (``scale_rewards="group"``), the batch
 std (``"batch"``), no scaling (``"none"``, Dr. GRPO), and RLOO's leave-one-out baseline. Each
-line of output is a number docs/TRAINING.md quotes.
+line of output is a number docs/user/training.md quotes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def share(parts: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def measure(seed: int, redis_url: str | None, namespace: str | None = None) -> dict[str, float]:
-    """Every figure docs/TRAINING.md quotes. With ``namespace`` given the caller owns its keys
+    """Every figure docs/user/training.md quotes. With ``namespace`` given the caller owns its keys
     (a test deletes them all, batch records included); without, a random one is used and its
     statistics are reset at the end (the batch records expire after ``batch_record_ttl``)."""
     rng = np.random.default_rng(seed)
@@ -81,12 +81,15 @@ def measure(seed: int, redis_url: str | None, namespace: str | None = None) -> d
         length_std = norms["length"].std
 
         # 1. One env, per-group standardization: the affine map cancels (up to the 1e-4).
-        results["group: max |A_norm - A_raw|, length env"] = float(np.abs(grpo_group(z["length"]) - grpo_group(raw["length"])).max())
-        results["group: max |A_norm - A_raw|, 0/1 env"] = float(np.abs(grpo_group(z["correct"]) - grpo_group(raw["correct"])).max())
+        results["group: max |A_norm - A_raw|, length env"] = float(
+            np.abs(grpo_group(z["length"]) - grpo_group(raw["length"])).max())
+        results["group: max |A_norm - A_raw|, 0/1 env"] = float(
+            np.abs(grpo_group(z["correct"]) - grpo_group(raw["correct"])).max())
         # 2. The same with clip=1: clipping is not affine, so it does not cancel.
         c = normalized(clipped, raw["length"])
-        results["group, clip=1: max |A_norm - A_raw|"] = float(np.abs(grpo_group(c) - grpo_group(raw["length"])).max())
-        results["group, clip=1: mean |A_norm - A_raw|"] = float(np.abs(grpo_group(c) - grpo_group(raw["length"])).mean())
+        clip_change = np.abs(grpo_group(c) - grpo_group(raw["length"]))
+        results["group, clip=1: max |A_norm - A_raw|"] = float(clip_change.max())
+        results["group, clip=1: mean |A_norm - A_raw|"] = float(clip_change.mean())
         # 3. No scaling (Dr. GRPO) and RLOO: advantages shrink by the env's running std.
         a_raw, a_norm = grpo_none(raw["length"]).ravel(), grpo_none(z["length"]).ravel()
         big = np.abs(a_raw) > 1  # away from 0/0

@@ -102,8 +102,8 @@ class OfflineToyArithmeticEnv(ToyArithmeticEnv):
 
     async def sample_replies(self, question: str) -> list[str]:
         answer = dict(QUESTIONS)[question]
-        return [" ".join([answer if self.rng.random() < 0.5 else self.rng.choice(WORDS)]
-                         + self.rng.choices(WORDS, k=self.rng.randrange(0, 6)))
+        return [" ".join([answer if self.rng.random() < 0.5 else self.rng.choice(WORDS),
+                          *self.rng.choices(WORDS, k=self.rng.randrange(0, 6))])
                 for _ in range(self.config.group_size)]
 
 

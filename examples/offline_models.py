@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Words the tiny models can say; the examples' prompts use only these.
-WORDS = ["yes", "no", "maybe", "the", "answer", "is", "a", "an", "of", "to", "and", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "what", "add", "plus", "equals", "count", "say", "word", "long", "short", "very"]
+WORDS = ["yes", "no", "maybe", "the", "answer", "is", "a", "an", "of", "to", "and", "one", "two", "three", "four",
+         "five", "six", "seven", "eight", "nine", "ten", "what", "add", "plus", "equals", "count", "say", "word",
+         "long", "short", "very"]
 SPECIAL = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 

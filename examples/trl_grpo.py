@@ -9,7 +9,7 @@ advantage is ``weight * (reward - its group mean)`` (the division by the group's
 ``scale_rewards`` does it, is common to both). The script trains a random one-layer Llama for a
 few steps twice, with the same seed: with the raw functions, and with each one wrapped in
 ``SharedNormRewardFunc`` (z-score against statistics shared through Redis). It prints which
-share of the advantage's magnitude each reward drives in each run. docs/TRAINING.md explains
+share of the advantage's magnitude each reward drives in each run. docs/user/training.md explains
 the numbers.
 """
 
@@ -104,7 +104,8 @@ def run(steps: int, scale_rewards: str, redis_url: str | None, workdir: str,
     raw = [Recorded(length_chars), Recorded(says_yes)]
     train(model_dir, str(Path(workdir) / "raw"), raw, steps, scale_rewards)
     results["raw rewards"] = advantage_shares({r.__name__: r.outputs for r in raw}, 4, weights)
-    wrapped = [SharedNormRewardFunc(f, redis=redis_url, namespace=namespace, warmup=8) for f in (length_chars, says_yes)]
+    wrapped = [SharedNormRewardFunc(f, redis=redis_url, namespace=namespace, warmup=8)
+               for f in (length_chars, says_yes)]
     normalized = [Recorded(w) for w in wrapped]
     try:
         train(model_dir, str(Path(workdir) / "shared"), normalized, steps, scale_rewards)

@@ -11,14 +11,12 @@
 -- ARGV[2]  (with KEYS[2]) the batch's sequence number: an integer >= 1 that this client never
 --          uses twice for this env; a retry of the same batch sends the same number
 -- ARGV[3]  (with KEYS[2]) seconds the batch record lives after its last use, an integer from 1
---          to MAX_RECORD_TTL (ten years, as MAX_BATCH_RECORD_TTL in core.py)
+--          to MAX_RECORD_TTL (ten years, as MAX_BATCH_RECORD_TTL in _core/store_ops.py)
 --
 -- Exactly once: a batch whose sequence number the record shows as merged is not merged again
--- (a lost reply retried by us, the driver or the caller); the reply then carries the current
--- statistics. The record is "<highest number seen>" or "<highest>:<gap>,<gap>,...", the gaps
--- being numbers below the highest not merged yet (batches still in flight: concurrent calls
--- of one client may arrive out of order). Numbers WINDOW or more below the highest cannot be
--- judged and are refused (REWARDNORM_STALE). In the usual case, no gaps, it is a few bytes.
+-- (a lost reply retried by the store, the driver or the caller under its batch_id); the reply
+-- then carries the current statistics. The record and its rules are stats_lib.lua's
+-- claim_batch, shared by every operation that must count a write once.
 --
 -- Frozen env (field frozen = 1): nothing is added and the hash is not written, but the batch
 -- is recorded as handled, so a retry after an unfreeze is not counted either.
@@ -44,13 +42,8 @@
 -- and one HSET of the hash (of the fields that changed: min and max only when the batch
 -- extends them), TIME, and with a record GET and SET EX; the record holds at most WINDOW gaps
 -- (more gaps cost more: each call rewrites the list). Measured (benchmarks/server_cost.py):
--- 34-38x the server time of a no-op EVALSHA, with or without a half-life (docs/SERVER_COST.md:
+-- 34-38x the server time of a no-op EVALSHA, with or without a half-life (benchmarks/README.md:
 -- where it goes, and why).
-
-local WINDOW = 1024
--- The longest record lifetime, in seconds: ten years, Python's MAX_BATCH_RECORD_TTL (core.py;
--- tests/test_store.py checks they agree).
-local MAX_RECORD_TTL = 315360000
 
 local err = check_arity('merge', KEYS, ARGV, {1, 1, 2, 3})
 if err then return err end
@@ -64,72 +57,12 @@ local env
 env, err = read_env(key)
 if err then return err end
 
--- Returns the new record, nil for an already merged batch, or nil plus an error reply.
-local function updated_record(seq)
-  local stored
-  stored, err = read_key(record_key, 'string', 'GET')
-  if err then return nil, err end
-  if stored == string.format('%d', seq - 1) then
-    return string.format('%d', seq)  -- the usual case: the next batch, none in flight
-  end
-  local highest, gaps = 0, ''
-  if stored then
-    local colon = string.find(stored, ':', 1, true)
-    local head = colon and string.sub(stored, 1, colon - 1) or stored
-    highest = string.find(head, '^[0-9]+$') and tonumber(head)
-    gaps = colon and string.sub(stored, colon + 1) or ''
-    if not highest or (colon and not string.find(gaps, '^[0-9,]*$')) then
-      return nil, error_for('CORRUPT', record_key, 'batch record ' .. quoted(string.sub(stored, 1, 60)))
-    end
-  end
-  if seq > highest then
-    local record = string.format('%d', seq)
-    -- Keep the gaps still inside the window, and add the numbers skipped on the way to seq.
-    local kept = {}
-    local lowest = seq - WINDOW
-    if gaps ~= '' then
-      for gap in string.gmatch(gaps, '[0-9]+') do
-        if tonumber(gap) > lowest then kept[#kept + 1] = gap end
-      end
-    end
-    for skipped = math.max(highest + 1, lowest + 1), seq - 1 do
-      kept[#kept + 1] = string.format('%d', skipped)
-    end
-    if #kept > 0 then record = record .. ':' .. table.concat(kept, ',') end
-    return record
-  end
-  if seq <= highest - WINDOW then
-    return nil, error_for('STALE', key, string.format('batch %d is %d or more batches behind '
-      .. 'this client\'s latest (%d)', seq, WINDOW, highest))
-  end
-  local listed = ',' .. gaps .. ','
-  local needle = ',' .. string.format('%d', seq) .. ','
-  local at = string.find(listed, needle, 1, true)
-  if not at then
-    return nil  -- not a gap: merged before
-  end
-  local remaining = string.sub(listed, 2, at - 1) .. string.sub(listed, at + #needle - 1, -2)
-  remaining = string.gsub(string.gsub(remaining, '^,', ''), ',$', '')
-  if remaining == '' then
-    return string.format('%d', highest)
-  end
-  return string.format('%d', highest) .. ':' .. remaining
-end
-
-local record, ttl
+-- Exactly once (stats_lib.lua's claim_batch): nil record and no error for a batch merged before.
+local record, claimed
 if record_key then
-  local seq = tonumber(ARGV[2])
-  if not string.find(ARGV[2], '^[0-9]+$') or seq < 1 or seq > MAX_COUNT then
-    return error_for('INVALID', key, 'sequence number must be an integer >= 1, got ' .. quoted(ARGV[2]))
-  end
-  ttl = ARGV[3]  -- passed on as text: a Lua number would cost Redis a '%.17g' to read
-  if not string.find(ttl, '^[0-9]+$') or tonumber(ttl) < 1 or tonumber(ttl) > MAX_RECORD_TTL then
-    return error_for('INVALID', key, 'record lifetime must be an integer from 1 to ' .. MAX_RECORD_TTL
-      .. ' (seconds), got ' .. quoted(ttl))
-  end
-  record, err = updated_record(seq)
+  record, err, claimed = claim_batch(key, record_key, ARGV[2], ARGV[3])
   if err then return err end
-  if record == nil then
+  if not claimed then
     local texts = format_env(env)
     texts[#ENV_FIELDS + 1] = '0'
     return table.concat(texts, ' ')
@@ -137,7 +70,7 @@ if record_key then
 end
 if env.frozen then
   if record then
-    redis.call('SET', record_key, record, 'EX', ttl)
+    store_batch_record(record_key, record, ARGV[3])
   end
   local texts = format_env(env)
   texts[#ENV_FIELDS + 1] = '2'
@@ -188,7 +121,7 @@ if half_life then
 end
 new.updated_at = now_ms()
 if record then
-  redis.call('SET', record_key, record, 'EX', ttl)
+  store_batch_record(record_key, record, ARGV[3])
 end
 local texts = write_env(key, new, env)
 texts[#ENV_FIELDS + 1] = '1'

@@ -39,14 +39,15 @@ if ARGV[2] then
   local texts
   texts, err = split_words(key, 'state', ARGV[2], STATE_FIELDS)
   if err then return err end
-  if texts[#DECAY_FIELDS + 1] == '0' then  -- half_life 0: no decay, so the decayed fields are zeros
+  local half_life_at = HALF_LIFE_AT - DECAY_AT  -- positions in the state argument
+  if texts[half_life_at] == '0' then  -- half_life 0: no decay, so the decayed fields are zeros
     for i = 1, #DECAY_FIELDS do
       if texts[i] ~= '0' then
         return error_for('INVALID', key, DECAY_FIELDS[i] .. ' must be 0 without a half_life, got '
           .. quoted(texts[i]))
       end
     end
-    texts[#DECAY_FIELDS + 1] = false
+    texts[half_life_at] = false
   end
   env, err = parse_state(key, texts, 0, 'INVALID', env)
   if err then return err end
@@ -70,10 +71,10 @@ else
       config[#config + 1] = stored[i]
     end
   end
-  local half_life = parse_finite(stored[1])
+  local half_life = parse_finite(stored[HALF_LIFE_AT - CONFIG_AT])
   env.half_life = half_life and half_life > 0 and half_life or nil
   env.weight, env.wmean, env.wm2 = 0, 0, 0
-  env.frozen = stored[2] == '1'
+  env.frozen = stored[FROZEN_AT - CONFIG_AT] == '1'
 end
 
 redis.call('DEL', key)

@@ -9,7 +9,7 @@
 -- Helpers that find a problem return nil plus an error reply and never raise, so an operation
 -- stops before it writes anything.
 
--- The stats schema, named once for Lua (shared_rewardnorm/schema.py names it once for Python;
+-- The stats schema, named once for Lua (shared_rewardnorm/_core/schema.py names it once for Python;
 -- tests/test_schema.py checks that both agree). Every list of fields below derives from these.
 -- The totals, in the order operations receive and return them:
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
@@ -28,12 +28,21 @@ local DISPLAY_FIELDS = {'std'}
 -- fields after the totals (decay, configuration, activity): an env's "state". Spelled as
 -- elements of the groups above rather than built by loops: a script (EVALSHA) builds these
 -- on every call, and loops over a table of groups cost about twice as much (tests/test_schema.py
--- checks both against schema.py, so a field added to a group and not here fails there).
+-- checks both against _core/schema.py, so a field added to a group and not here fails there).
 local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
 local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],
   DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+
+-- Where each group starts in ENV_FIELDS order (texts[AT + i] is the group's i-th field), derived
+-- from the groups so that adding a field to a group moves the ones after it:
+local DECAY_AT = #STAT_FIELDS
+local CONFIG_AT = DECAY_AT + #DECAY_FIELDS
+local ACTIVITY_AT = CONFIG_AT + #CONFIG_FIELDS
+-- Two single fields read by position:
+local HALF_LIFE_AT = CONFIG_AT + 1
+local FROZEN_AT = CONFIG_AT + 2
 
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
@@ -111,16 +120,17 @@ end
 -- env.frozen, env.merges and env.updated_at (0 when absent). `kind` as for parse_stats.
 local function parse_state(key, texts, offset, kind, env)
   env.half_life = nil
-  local text = texts[offset + 4]  -- half_life
+  local base = offset - DECAY_AT  -- texts[base + X_AT + i]: field i of group X
+  local text = texts[base + HALF_LIFE_AT]
   if text ~= false then
     local half_life = parse_finite(text)
     if half_life == nil or half_life <= 0 then
       return nil, error_for(kind, key, 'half_life must be a positive finite number, got ' .. quoted(text))
     end
     env.half_life = half_life
-    for i = 1, 3 do
+    for i = 1, #DECAY_FIELDS do
       local field = DECAY_FIELDS[i]
-      text = texts[offset + i]
+      text = texts[base + DECAY_AT + i]
       if text == false then
         return nil, error_for(kind, key, field .. ' is missing')
       end
@@ -132,14 +142,14 @@ local function parse_state(key, texts, offset, kind, env)
       env[field] = value
     end
   end
-  text = texts[offset + 5]  -- frozen
+  text = texts[base + FROZEN_AT]
   if text ~= false and text ~= '0' and text ~= '1' then
     return nil, error_for(kind, key, 'frozen must be 0 or 1, got ' .. quoted(text))
   end
   env.frozen = text == '1'
-  for i = 1, 2 do
+  for i = 1, #ACTIVITY_FIELDS do
     local value = 0
-    text = texts[offset + 5 + i]
+    text = texts[base + ACTIVITY_AT + i]
     if text ~= false then
       value = parse_finite(text)
       if value == nil or value < 0 or value > MAX_COUNT or value ~= math.floor(value) then
@@ -268,21 +278,24 @@ local function env_texts(env, old, fields)
   end
   if env.half_life then
     local before = old or {}
-    put(6, env.weight, before.weight)
-    put(7, env.wmean, before.wmean)
-    put(8, env.wm2, before.wm2)
-    texts[9] = stored and stored[9] or string.format('%.17g', env.half_life)
+    for i = 1, #DECAY_FIELDS do
+      local field = DECAY_FIELDS[i]
+      put(DECAY_AT + i, env[field], before[field])
+    end
+    texts[HALF_LIFE_AT] = stored and stored[HALF_LIFE_AT] or string.format('%.17g', env.half_life)
   else
-    texts[6], texts[7], texts[8], texts[9] = '0', '0', '0', '0'
+    for i = DECAY_AT + 1, CONFIG_AT do texts[i] = '0' end
+    texts[HALF_LIFE_AT] = '0'
   end
-  texts[10] = env.frozen and '1' or '0'
-  for i = 1, 2 do
+  texts[FROZEN_AT] = env.frozen and '1' or '0'
+  for i = 1, #ACTIVITY_FIELDS do
     local field = ACTIVITY_FIELDS[i]
     local value = env[field]
-    texts[10 + i] = string.format('%d', value)
+    local at = ACTIVITY_AT + i
+    texts[at] = string.format('%d', value)
     if fields and value ~= 0 and value ~= (old and old[field]) then
       fields[#fields + 1] = field
-      fields[#fields + 1] = texts[10 + i]
+      fields[#fields + 1] = texts[at]
     end
   end
   return texts
@@ -304,6 +317,92 @@ local function write_env(key, env, old, extra)
     redis.call('HSET', key, unpack(fields))
   end
   return texts
+end
+
+-- Exactly once, for every operation that must count a write once. Each client keeps, per env, a
+-- batch record at record_key (sharing the env's hash tag): "<highest sequence number seen>" or
+-- "<highest>:<gap>,<gap>,...", the gaps being numbers below the highest not merged yet (batches
+-- still in flight: concurrent calls of one client may arrive out of order). In the usual case,
+-- no gaps, it is a few bytes. Numbers WINDOW or more below the highest cannot be judged and are
+-- refused (REWARDNORM_STALE; Python's RECORD_WINDOW in _core/ledger.py is the same number).
+local WINDOW = 1024
+-- The longest record lifetime, in seconds: ten years, Python's MAX_BATCH_RECORD_TTL.
+local MAX_RECORD_TTL = 315360000
+
+-- The record after a batch with sequence number `seq` (an integer), or nil when that batch was
+-- claimed before, or nil plus an error reply.
+local function updated_record(key, record_key, seq)
+  local stored, err = read_key(record_key, 'string', 'GET')
+  if err then return nil, err end
+  if stored == string.format('%d', seq - 1) then
+    return string.format('%d', seq)  -- the usual case: the next batch, none in flight
+  end
+  local highest, gaps = 0, ''
+  if stored then
+    local colon = string.find(stored, ':', 1, true)
+    local head = colon and string.sub(stored, 1, colon - 1) or stored
+    highest = string.find(head, '^[0-9]+$') and tonumber(head)
+    gaps = colon and string.sub(stored, colon + 1) or ''
+    if not highest or (colon and not string.find(gaps, '^[0-9,]*$')) then
+      return nil, error_for('CORRUPT', record_key, 'batch record ' .. quoted(string.sub(stored, 1, 60)))
+    end
+  end
+  if seq > highest then
+    local record = string.format('%d', seq)
+    -- Keep the gaps still inside the window, and add the numbers skipped on the way to seq.
+    local kept = {}
+    local lowest = seq - WINDOW
+    if gaps ~= '' then
+      for gap in string.gmatch(gaps, '[0-9]+') do
+        if tonumber(gap) > lowest then kept[#kept + 1] = gap end
+      end
+    end
+    for skipped = math.max(highest + 1, lowest + 1), seq - 1 do
+      kept[#kept + 1] = string.format('%d', skipped)
+    end
+    if #kept > 0 then record = record .. ':' .. table.concat(kept, ',') end
+    return record
+  end
+  if seq <= highest - WINDOW then
+    return nil, error_for('STALE', key, string.format('batch %d is %d or more batches behind '
+      .. 'this client\'s latest (%d)', seq, WINDOW, highest))
+  end
+  local listed = ',' .. gaps .. ','
+  local needle = ',' .. string.format('%d', seq) .. ','
+  local at = string.find(listed, needle, 1, true)
+  if not at then
+    return nil  -- not a gap: claimed before
+  end
+  local remaining = string.sub(listed, 2, at - 1) .. string.sub(listed, at + #needle - 1, -2)
+  remaining = string.gsub(string.gsub(remaining, '^,', ''), ',$', '')
+  if remaining == '' then
+    return string.format('%d', highest)
+  end
+  return string.format('%d', highest) .. ':' .. remaining
+end
+
+-- Claim a batch for `key` (the env, named in errors): validate the sequence-number and lifetime
+-- arguments (texts), then read the client's record. Returns the record to store once the write
+-- is done (store_batch_record), an error reply, and whether the batch is new (false: it was
+-- claimed before, so the operation must not count it again). Writes nothing.
+local function claim_batch(key, record_key, seq_text, ttl_text)
+  local seq = tonumber(seq_text)
+  if not string.find(seq_text, '^[0-9]+$') or seq < 1 or seq > MAX_COUNT then
+    return nil, error_for('INVALID', key, 'sequence number must be an integer >= 1, got ' .. quoted(seq_text)), false
+  end
+  -- (ttl stays text: a Lua number would cost Redis a '%.17g' to read)
+  if not string.find(ttl_text, '^[0-9]+$') or tonumber(ttl_text) < 1 or tonumber(ttl_text) > MAX_RECORD_TTL then
+    return nil, error_for('INVALID', key, 'record lifetime must be an integer from 1 to ' .. MAX_RECORD_TTL
+      .. ' (seconds), got ' .. quoted(ttl_text)), false
+  end
+  local record, err = updated_record(key, record_key, seq)
+  if err then return nil, err, false end
+  return record, nil, record ~= nil
+end
+
+-- Store a claimed batch's record (after the operation's own writes are decided).
+local function store_batch_record(record_key, record, ttl_text)
+  redis.call('SET', record_key, record, 'EX', ttl_text)
 end
 
 -- The server's clock in milliseconds since the epoch (scripts replicate by effects, so

@@ -25,17 +25,17 @@ __all__ = ["DECAYED_KEYS", "SNAPSHOT_KEYS", "DecayedStats", "EnvInfo"]
 DECAYED_KEYS = ("weight", "mean", "m2")
 #: The keys of a version-2 snapshot entry, every one required: the totals, then ``decayed``
 #: (the ``DECAY_FIELDS`` as one object, or null), the configuration and the activity.
-SNAPSHOT_KEYS = STAT_FIELDS + ("decayed",) + CONFIG_FIELDS + ACTIVITY_FIELDS
+SNAPSHOT_KEYS = (*STAT_FIELDS, "decayed", *CONFIG_FIELDS, *ACTIVITY_FIELDS)
 
 
 def _finite(name: str, value: Any, minimum: float | None = None) -> float:
     if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float)):
         raise InvalidStatsError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
+    result = float(value)
+    if not math.isfinite(result) or (minimum is not None and result < minimum):
         raise InvalidStatsError(f"{name} must be finite{'' if minimum is None else f' and >= {minimum:g}'}, "
-                                f"got {value!r}")
-    return value
+                                f"got {result!r}")
+    return result
 
 
 def _count(name: str, value: Any) -> int:

@@ -74,13 +74,9 @@ class FunctionsNotLoadedError(RewardNormError):
 class NotReplicatedError(RewardNormError):
     """A merge is stored once on the primary (or, for a frozen env, refused as the freeze says),
     but fewer replicas than ``replicas=`` acknowledged it in time (see ``durability.py``).
-    Calling again with the same values is safe: the batch identity makes it count once, and the
-    call waits for the replicas again.
-
-    The flip side: until that retry, the store takes the next merge of an identical summary
-    (count, mean, m2, min, max) into that env as the retry, so a trainer that does not retry
-    and later sends a batch of identical values to that env has it not counted. Retry, or drop
-    the store (a new one forgets the merge).
+    Calling again with the same ``batch_id`` and values is safe: it counts once and waits for
+    the replicas again. Without a ``batch_id`` every call is a new batch, so calling again would
+    count it twice.
 
     ``acknowledged`` and ``required`` count replicas.
     """

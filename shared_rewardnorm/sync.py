@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from shared_rewardnorm._core.normalizer_ops import NormalizerCore
-from shared_rewardnorm._core.requests import Operation, Request
+from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Operation
 from shared_rewardnorm._core.store_ops import (
     DEFAULT_BATCH_RECORD_TTL,
     DEFAULT_REPLICA_TIMEOUT,
@@ -55,8 +55,8 @@ class StatsStore(StoreCore):
         replicas: after every merge, wait (``WAIT``, in the same round trip) until this many
             replicas hold it, so a failover cannot lose it; 0 (the default) does not wait. A merge
             that fewer replicas acknowledged raises ``NotReplicatedError`` (it is stored once:
-            calling again is safe; until then a batch of identical values into that env is
-            taken as that retry). Not on a cluster or the embedded store.
+            calling again with the same ``batch_id`` waits again and counts it once). Not on a
+            cluster or the embedded store.
         replica_timeout: seconds a merge waits for its replicas; a client's ``socket_timeout``
             must be longer (else ``ValueError``: it would time out and retry first).
 
@@ -98,18 +98,20 @@ class StatsStore(StoreCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def update(self, env: str, values: Any) -> RunningStats:
+    def update(self, env: str, values: Any, *, batch_id: str | int | None = None) -> RunningStats:
         """Merge ``values`` into ``env``'s statistics and return the statistics right after.
 
         One atomic round trip; the payload is a five-number summary whatever the batch size.
-        An empty batch changes nothing and returns the current statistics.
+        An empty batch changes nothing and returns the current statistics. ``batch_id`` names
+        the batch so that calling again with the same name (after an error, whose outcome is
+        unknown) counts it once; without one every call is a new batch (see ``_core/ledger.py``).
         """
-        return self.run(self._update_op(env, values))
+        return self.run(self._update_op(env, values, batch_id))
 
-    def merge(self, env: str, stats: RunningStats) -> RunningStats:
+    def merge(self, env: str, stats: RunningStats, *, batch_id: str | int | None = None) -> RunningStats:
         """Merge a precomputed summary (e.g. ``RunningStats.from_values``) into ``env``'s
-        statistics and return the result, atomically."""
-        return self.run(self._merge_op(env, stats))
+        statistics and return the result, atomically; ``batch_id`` as for ``update``."""
+        return self.run(self._merge_op(env, stats, batch_id))
 
     def get(self, env: str) -> RunningStats:
         """``env``'s statistics (empty if it has none)."""
@@ -199,7 +201,7 @@ class StatsStore(StoreCore):
         return self.run(self._load_functions_op())
 
     def run(self, operation: Operation[T]) -> T:
-        """Drive an operation of the core (a generator of requests, see ``core.py``): send each
+        """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): send each
         request it yields, hand back the reply, return the operation's result. The public seam
         for new operations; every method of this class is one call of it."""
         reply = None
@@ -207,14 +209,15 @@ class StatsStore(StoreCore):
             try:
                 request = operation.send(reply)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             try:
-                reply = self._issue(request)
-            except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
-                operation.throw(exc)  # the operation may note the failure; it re-raises
+                reply = self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
+            except BaseException as exc:  # a cancelled or interrupted call too
+                operation.throw(exc)  # the operation may clean up; it re-raises
                 raise
 
-    def _issue(self, request: Request) -> Any:
+    def _issue(self, request: ClientRequest) -> Any:
         """Send one request, sending it again after failures the retry policy allows."""
         attempt = 0
         while True:
@@ -280,7 +283,7 @@ class SharedRewardNormalizer(NormalizerCore):
         """The store holding the shared statistics."""
         return self._store
 
-    def normalize(self, scores: Any, update: bool = True) -> list[float]:
+    def normalize(self, scores: Any, update: bool = True, *, batch_id: str | int | None = None) -> list[float]:
         """Add ``scores`` to the shared statistics and return them normalized.
 
         Exactly one round trip (none for an empty batch or in ``"none"`` mode, which records
@@ -288,8 +291,11 @@ class SharedRewardNormalizer(NormalizerCore):
         first bad position, and nothing is stored. ``update=False`` normalizes against the
         current shared statistics without adding the batch (one read; for evaluation). While
         the env is frozen the batch is not added either, whatever ``update`` says.
+
+        ``batch_id`` names the batch: after an error (the outcome unknown), calling again with
+        the same name and scores counts them once. Without one, every call is a new batch.
         """
-        return self._store.run(self._normalize_op(scores, update))
+        return self._store.run(self._normalize_op(scores, update, batch_id))
 
     def refresh(self) -> RunningStats:
         """Read the shared statistics into this normalizer (one round trip) and return them."""

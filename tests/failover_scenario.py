@@ -138,7 +138,8 @@ def run_failover(directory: Path, *, replicas: int, lag: float = 0.2, workers: i
             figures.failover_seconds = time.monotonic() - started
             # No second failover: on a loaded machine the new primary can miss a 1 s heartbeat
             # (it forks to sync the returning server), and the Sentinels once promoted that
-            # server before its initial sync had finished, losing everything (see RELIABILITY.md).
+            # server before its initial sync had finished, losing everything (see
+            # docs/operations/persistence-and-failover.md).
             group.set_down_after(30_000)
             group.primary.restart()  # back empty; the Sentinels make it a replica of the new primary
             at_failover = acks[:]

@@ -1,7 +1,7 @@
-"""Least privilege: the ACL users of docs/SECURITY.md, checked on a private password-protected
+"""Least privilege: the ACL users of docs/operations/security.md, checked on a private password-protected
 server.
 
-The rule lines are read from docs/SECURITY.md (both the ``ACL SETUSER`` and the ``users.acl``
+The rule lines are read from docs/operations/security.md (both the ``ACL SETUSER`` and the ``users.acl``
 forms) and compared with ``EXPECTED`` below, so the document and this test cannot drift apart.
 For each user the test shows that
 
@@ -38,11 +38,11 @@ from shared_rewardnorm._redis.scripts import function_library, library_name
 
 pytestmark = pytest.mark.own_server
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "operations" / "security.md"
 NS = "rewardnorm"
 ADMIN_PASSWORD = "admin-password"
 
-#: The rules each user needs, as found by experiment (see docs/SECURITY.md).
+#: The rules each user needs, as found by experiment (see docs/operations/security.md).
 EXPECTED = {
     "trainer": "~rewardnorm:* resetchannels -@all +evalsha +eval +hmget +hgetall +hset +get +set +del +type +scan +time",
     "trainer-fn": "~rewardnorm:* resetchannels -@all +fcall +hmget +hgetall +hset +get +set +del +type +scan +time",
@@ -372,7 +372,7 @@ def test_commands_outside_the_rules_are_refused(server: Server, user: str) -> No
 
 
 def test_scan_lists_names_outside_the_key_pattern(server: Server) -> None:
-    """As docs/SECURITY.md warns: SCAN is not filtered by key patterns (names only, no values)."""
+    """As docs/operations/security.md warns: SCAN is not filtered by key patterns (names only, no values)."""
     client = redis.Redis.from_url(server.url("dashboard"))
     try:
         assert b"other:secret" in set(client.scan_iter(match="*"))

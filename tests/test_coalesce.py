@@ -24,7 +24,6 @@ from shared_rewardnorm import (
     StatsStore,
 )
 from shared_rewardnorm._core.normalization import NormalizerSettings, normalize_values
-from shared_rewardnorm.aio import coalesce
 
 
 def make_batches(seed: int, count: int, size: int = 16) -> list[list[float]]:
@@ -164,15 +163,15 @@ def test_a_caller_cancelled_before_its_group_went_out_is_not_counted(url: Any, n
 
 
 def test_a_caller_cancelled_after_its_group_went_out_counts_once(url: Any, namespace: str) -> None:
-    """The group goes on without the cancelled caller; when it sends its batch again, that is
-    recognized as the batch its group already merged."""
+    """The group goes on without the cancelled caller; when it sends its batch again under its
+    batch_id, that is recognized as the batch its group already merged."""
     batches = make_batches(7, 3)
 
     async def run() -> None:
         store = AsyncStatsStore(url, namespace)
         first = asyncio.ensure_future(store.update("env", batches[0]))
         await asyncio.sleep(0)
-        group = [asyncio.ensure_future(store.update("env", b)) for b in batches[1:]]
+        group = [asyncio.ensure_future(store.update("env", b, batch_id=f"b{i}")) for i, b in enumerate(batches[1:])]
         await first  # the group behind it went out as first returned
         await asyncio.sleep(0)
         assert store.coalescer.requests_sent == 2
@@ -181,8 +180,9 @@ def test_a_caller_cancelled_after_its_group_went_out_counts_once(url: Any, names
         with pytest.raises(asyncio.CancelledError):
             await group[0]
         assert final.count == 48
-        again = await store.update("env", batches[1])  # the cancelled caller tries again
+        again = await store.update("env", batches[1], batch_id="b0")  # the cancelled caller tries again
         assert again.count == 48 and store.duplicates == 1
+        assert store.coalescer.requests_sent == 3  # the retry went alone, as its group's request
         await store.aclose()
 
     asyncio.run(run())
@@ -226,7 +226,7 @@ def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_re
         async def run() -> None:
             store = AsyncStatsStore(proxy.url, namespace, functions=False)
             await store.get("env")  # connected, so the first merge below goes out at once
-            first = asyncio.ensure_future(store.update("env", batches[0]))
+            first = asyncio.ensure_future(store.update("env", batches[0], batch_id="first"))
             await asyncio.sleep(0.05)  # sent, not answered yet
             second = asyncio.ensure_future(store.update("env", batches[1]))
             await asyncio.sleep(0)  # waiting behind it
@@ -234,7 +234,7 @@ def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_re
             with pytest.raises(asyncio.CancelledError):
                 await first
             assert (await second).count in (16, 32)
-            assert (await store.update("env", batches[0])).count == 32  # the retry: counted once
+            assert (await store.update("env", batches[0], batch_id="first")).count == 32  # the retry: counted once
             assert store.coalescer.requests_sent == 3
             await store.aclose()
 
@@ -245,72 +245,63 @@ def test_a_lone_caller_cancelled_in_flight_counts_once_and_frees_the_env(real_re
 ZEROS = [0.0] * 16
 
 
-async def cancel_a_member_after_its_group_landed(store: AsyncStatsStore, batches: list[list[float]]) -> None:
-    """Merge ``batches[0]`` alone, then ``ZEROS`` and ``batches[1]`` as one group behind it; cancel
-    the ``ZEROS`` caller once the group went out, so the coalescer remembers a batch that landed
-    (48 values counted) and that its caller never sends again."""
-    first = asyncio.ensure_future(store.update("env", batches[0]))
-    await asyncio.sleep(0)
-    group = [asyncio.ensure_future(store.update("env", batch)) for batch in (ZEROS, batches[1])]
-    await first
-    await asyncio.sleep(0)  # the group went out
-    group[0].cancel()
-    assert (await group[1]).count == 48
-    with pytest.raises(asyncio.CancelledError):
-        await group[0]
-
-
-def test_a_remembered_batch_is_forgotten_after_the_envs_next_merges(url: Any, namespace: str) -> None:
-    """A group member cancelled after its group's merge succeeded, which never retries: once 50
-    other merges (more than ``REMEMBER_MERGES``) went into the env, a fresh batch with the same
-    summary (common with 0/1 rewards) is a new batch and counts."""
-    async def run() -> None:
-        store = AsyncStatsStore(url, namespace)
-        await cancel_a_member_after_its_group_landed(store, make_batches(9, 2))
-        for value in range(50):  # other merges into the env
-            await store.update("env", [float(value)])
-        fresh = await store.update("env", ZEROS)
-        assert fresh.count == 48 + 50 + 16 and store.duplicates == 0
-        await store.aclose()
-
-    asyncio.run(run())
-
-
-def test_a_remembered_batch_is_forgotten_after_remember_seconds(url: Any, namespace: str,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same, with no other merge in between but ``REMEMBER_SECONDS`` gone by (a retry comes
-    within seconds)."""
-    clock = [1000.0]
-    monkeypatch.setattr(coalesce, "_now", lambda: clock[0])
+def test_an_unnamed_member_cancelled_after_its_group_landed_counts_again_when_resent(
+        url: Any, namespace: str) -> None:
+    """Nothing is guessed from values: a member without a batch_id, cancelled after its group's
+    merge landed, that sends the same values again is a new batch (the documented price of not
+    naming batches); a later batch of the same values is a new batch too."""
+    batches = make_batches(9, 2)
 
     async def run() -> None:
         store = AsyncStatsStore(url, namespace)
-        await cancel_a_member_after_its_group_landed(store, make_batches(10, 2))
-        clock[0] += coalesce.REMEMBER_SECONDS + 1
-        fresh = await store.update("env", ZEROS)
-        assert fresh.count == 64 and store.duplicates == 0
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)
+        group = [asyncio.ensure_future(store.update("env", batch)) for batch in (ZEROS, batches[1])]
+        await first
+        await asyncio.sleep(0)  # the group went out
+        group[0].cancel()
+        assert (await group[1]).count == 48
+        with pytest.raises(asyncio.CancelledError):
+            await group[0]
+        assert (await store.update("env", ZEROS)).count == 64
+        assert (await store.update("env", ZEROS)).count == 80
+        assert store.duplicates == 0 and store.ledger.remembered(store.key("env")) == 0
         await store.aclose()
 
     asyncio.run(run())
 
 
-def test_remembered_batches_are_capped_per_env() -> None:
-    """Callers that never send their batch again cannot make the memory grow without bound, even
-    under one summary: at most ``REMEMBER_LIMIT`` entries per env, the oldest forgotten first."""
+def test_a_name_twice_in_one_forming_group_counts_once(url: Any, namespace: str) -> None:
+    """Two concurrent calls under one batch_id while the env is busy: the second waits for the
+    first's group to go out and is then sent as its retry, so the batch counts once."""
+    batches = make_batches(10, 2)
 
     async def run() -> None:
-        store = AsyncStatsStore(None, "cap")
-        coalescer = store.coalescer
-        summary = coalesce.encode_stats(RunningStats.from_values([0.0] * 16))
-        requests = [store._merge_request("env", summary) for _ in range(coalesce.REMEMBER_LIMIT + 500)]
-        for request in requests:
-            coalescer._remember("env", request, [summary])
-        assert coalescer.remembered("env") == coalesce.REMEMBER_LIMIT
-        assert coalescer._recall("env", summary) is requests[500]  # the oldest kept
-        assert coalescer.remembered("env") == coalesce.REMEMBER_LIMIT - 1
+        store = AsyncStatsStore(url, namespace)
+        first = asyncio.ensure_future(store.update("env", batches[0]))
+        await asyncio.sleep(0)  # in flight: the next two form a group behind it
+        results = await asyncio.gather(first, store.update("env", batches[1], batch_id="x"),
+                                       store.update("env", batches[1], batch_id="x"))
+        assert [result.count for result in results] == [16, 32, 32]
+        assert store.duplicates == 1 and store.coalescer.calls == 3
         await store.aclose()
 
     asyncio.run(run())
+    assert_summarizes(StatsStore(url, namespace).get("env"), batches[0] + batches[1])
+
+
+def test_a_name_reused_for_other_values_is_refused_before_sending(url: Any, namespace: str) -> None:
+    async def run() -> None:
+        store = AsyncStatsStore(url, namespace)
+        await store.update("env", [1.0, 2.0], batch_id="g7")
+        with pytest.raises(ValueError, match=r"batch_id 'g7' was already used in .* for a different batch "
+                                             r"\(2 values, mean 1.5.*; now 1 values, mean 3"):
+            await store.update("env", [3.0], batch_id="g7")
+        assert store.coalescer.requests_sent == 1
+        await store.aclose()
+
+    asyncio.run(run())
+    assert StatsStore(url, namespace).get("env").count == 2
 
 
 def test_every_member_of_a_failed_group_gets_its_own_error(url: Any, namespace: str) -> None:

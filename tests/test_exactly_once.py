@@ -1,5 +1,6 @@
 """An acknowledged batch is counted once, never twice, whoever retries after a lost reply:
-the store's own retries, redis-py's, or the caller's loop."""
+the store's own retries, redis-py's, or the caller's loop (which names its batches with
+``batch_id``); without a name, a caller's retry is a new batch."""
 
 from __future__ import annotations
 
@@ -87,10 +88,10 @@ def test_lost_replies_never_double_count(real_redis_url: str, namespace: str, re
         store = StatsStore(client, namespace, retry=policy)
         norm = SharedRewardNormalizer("env", store, warmup=3)
         caller_retries = 0
-        for batch in sent:
+        for index, batch in enumerate(sent):
             while True:
                 try:
-                    got = norm.normalize(batch)
+                    got = norm.normalize(batch, batch_id=index)
                     break
                 except redis.ConnectionError:
                     assert who_retries == "caller"
@@ -163,29 +164,35 @@ def test_a_forked_child_gets_its_own_identity(backend: Any, namespace: str) -> N
     assert child_id and child_id != parent_id and store.client_id == parent_id
 
 
-def test_caller_retry_of_a_different_batch_is_a_new_batch(real_redis_url: str, namespace: str,
+def test_a_caller_retry_without_a_batch_id_is_a_new_batch(real_redis_url: str, namespace: str,
                                                           real_client: Any) -> None:
-    """Only the same summary is taken as a retry: a different batch after a failure is new."""
+    """Without a name nothing is guessed from values: after a lost reply whose merge had run,
+    the same values again count again, and so does a later batch of the same values; the same
+    values under the lost call's batch_id count once."""
     with DropProxy(port_of(real_redis_url), drop_rate=1.0, seed=1) as proxy:
         client = no_driver_retries(proxy.url)
         store = StatsStore(client, namespace, retry=None)
         with pytest.raises(redis.ConnectionError):
             store.update("env", [1.0])  # ran on the server; reply lost
+        with pytest.raises(redis.ConnectionError):
+            store.update("env", [1.0], batch_id="named")  # ran on the server; reply lost
         proxy.drop_rate = 0.0
-        assert store.update("env", [5.0]).count == 2  # a different batch: counted
-        assert store.update("env", [5.0]).count == 3  # same summary, but the last call succeeded
+        assert store.update("env", [1.0], batch_id="named").count == 2  # its retry: counted once
+        assert store.duplicates == 1
+        assert store.update("env", [1.0]).count == 3  # the same values, unnamed: a new batch
+        assert store.update("env", [1.0], batch_id="other").count == 4  # another name: a new batch
         client.close()
 
 
-async def normalize_until_answered(norm: AsyncSharedRewardNormalizer, batch: list[float], hold: float,
-                                   who_retries: str) -> int:
-    """The caller's own retry loop: normalize ``batch`` until a call returns (each try cut off
-    after 0.3 s when the proxy holds replies); the number of retries. With the store retrying,
-    no error may reach the caller."""
+async def normalize_until_answered(norm: AsyncSharedRewardNormalizer, batch: list[float], batch_id: int,
+                                   hold: float, who_retries: str) -> int:
+    """The caller's own retry loop: normalize ``batch`` under ``batch_id`` until a call returns
+    (each try cut off after 0.3 s when the proxy holds replies); the number of retries. With the
+    store retrying, no error may reach the caller."""
     retries = 0
     while True:
         try:
-            await asyncio.wait_for(norm.normalize(batch), timeout=0.3 if hold else 30)
+            await asyncio.wait_for(norm.normalize(batch, batch_id=batch_id), timeout=0.3 if hold else 30)
             return retries
         except (redis.ConnectionError, asyncio.TimeoutError):
             assert who_retries != "store"
@@ -209,8 +216,8 @@ def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: s
             store = AsyncStatsStore(client, namespace, retry=policy)
             norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
             caller_retries = 0
-            for batch in sent:
-                caller_retries += await normalize_until_answered(norm, batch, hold, who_retries)
+            for index, batch in enumerate(sent):
+                caller_retries += await normalize_until_answered(norm, batch, index, hold, who_retries)
             await client.aclose()
             return caller_retries, store.duplicates
 
@@ -243,8 +250,8 @@ def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespac
 
             async def worker(index: int) -> None:
                 nonlocal caller_retries
-                for batch in sent[index::32]:
-                    retries = await normalize_until_answered(norm, batch, hold, who_retries)
+                for number in range(index, len(sent), 32):
+                    retries = await normalize_until_answered(norm, sent[number], number, hold, who_retries)
                     caller_retries += retries  # after the await: `x += await ...` reads x before it
 
             await asyncio.gather(*(worker(i) for i in range(32)))

@@ -1,4 +1,4 @@
-"""examples/advantage_algebra.py: the numbers docs/TRAINING.md quotes, checked against the
+"""examples/advantage_algebra.py: the numbers docs/user/training.md quotes, checked against the
 algebra they illustrate (on the embedded store and a real Redis)."""
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ from importlib import resources
 from pathlib import Path
 
 import shared_rewardnorm
-from shared_rewardnorm import SharedRewardNormalizer, scripts
+from shared_rewardnorm import SharedRewardNormalizer
+from shared_rewardnorm._redis import scripts
 
 batch = [float(value) for value in range(20)]
 norm = SharedRewardNormalizer("x")  # redis=None: the embedded store, fakeredis running the Lua
@@ -80,7 +81,7 @@ normalized = norm.normalize(batch)
 print(json.dumps({
     "package_file": shared_rewardnorm.__file__,
     "scripts_file": scripts.__file__,
-    "checkout_fallback": str(Path(scripts.__file__).resolve().parent.parent / "lua"),
+    "checkout_fallback": str(Path(scripts.__file__).resolve().parents[2] / "lua"),
     "packaged_merge_is_file": resources.files("shared_rewardnorm").joinpath("lua", "merge.lua").is_file(),
     "sources": {operation: scripts.script_source(operation) for operation in scripts.OPERATIONS},
     "batch": batch,

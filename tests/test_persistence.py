@@ -389,7 +389,7 @@ def test_batch_records_survive_an_aof_crash(tmp_path: Path, namespace: str) -> N
         try:
             # Through the store: take the exact request its merge sends, and run it.
             operation = store._update_op("via-store", [0.5, -1.5])
-            request = next(operation)
+            request = store.merge_request(next(operation))
             assert request.operation == "merge" and len(request.keys) == 2  # with a batch record
             reply = store._issue(request)
             with pytest.raises(StopIteration) as done:
@@ -398,7 +398,7 @@ def test_batch_records_survive_an_aof_crash(tmp_path: Path, namespace: str) -> N
             assert merged_stats(reply) == (done.value.value, True)
 
             # By hand: the script's text with EVAL and the keys and arguments of a merge into another env.
-            by_hand = next(store._update_op("by-hand", [1.0, 2.0, 4.0]))
+            by_hand = store.merge_request(next(store._update_op("by-hand", [1.0, 2.0, 4.0])))
             keys, args = by_hand.keys, by_hand.args
             first = client.eval(script_source("merge"), len(keys), *keys, *args)
             assert merged_stats(first) == (RunningStats.from_values([1.0, 2.0, 4.0]), True)

@@ -1,4 +1,4 @@
-"""The stats schema is named once per language: ``shared_rewardnorm/schema.py`` for Python and
+"""The stats schema is named once per language: ``shared_rewardnorm/_core/schema.py`` for Python and
 the ``*_FIELDS`` tables at the top of ``lua/stats_lib.lua`` for Lua. These tests check that the
 two agree, that what the scripts store is exactly that schema, and that a hash missing a field
 is reported as *missing* by the scripts and by the Python decoder alike."""

@@ -247,7 +247,7 @@ def test_pipeline_loads_the_flushed_script_sync(server: RedisServer, inspector: 
         store.update("env", first)
         inspector.script_flush()
         script = store._scripts.script("merge")
-        request = next(store._update_op("env", second))  # the keys and arguments of a real merge
+        request = store.merge_request(next(store._update_op("env", second)))  # a real merge's keys and arguments
         with store.client.pipeline(transaction=transaction) as pipe:
             script(keys=request.keys, args=request.args, client=pipe)
             pipe.hget(store.key("env"), "count")
@@ -279,7 +279,7 @@ def test_pipeline_loads_the_flushed_script_async(server: RedisServer, inspector:
             await store.update("env", first)
             inspector.script_flush()
             script = store._scripts.script("merge")
-            request = next(store._update_op("env", second))
+            request = store.merge_request(next(store._update_op("env", second)))
             async with store.client.pipeline(transaction=True) as pipe:
                 await script(keys=request.keys, args=request.args, client=pipe)
                 pipe.hget(store.key("env"), "count")

@@ -113,12 +113,12 @@ def test_a_merge_no_replica_acknowledged_raises_after_merging_once(real_client: 
                                                                     functions: bool | None) -> None:
     store = StatsStore(real_client, namespace, replicas=1, replica_timeout=0.05, functions=functions)
     with pytest.raises(NotReplicatedError, match=r"stored \(once\) on the primary, but only 0 of the 1 required "
-                                                 r"replicas .* Call again with the same values") as caught:
-        store.update("e", [1.0, 2.0])
+                                                 r"replicas .* Call again with the same batch_id") as caught:
+        store.update("e", [1.0, 2.0], batch_id="b1")
     assert (caught.value.acknowledged, caught.value.required, caught.value.key) == (0, 1, store.key("e"))
     assert StatsStore(real_client, namespace).get("e").count == 2  # merged, once
     with pytest.raises(NotReplicatedError):
-        store.update("e", [1.0, 2.0])  # the caller's retry: the same batch, waited for again
+        store.update("e", [1.0, 2.0], batch_id="b1")  # the caller's retry: the same batch, waited for again
     assert store.duplicates == 1
     assert StatsStore(real_client, namespace).get("e").count == 2
     assert StatsStore(real_client, namespace, replicas=0).update("e", [3.0]).count == 3
@@ -136,19 +136,16 @@ def test_a_frozen_env_not_replicated_does_not_claim_a_merge(real_client: redis.R
 
 
 @pytest.mark.real_redis
-def test_after_not_replicated_an_identical_batch_is_taken_as_the_retry(real_client: redis.Redis,
-                                                                        namespace: str) -> None:
-    """The documented flip side: the store remembers the unreplicated merge, so a later batch
-    of identical values into that env is its retry (not counted); a new store forgets it."""
+def test_after_not_replicated_a_batch_without_an_id_is_a_new_batch(real_client: redis.Redis,
+                                                                    namespace: str) -> None:
+    """Without a batch_id nothing is remembered: the same values again are a new batch (counted),
+    and the message says a retry needs the id."""
     store = StatsStore(real_client, namespace, replicas=1, replica_timeout=0.05)
-    with pytest.raises(NotReplicatedError, match="takes the next batch of identical values into this env as that "
-                                                 "retry"):
+    with pytest.raises(NotReplicatedError, match="without a batch_id, a call is a new batch"):
         store.update("e", [1.0])
     with pytest.raises(NotReplicatedError):
-        store.update("e", [1.0])  # meant as a new batch, but taken as the retry
-    assert StatsStore(real_client, namespace).get("e").count == 1
-    with pytest.raises(NotReplicatedError):
-        StatsStore(real_client, namespace, replicas=1, replica_timeout=0.05).update("e", [1.0])
+        store.update("e", [1.0])
+    assert store.duplicates == 0
     assert StatsStore(real_client, namespace).get("e").count == 2
 
 
@@ -170,9 +167,9 @@ def test_the_async_store_waits_in_the_same_round_trip(real_redis_url: str, real_
     async def scenario() -> int:
         async with AsyncStatsStore(real_redis_url, namespace, replicas=1, replica_timeout=0.05) as store:
             with pytest.raises(NotReplicatedError, match="0 of the 1 required replicas"):
-                await store.update("e", [1.0])
+                await store.update("e", [1.0], batch_id=1)
             with pytest.raises(NotReplicatedError):
-                await store.update("e", [1.0])
+                await store.update("e", [1.0], batch_id=1)
             return store.duplicates
     assert asyncio.run(scenario()) == 1
     assert StatsStore(real_client, namespace).get("e").count == 1
@@ -188,7 +185,8 @@ def test_a_coalesced_group_not_replicated_counts_once_when_its_callers_retry(
     async def scenario() -> tuple[int, int]:
         async with AsyncStatsStore(real_redis_url, namespace, replicas=1, replica_timeout=0.05) as store:
             for attempt in range(2):  # the first try, then every caller's retry of the same batch
-                outcomes = await asyncio.gather(*(store.update("e", batch) for batch in batches),
+                outcomes = await asyncio.gather(*(store.update("e", batch, batch_id=f"g{i}")
+                                                  for i, batch in enumerate(batches)),
                                                 return_exceptions=True)
                 assert all(isinstance(outcome, NotReplicatedError) for outcome in outcomes), outcomes
             return store.coalescer.requests_sent, store.duplicates
@@ -217,21 +215,21 @@ def test_fcall_and_wait_go_in_one_pipeline(server: Any, inspector: redis.Redis) 
 
 @pytest.mark.own_server
 def test_a_user_without_wait_gets_not_replicated_after_merging_once(server: Any, inspector: redis.Redis) -> None:
-    # docs/SECURITY.md's trainer, which lacks +wait (the doc adds it only for replicas=).
+    # docs/operations/security.md's trainer, which lacks +wait (the doc adds it only for replicas=).
     inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", *TRAINER_RULES.split())
     url = f"redis://trainer:pw@127.0.0.1:{server.port}/0"
     with StatsStore(url, replicas=1, functions=False) as store:
         for _ in range(2):  # the caller's retry: the same batch
             with pytest.raises(NotReplicatedError, match=r"stored \(once\) .* WAIT failed \(.*wait.*\); an ACL user "
                                                          r"needs \+wait"):
-                store.update("e", [1.0, 2.0])
+                store.update("e", [1.0, 2.0], batch_id="b")
         assert store.duplicates == 1
     assert StatsStore(server.url).get("e").count == 2
 
 
 @pytest.mark.own_server
 def test_a_trainer_with_wait_merges_with_replicas_1(server: Any, inspector: redis.Redis, tmp_path: Path) -> None:
-    """docs/SECURITY.md's trainer rules plus +wait: a merge waits for the replica and returns."""
+    """docs/operations/security.md's trainer rules plus +wait: a merge waits for the replica and returns."""
     inspector.execute_command("ACL", "SETUSER", "trainer", "reset", "on", ">pw", *TRAINER_RULES.split(), "+wait")
     (tmp_path / "replica").mkdir()
     with RedisServer(tmp_path / "replica", NO_PERSISTENCE) as replica:

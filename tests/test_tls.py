@@ -31,7 +31,7 @@ from shared_rewardnorm import (
 
 pytestmark = pytest.mark.own_server
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "operations" / "security.md"
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_async_store_over_tls(tls_server: TLSServer, ns: str) -> None:
 def test_least_privilege_user_over_tls(tls_server: TLSServer) -> None:
     """The doc's ``trainer`` user, password in the ``rediss://`` URL."""
     match = re.search(r"^ACL SETUSER trainer reset on >(\S+) (.+)$", DOC.read_text(encoding="utf-8"), re.MULTILINE)
-    assert match, "docs/SECURITY.md lost its trainer line"
+    assert match, "docs/operations/security.md lost its trainer line"
     password, rules = match[1], match[2].split()
     admin = redis.Redis.from_url(tls_server.url())
     try:

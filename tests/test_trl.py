@@ -94,7 +94,7 @@ def test_the_example_runs_as_documented() -> None:
     assert set(shares) == {"raw rewards", "shared z-score"}, result.stdout
     assert all(abs(a + b - 1) < 2e-3 for a, b in shares.values())
     # What the example is for: raw, the length reward (tens) drives nearly all of |A|; normalized,
-    # both do. docs/TRAINING.md: 0.974 raw, 0.494 normalized over 4 steps (0.971 and 0.452 over
+    # both do. docs/user/training.md: 0.974 raw, 0.494 normalized over 4 steps (0.971 and 0.452 over
     # these 2 steps on this machine).
     assert shares["raw rewards"][0] > 0.9 and shares["shared z-score"][0] < 0.7, shares
     counts = re.findall(r"count (\d+) .* completions scored (\d+)$", result.stdout, re.M)

@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["Scores", "coerce_scores", "glob_escape", "stats_key", "validate_env", "validate_namespace"]
+__all__ = ["Scores", "coerce_scores", "validate_env", "validate_namespace"]
 
 #: Validated scores: a list of finite Python floats, or a 1-d float64 numpy array.
-Scores = list | np.ndarray
+Scores = list[float] | npt.NDArray[np.float64]
 
 MAX_NAME_LENGTH = 256
 #: Unicode categories refused in names: controls (C0, DEL, C1) and line/paragraph separators,
@@ -56,7 +57,7 @@ def _coerce_one(position: int, value: Any) -> float:
     return result
 
 
-def _coerce_array(scores: np.ndarray) -> np.ndarray:
+def _coerce_array(scores: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     if scores.ndim != 1:
         raise TypeError(f"scores must be a 1-d array, got an array of shape {scores.shape}")
     if scores.dtype.kind not in "fiub":
@@ -83,18 +84,21 @@ def coerce_scores(scores: Any) -> Scores:
         return _coerce_array(scores)
     if isinstance(scores, (str, bytes, bytearray)):
         raise TypeError(f"scores must be an iterable of real numbers, not a bare {type(scores).__name__}")
-    if type(scores) is not list:
+    items: list[Any]
+    if type(scores) is list:
+        items = scores
+    else:
         try:
-            scores = list(scores)
+            items = list(scores)
         except TypeError:
             raise TypeError("scores must be an iterable of real numbers, got "
                             f"{type(scores).__name__}") from None
-    if len(scores) >= NUMPY_MIN_BATCH:
+    if len(items) >= NUMPY_MIN_BATCH:
         # One C pass: numpy infers a numeric dtype only when every element is a real number
         # (a string, None or a nested list gives another dtype, another shape, or an error), so
         # anything else falls through to the element-by-element check that names the culprit.
         try:
-            array = np.array(scores)
+            array = np.array(items)
         except (ValueError, TypeError, OverflowError):
             array = None
         if array is not None and array.ndim == 1 and array.dtype.kind in "fiub":
@@ -102,10 +106,10 @@ def coerce_scores(scores: Any) -> Scores:
     # Fast path, the common case in a trainer: a short list of Python floats. The sum of finite
     # floats is finite unless it overflows, and any NaN or infinity makes it NaN or infinite,
     # so a finite sum proves every element finite (an overflowing sum takes the slow path).
-    elif set(map(type, scores)) == _JUST_FLOAT and math.isfinite(sum(scores)):
-        return scores
+    elif set(map(type, items)) == _JUST_FLOAT and math.isfinite(sum(items)):
+        return items
     values = [value if type(value) is float and math.isfinite(value) else _coerce_one(i, value)
-              for i, value in enumerate(scores)]
+              for i, value in enumerate(items)]
     return np.array(values, dtype=np.float64) if len(values) >= NUMPY_MIN_BATCH else values
 
 
@@ -141,3 +145,19 @@ def validate_env(env: Any) -> str:
 def validate_namespace(namespace: Any) -> str:
     """Check a key namespace with the same rules as env names."""
     return _validate_name("namespace", namespace)
+
+
+def validate_batch_id(batch_id: Any) -> str | None:
+    """Check a caller's name for a batch: ``None`` (no name), an ``int`` (not ``bool``: ``True``
+    is more likely a mistake than a name) or a non-empty ``str`` of at most 256 characters.
+    Returned as text, so ``7`` and ``"7"`` name the same batch."""
+    if batch_id is None:
+        return None
+    if isinstance(batch_id, bool) or not isinstance(batch_id, (int, str)):
+        raise TypeError(f"batch_id must be a str, an int or None, got {type(batch_id).__name__}")
+    text = str(batch_id)
+    if not text:
+        raise ValueError("batch_id must not be empty")
+    if len(text) > MAX_NAME_LENGTH:
+        raise ValueError(f"batch_id is {len(text)} characters long; the limit is {MAX_NAME_LENGTH}")
+    return text

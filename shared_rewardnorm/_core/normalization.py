@@ -1,7 +1,7 @@
 """The normalization math: settings, and turning raw scores into normalized ones.
 
 Pure functions shared by the sync and asyncio normalizers. The behaviour is the reference
-``RewardNormalizer``'s, quirks included (see docs/API.md): statistics include the batch being
+``RewardNormalizer``'s, quirks included (see docs/reference/api.md): statistics include the batch being
 normalized; population std with ``std + eps`` in the denominator; zeros when std < eps and 0.5
 when the min-max range < eps; during warmup raw scores are returned, still clipped.
 """
@@ -48,7 +48,8 @@ class NormalizerSettings:
         if statistics == "recent" and mode == "minmax":
             raise ValueError('statistics="recent" needs mode="zscore": the decayed statistics keep no min or max')
         if clip is not None:
-            if isinstance(clip, bool) or not isinstance(clip, (int, float, np.number)) or clip != clip:
+            # clip != clip: NaN, for a Python or a numpy number alike (math.isnan refuses some numpy kinds)
+            if isinstance(clip, bool) or not isinstance(clip, (int, float, np.number)) or clip != clip:  # noqa: PLR0124
                 raise TypeError(f"clip must be a number or None, got {clip!r}")
             clip = float(clip) if clip > 0 else None
         if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)):
@@ -98,7 +99,8 @@ def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSe
         result = (values - offset) / scale if warm else values.copy()
         if clip is not None:
             np.clip(result, -clip, clip, out=result)
-        return result.tolist()
+        normalized: list[float] = result.tolist()  # numpy types tolist() as Any; float64 gives floats
+        return normalized
     if clip is None:
         return [(value - offset) / scale for value in values] if warm else list(values)
     low = -clip

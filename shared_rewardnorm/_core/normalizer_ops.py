@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared_rewardnorm._core.formats import checkpoint_from, metrics_from_info, parse_checkpoint
-from shared_rewardnorm._core.inputs import coerce_scores
+from shared_rewardnorm._core.inputs import coerce_scores, validate_batch_id
 from shared_rewardnorm._core.normalization import MODES, NormalizerSettings, normalize_values
 from shared_rewardnorm._core.requests import Operation
 from shared_rewardnorm._core.store_ops import StoreCore, read_env, replace_stats, yes_or_no
@@ -114,8 +114,11 @@ class NormalizerCore:
                              + ("; this batch was counted in the totals" if counted else ""))
         self._decay_seen = True
 
-    def _normalize_op(self, scores: Any, update: bool = True) -> Operation[list[float]]:
+    def _normalize_op(self, scores: Any, update: bool = True, batch_id: Any = None) -> Operation[list[float]]:
         yes_or_no("update", update)
+        if batch_id is not None and not update:
+            raise ValueError("batch_id names a batch to merge; normalize(update=False) merges nothing")
+        validate_batch_id(batch_id)
         values = coerce_scores(scores)
         if len(values) == 0:
             return []
@@ -125,7 +128,7 @@ class NormalizerCore:
         if recent and update and not self._decay_seen:  # refuse before the first merge, not after it
             self._require_decay((yield from self._refresh_info_op()), counted=False)
         if update:
-            info = self._seen((yield from self._store_core._merge_at(self._key, summarize(values))))
+            info = self._seen((yield from self._store_core.merge_at(self._key, summarize(values), batch_id)))
         else:
             info = yield from self._refresh_info_op()
         if recent:
@@ -144,7 +147,8 @@ class NormalizerCore:
                   else "normalize(update=False) adds none; normalize with update=True to add a batch")
         raise ValueError(f'statistics="recent" but env {self._env!r} has no recent statistics yet (decayed weight 0: '
                          f'nothing merged since its half-life was set or changed, or its statistics replaced) and '
-                         f'{reason}; or use statistics="total"' + ("; this batch was counted in the totals" if counted else ""))
+                         f'{reason}; or use statistics="total"'
+                         + ("; this batch was counted in the totals" if counted else ""))
 
     def _refresh_info_op(self) -> Operation[EnvInfo]:
         return self._seen((yield from read_env(self._key)))

@@ -122,7 +122,7 @@ def decode_stored(key: str, stored: Mapping[Any, Any]) -> EnvInfo:
         if low > high:
             raise CorruptStatsError(f"corrupt stats hash {key}: min {texts['min']!r} is greater than max "
                                     f"{texts['max']!r}", key=key, field="min")
-        stats = RunningStats(count, mean, m2, low, high)
+        stats = RunningStats(int(count), mean, m2, low, high)  # _number gave count as an int
     half_life = decayed = None
     if texts["half_life"] is not None:
         half_life = _number(key, "half_life", texts["half_life"])
@@ -134,14 +134,16 @@ def decode_stored(key: str, stored: Mapping[Any, Any]) -> EnvInfo:
     frozen = texts["frozen"]
     if frozen not in (None, "0", "1"):
         raise _corrupt(key, "frozen", f"is {frozen!r} (not 0 or 1)")
-    merges, updated_at = (0 if texts[field] is None else _count(key, field, texts[field])
-                          for field in ACTIVITY_FIELDS)
+    merges, updated_at = (_count(key, field, texts[field]) for field in ACTIVITY_FIELDS)
     return EnvInfo(stats, decayed, half_life, frozen == "1", merges, updated_at or None)
 
 
-def _count(key: str, field: str, text: str) -> int:
+def _count(key: str, field: str, text: str | None) -> int:
+    """An activity count: absent is 0."""
+    if text is None:
+        return 0
     number = _parse_field(field, text)
-    if number is None or not number.is_integer() or not 0 <= number <= MAX_COUNT:
+    if number is None or not float(number).is_integer() or not 0 <= number <= MAX_COUNT:
         raise _corrupt(key, field, f"is {text!r}")
     return int(number)
 

@@ -1,10 +1,13 @@
 """The I/O primitives that operations ask a store to perform.
 
-Operations (see ``core.py``) are generators that ``yield`` these requests and receive the raw
-replies; the sync store sends a request and passes back the reply, the asyncio store awaits it.
-Each request knows how to issue itself on a client (the same redis-py call returns a reply on a
-sync client and an awaitable on an asyncio one) and how to translate a server error into a
-library exception, so neither is written twice.
+Operations (``store_ops``, ``normalizer_ops``) are generators that ``yield`` these requests and
+receive the raw replies; the sync store sends a request and passes back the reply, the asyncio
+store awaits it. A ``ClientRequest`` knows how to issue itself on a client (the same redis-py
+call returns a reply on a sync client and an awaitable on an asyncio one) and how to translate
+a server error into a library exception, so neither is written twice. ``MergeBatch`` is the one
+request that is not a command yet: a batch to merge, which the shell turns into the merge
+script's call through the batch ledger (``ledger.py``), alone or, coalescing asyncio merges,
+together with other batches; the operation receives the raw reply of the call that carried it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request", "RunScript", "ScanKeys"]
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request",
+           "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 
@@ -136,14 +140,19 @@ class LoadFunctions(_PassErrorsThrough):
 
 @dataclass(frozen=True, slots=True)
 class MergeBatch:
-    """A validated, non-empty batch summary to merge into ``key``, handed to a store that
-    coalesces merges (``AsyncStatsStore(coalesce=True)``) instead of the script call: the store
-    answers with what the merge returned, not with a raw reply. Not issued on a client."""
+    """A validated, non-empty batch to merge into ``key`` exactly once: its summary, the summary
+    encoded for the script, and the caller's name for it (``batch_id``, or ``None``). The
+    shell answers with the raw reply of the merge request that carried it
+    (``BatchLedger.request_for``, or a coalesced group's)."""
 
     key: str
     stats: RunningStats
+    encoded: str
+    batch_id: str | None = None
 
 
-Request = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions | MergeBatch
+#: The requests a shell issues on its client as they are.
+ClientRequest = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
+Request = ClientRequest | MergeBatch
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

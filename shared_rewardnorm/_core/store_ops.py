@@ -7,42 +7,39 @@ public method of ``StatsStore``/``AsyncStatsStore`` as an operation (a generator
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from shared_rewardnorm._core.formats import metrics_from_info, parse_snapshot, snapshot_of
-from shared_rewardnorm._core.inputs import validate_env, validate_namespace
-from shared_rewardnorm._core.keys import batch_record_key, env_of_key, env_scan_pattern, stats_key
+from shared_rewardnorm._core.inputs import validate_batch_id, validate_env, validate_namespace
+from shared_rewardnorm._core.keys import env_of_key, env_scan_pattern, stats_key
+from shared_rewardnorm._core.ledger import BatchLedger
 from shared_rewardnorm._core.protocol import (
     DUPLICATE,
     FROZEN,
     as_text,
     decode_reply,
     decode_stored,
-    encode_sequence,
     encode_state,
     encode_stats,
 )
 from shared_rewardnorm._core.requests import (
+    ClientRequest,
     LoadFunctions,
     MergeBatch,
     Operation,
     ReadMany,
     ReadStats,
-    Request,
     RunScript,
     ScanKeys,
 )
 from shared_rewardnorm._redis.durability import replica_wait
 from shared_rewardnorm._redis.scripts import ClientScripts
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import NotReplicatedError, RewardNormError
+from shared_rewardnorm.errors import RewardNormError
 from shared_rewardnorm.retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from shared_rewardnorm.stats import RunningStats
 
@@ -70,7 +67,7 @@ def read_totals(key: str) -> Operation[RunningStats]:
 def _read_many(keys: tuple[str, ...]) -> Operation[list[Any]]:
     """HGETALL several keys in one pipeline; the raw replies, after raising the first error among
     them (a key of another type becomes ``WrongTypeError``)."""
-    replies = yield ReadMany(keys)
+    replies: list[Any] = yield ReadMany(keys)
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, ResponseError):
             raise ReadStats(key).translate(reply) from reply
@@ -114,29 +111,24 @@ MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
 
 class StoreCore:
-    """Namespace, key naming, batch identities, retry settings and the store's operations;
-    subclasses add the I/O.
+    """Namespace, key naming, the batch ledger, retry settings and the store's operations;
+    the shells (``sync.StatsStore``, ``aio.AsyncStatsStore``) add the I/O.
 
-    Every merge carries a batch identity: this store's client id (random, renewed in a forked
-    child so two processes never share one) and a sequence number per env. The merge script
-    records it, so a batch sent again after a lost reply is never counted twice, whoever sends
-    it again: the store's retries, redis-py's own, or the caller's. For the caller's, a merge
-    whose reply never came is remembered per env, and the next merge of the same summary into
-    that env is taken as its retry and keeps its identity.
+    Every merge is yielded as a ``MergeBatch``; the shell asks ``self.ledger`` for the request
+    that carries it (``merge_request``) and hands the operation that request's raw reply. So a
+    batch sent again, by the store's retries or under the caller's ``batch_id``, is never
+    counted twice (``ledger.py`` says how), and both shells share that one memory.
     """
 
-    #: Set by the sync and asyncio subclasses: their redis-py client and how it runs scripts.
+    #: Set by the shells: their redis-py client and how it runs scripts.
     _client: Any
     _scripts: ClientScripts
-    #: Whether merges go to the driver as ``MergeBatch`` requests (an asyncio store that
-    #: coalesces them) rather than as the merge script's call.
-    _coalesces = False
 
     def __init__(self, namespace: str, retry: RetryPolicy | None = DEFAULT_RETRY,
                  batch_record_ttl: int = DEFAULT_BATCH_RECORD_TTL, replicas: int = 0,
                  replica_timeout: float = DEFAULT_REPLICA_TIMEOUT) -> None:
         self._namespace = validate_namespace(namespace)
-        #: ``WAIT`` after every merge (``replicas=``), or None; subclasses call
+        #: ``WAIT`` after every merge (``replicas=``), or None; the shells call
         #: ``refuse_unsupported`` once they have their client.
         self._wait = replica_wait(replicas, replica_timeout)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -146,14 +138,15 @@ class StoreCore:
                 or not 1 <= batch_record_ttl <= MAX_BATCH_RECORD_TTL):
             raise ValueError(f"batch_record_ttl must be an int from 1 to {MAX_BATCH_RECORD_TTL} (seconds), "
                              f"got {batch_record_ttl!r}")
-        self._record_ttl = str(batch_record_ttl)
-        self._new_identity()
+        #: Batch identities and the named batches remembered for their callers' retries.
+        self.ledger = BatchLedger(batch_record_ttl, None if self._wait is None else self._wait.args)
         #: Requests sent again after a transient failure (for monitoring and benchmarks).
         self.retries = 0
-        #: Merges the script recognized as already merged (a retry whose first try had landed).
+        #: Merge replies saying the batch had been merged before (a retry whose first try had
+        #: landed); under coalescing, counted once per caller.
         self.duplicates = 0
 
-    def _pause_before_resending(self, request: Request, error: BaseException, attempt: int) -> float:
+    def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int) -> float:
         """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0): the seconds
         to wait before sending it again (0: at once, after NOSCRIPT or a fallback from FCALL to
         EVALSHA), or raise what the caller should see. The sync and asyncio stores share this
@@ -168,72 +161,35 @@ class StoreCore:
         self.retries += 1
         return delay
 
-    def _new_identity(self) -> None:
-        self._pid = os.getpid()
-        self._client_id = secrets.token_hex(8)
-        self._sequences: dict[str, Iterator[int]] = {}
-        # Per key, the merge whose reply never came: if the caller sends the same summary again
-        # (its own retry loop), that is the same batch and keeps its identity.
-        self._unacknowledged: dict[str, RunScript] = {}
-
     @property
     def client_id(self) -> str:
         """This store's batch identity prefix (in this process)."""
-        if os.getpid() != self._pid:
-            self._new_identity()
-        return self._client_id
+        return self.ledger.client_id
 
-    def _merge_at(self, key: str, stats: RunningStats) -> Operation[EnvInfo]:
+    def merge_request(self, batch: MergeBatch) -> RunScript:
+        """The merge script's call that carries ``batch`` alone (see ``BatchLedger.request_for``)."""
+        return self.ledger.request_for(batch)
+
+    def merge_at(self, key: str, stats: RunningStats, batch_id: Any = None) -> Operation[EnvInfo]:
         """Merge a summary into the env at ``key`` exactly once (nothing while it is frozen) and
         return the env as the merge left it; empty summaries only read."""
+        name = validate_batch_id(batch_id)
         if stats.count == 0:
             return (yield from read_env(key))
-        if self._coalesces:  # the store's coalescer sends it, maybe with others (see coalesce.py)
-            return (yield MergeBatch(key, stats))
-        encoded = encode_stats(stats)
-        request = self._unacknowledged.pop(key, None)  # pop: only one caller may reuse it
-        if request is None or request.args[0] != encoded:
-            request = self._merge_request(key, encoded)
-        try:
-            return (yield from self._send_merge(request))
-        except NotReplicatedError:
-            self._unacknowledged[key] = request  # merged once: the caller's retry re-waits, counted once
-            raise
-        except (RewardNormError, ResponseError):
-            raise  # the server refused the merge: nothing was written
-        except BaseException:  # GeneratorExit too: an abandoned operation never saw its reply
-            # Its fate is unknown (the retries ran out, a timeout cancelled the call, ...): if
-            # the caller sends the same summary again, that is this batch again. Only a failed
-            # merge is remembered, never one in flight, so a concurrent merge of an identical
-            # summary is always a batch of its own.
-            self._unacknowledged[key] = request
-            raise
+        reply = yield MergeBatch(key, stats, encode_stats(stats), name)
+        return self._merged(key, reply)
 
-    def _merge_request(self, key: str, encoded: str) -> RunScript:
-        """The merge of a new batch (an encoded summary) into ``key``, with a batch identity of
-        its own: this client's next sequence number for the key (and ``WAIT`` after it with
-        ``replicas=``)."""
-        client_id = self.client_id  # first: a forked child renews its identity and sequences
-        sequence = self._sequences.get(key)
-        if sequence is None:
-            sequence = self._sequences.setdefault(key, itertools.count(1))
-        return RunScript("merge", (key, batch_record_key(key, client_id)),
-                         (encoded, encode_sequence(next(sequence)), self._record_ttl),
-                         None if self._wait is None else self._wait.args)
-
-    def _send_merge(self, request: RunScript) -> Operation[EnvInfo]:
-        """Send a merge request (a new one, or one sent before: its identity makes that safe)
-        and return the env as its reply shows it. With ``replicas=``, raise
-        ``NotReplicatedError`` after the merge is known stored once, if too few replicas
-        acknowledged it (sending the same request again is then the way to retry)."""
-        reply = yield request
+    def _merged(self, key: str, reply: Any) -> EnvInfo:
+        """The env as a merge's reply shows it. With ``replicas=``, raise ``NotReplicatedError``
+        after the merge is known stored once, if too few replicas acknowledged it (sending the
+        same batch again under its ``batch_id`` is then the way to retry)."""
         if self._wait is not None:
             reply, acknowledged = reply
         info, outcome = decode_reply(reply)
         if outcome == DUPLICATE:
             self.duplicates += 1
         if self._wait is not None:
-            self._wait.check(request.keys[0], acknowledged, frozen=outcome == FROZEN)
+            self._wait.check(key, acknowledged, frozen=outcome == FROZEN)
         return info
 
     @property
@@ -245,23 +201,22 @@ class StoreCore:
         """The Redis key of ``env``'s stats hash, ``<namespace>:{<env>}`` (validates the name)."""
         return stats_key(self._namespace, validate_env(env))
 
-    def _update_op(self, env: str, values: Any) -> Operation[RunningStats]:
+    def _update_op(self, env: str, values: Any, batch_id: Any = None) -> Operation[RunningStats]:
         key = self.key(env)
-        return (yield from self._merge_at(key, RunningStats.from_values(values))).stats
+        return (yield from self.merge_at(key, RunningStats.from_values(values), batch_id)).stats
 
-    def _merge_op(self, env: str, stats: RunningStats) -> Operation[RunningStats]:
+    def _merge_op(self, env: str, stats: RunningStats, batch_id: Any = None) -> Operation[RunningStats]:
         key = self.key(env)
-        return (yield from self._merge_at(key, _require_stats(stats))).stats
+        return (yield from self.merge_at(key, _require_stats(stats), batch_id)).stats
 
     def _info_op(self, env: str) -> Operation[EnvInfo]:
         return read_env(self.key(env))
 
     def _configure_op(self, env: str, half_life: Any) -> Operation[bool]:
         key = self.key(env)
-        if half_life is not None:
-            if (isinstance(half_life, bool) or not isinstance(half_life, (int, float))
-                    or not 0 < half_life < math.inf):
-                raise ValueError(f"half_life must be a positive finite number of samples or None, got {half_life!r}")
+        if half_life is not None and (isinstance(half_life, bool) or not isinstance(half_life, (int, float))
+                                      or not 0 < half_life < math.inf):
+            raise ValueError(f"half_life must be a positive finite number of samples or None, got {half_life!r}")
         argument = "none" if half_life is None else "%.17g" % half_life
         reply = yield RunScript("configure", (key,), (argument,))
         return as_text(reply) == "1"

@@ -6,15 +6,9 @@ a trainer would go on with counts silently short. ``StatsStore(..., replicas=N)`
 merge in one pipeline with ``WAIT N timeout``: one round trip, and the call returns only once N
 replicas hold the merge (with its batch record, which replicates with the stats). If fewer
 acknowledge in time, ``NotReplicatedError`` says so after the merge is known to be stored once
-on the primary; calling again with the same values is safe (the batch identity makes it count
-once) and waits for the replicas again.
-
-The flip side of a safe retry: after ``NotReplicatedError`` the store remembers the merge (per
-env, as after a lost reply) and takes the next merge of an identical summary into that env as
-its retry. A trainer that does not retry, and later sends a batch whose summary (count, mean,
-m2, min, max) is identical to that env, has that batch taken as the retry: it is not counted.
-So after ``NotReplicatedError``, either call again with the same values (the intended use) or
-drop the store (a new ``StatsStore`` forgets the merge); a batch of other values is a new batch.
+on the primary. Calling again with the same ``batch_id`` (and values) is the retry: the batch
+ledger sends the same request, so it counts once and waits for the replicas again. Without a
+``batch_id`` a call is always a new batch, so calling again would count it a second time.
 
 A retry of a merge that the script recognizes as a duplicate still covers the original merge's
 ``WAIT``: Redis records the primary's replication offset in the client after every command it
@@ -62,20 +56,19 @@ class ReplicaWait:
         if isinstance(acknowledged, Exception):
             raise NotReplicatedError(
                 f"{key}: {what} WAIT failed ({acknowledged}); an ACL user needs +wait with replicas=. "
-                f"Calling again with the same values counts the batch at most once. {_FLIP_SIDE}",
+                f"{_RETRY}",
                 key=key, acknowledged=0, required=self.replicas) from acknowledged
         if int(acknowledged) < self.replicas:
             raise NotReplicatedError(
                 f"{key}: {what} only {int(acknowledged)} of the {self.replicas} required replicas acknowledged "
-                f"the primary's writes within {self.timeout:g} s, so a failover now could lose them. Call again "
-                "with the same values: the batch identity makes it count at most once and the call waits for "
-                f"the replicas again (or check the replicas' health). {_FLIP_SIDE}",
+                f"the primary's writes within {self.timeout:g} s, so a failover now could lose them (check the "
+                f"replicas' health). {_RETRY}",
                 key=key, acknowledged=int(acknowledged), required=self.replicas)
 
 
 #: The end of every ``NotReplicatedError`` message (see the module docstring).
-_FLIP_SIDE = ("Until then the store takes the next batch of identical values into this env as that retry "
-              "(not counted again); a new store forgets it.")
+_RETRY = ("Call again with the same batch_id and values to wait again: it counts at most once (without a "
+          "batch_id, a call is a new batch and would count again).")
 
 
 def replica_wait(replicas: Any, timeout: Any) -> ReplicaWait | None:

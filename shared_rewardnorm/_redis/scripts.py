@@ -54,7 +54,8 @@ def _read_lua(name: str) -> str:
     In a wheel the files live in ``shared_rewardnorm/lua``. An editable install serves the
     package straight from the checkout, where they sit in the top-level ``lua/`` directory.
     """
-    packaged = resources.files("shared_rewardnorm").joinpath("lua", f"{name}.lua")
+    # One name per joinpath: Python 3.10's Traversable.joinpath takes a single child.
+    packaged = resources.files("shared_rewardnorm").joinpath("lua").joinpath(f"{name}.lua")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
     checkout = Path(__file__).resolve().parents[2] / "lua" / f"{name}.lua"
@@ -93,9 +94,8 @@ def function_library() -> str:
     library loads), and each operation's file as the body of a function whose parameters are
     named KEYS and ARGV, so the very same text runs as a script and as a function."""
     parts = [f"#!lua name={library_name()}\n", _read_lua(_LIBRARY), "\n"]
-    for name in OPERATIONS:
-        parts.append(f"redis.register_function('{function_name(name)}', function(KEYS, ARGV)\n"
-                     f"{_read_lua(name)}\nend)\n")
+    parts.extend(f"redis.register_function('{function_name(name)}', function(KEYS, ARGV)\n"
+                 f"{_read_lua(name)}\nend)\n" for name in OPERATIONS)
     return "".join(parts)
 
 

@@ -78,7 +78,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise _bad(f"each Sentinel is host:port, got {address!r}")
         sentinels.append((host.strip("[]"), int(port)))
-    path = [segment for segment in parts.path.split("/")[1:]]
+    path = parts.path.split("/")[1:]
     if not path or not path[0]:
         raise _bad("the service name (the primary's name in the Sentinels' config) is missing")
     if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
@@ -98,7 +98,8 @@ def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    timeouts = {name: options[name] for name in ("socket_timeout", "socket_connect_timeout") if name in options}
+    names = ("socket_timeout", "socket_connect_timeout")
+    timeouts: dict[str, Any] = {name: options[name] for name in names if name in options}
     return {**timeouts, "retry": Retry(NoBackoff(), 0)}
 
 

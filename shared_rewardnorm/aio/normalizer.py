@@ -42,11 +42,11 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
         """The store holding the shared statistics."""
         return self._store
 
-    async def normalize(self, scores: Any, update: bool = True) -> list[float]:
+    async def normalize(self, scores: Any, update: bool = True, *, batch_id: str | int | None = None) -> list[float]:
         """See ``SharedRewardNormalizer.normalize``. Concurrent calls into the same env through
         one store share a merge (the store's ``coalesce``); each is normalized with the
         statistics its merge returned."""
-        return await self._store.run(self._normalize_op(scores, update))
+        return await self._store.run(self._normalize_op(scores, update, batch_id))
 
     async def refresh(self) -> RunningStats:
         """See ``SharedRewardNormalizer.refresh``."""

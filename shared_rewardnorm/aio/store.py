@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from shared_rewardnorm._core.requests import MergeBatch, Operation, Request
+from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Operation
 from shared_rewardnorm._core.store_ops import (
     DEFAULT_BATCH_RECORD_TTL,
     DEFAULT_REPLICA_TIMEOUT,
@@ -53,9 +53,9 @@ class AsyncStatsStore(StoreCore):
         refuse_unsupported(self._wait, redis, cluster)
         if not isinstance(coalesce, bool):
             raise TypeError(f"coalesce must be True or False, got {coalesce!r}")
-        #: Runs the merges when ``coalesce`` is on (``None`` otherwise).
-        self.coalescer = MergeCoalescer(self) if coalesce else None
-        self._coalesces = coalesce
+        #: Runs the merges when ``coalesce`` is on (``None`` otherwise): it builds requests
+        #: with this store's ledger and sends them through ``_issue``, as a lone merge goes.
+        self.coalescer = MergeCoalescer(self.ledger, self._issue) if coalesce else None
         self._client = resolve_async_client(redis, cluster=cluster)
         self._owns_client = self._client is not redis
         check_socket_timeout(self._wait, self._client)  # (a new asyncio client has no connection open yet)
@@ -73,13 +73,13 @@ class AsyncStatsStore(StoreCore):
         """The underlying ``redis.asyncio`` client."""
         return self._client
 
-    async def update(self, env: str, values: Any) -> RunningStats:
+    async def update(self, env: str, values: Any, *, batch_id: str | int | None = None) -> RunningStats:
         """See ``StatsStore.update``."""
-        return await self.run(self._update_op(env, values))
+        return await self.run(self._update_op(env, values, batch_id))
 
-    async def merge(self, env: str, stats: RunningStats) -> RunningStats:
+    async def merge(self, env: str, stats: RunningStats, *, batch_id: str | int | None = None) -> RunningStats:
         """See ``StatsStore.merge``."""
-        return await self.run(self._merge_op(env, stats))
+        return await self.run(self._merge_op(env, stats, batch_id))
 
     async def get(self, env: str) -> RunningStats:
         """See ``StatsStore.get``."""
@@ -164,7 +164,7 @@ class AsyncStatsStore(StoreCore):
         await self.aclose()
 
     async def run(self, operation: Operation[T]) -> T:
-        """Drive an operation of the core (a generator of requests, see ``core.py``): await each
+        """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): await each
         request it yields, hand back the reply, return the operation's result. The public seam
         for new operations; every method of this class is one call of it."""
         reply = None
@@ -172,17 +172,20 @@ class AsyncStatsStore(StoreCore):
             try:
                 request = operation.send(reply)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             try:
-                if type(request) is MergeBatch:  # only when coalescing: see StoreCore._merge_at
-                    reply = await self.coalescer.merge(request.key, request.stats)
-                else:
+                if not isinstance(request, MergeBatch):
                     reply = await self._issue(request)
-            except BaseException as exc:  # a cancelled or interrupted call too: its fate is unknown
-                operation.throw(exc)  # the operation may note the failure; it re-raises
+                elif self.coalescer is not None:
+                    reply = await self.coalescer.merge(request)
+                else:
+                    reply = await self._issue(self.merge_request(request))
+            except BaseException as exc:  # a cancelled or interrupted call too
+                operation.throw(exc)  # the operation may clean up; it re-raises
                 raise
 
-    async def _issue(self, request: Request) -> Any:
+    async def _issue(self, request: ClientRequest) -> Any:
         """Send one request, retrying transient failures as the retry policy says."""
         if self._in_flight is None:
             self._in_flight = asyncio.Semaphore(ASYNC_POOL_SIZE)
@@ -192,7 +195,7 @@ class AsyncStatsStore(StoreCore):
                 self._cluster_ready = True
             return await self._issue_now(request)
 
-    async def _issue_now(self, request: Request) -> Any:
+    async def _issue_now(self, request: ClientRequest) -> Any:
         attempt = 0
         while True:
             try:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import redis
 from redis.exceptions import RedisClusterException
@@ -66,6 +66,10 @@ CLI_RETRY = RetryPolicy(attempts=3, base=0.1, cap=0.5)
 _CLEAR_SCREEN = "\033[H\033[2J"
 
 
+#: What ``ArgumentParser.add_subparsers`` returns (argparse names the class privately).
+_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 class UsageError(Exception):
     """A command used wrongly (exit code 2), e.g. ``reset`` without ``--yes``."""
 
@@ -89,8 +93,9 @@ def _url(args: argparse.Namespace) -> str:
     """``--url``, else ``$SHARED_REWARDNORM_URL``, else the default. The variable follows the
     library's rule (``url_from_environment``): set but blank or malformed is a usage error,
     never a reason to fall back to localhost, whose statistics a ``reset`` would then delete."""
-    if args.url is not None:
-        return args.url
+    given: str | None = args.url
+    if given is not None:
+        return given
     try:
         from_environment = url_from_environment(args.cluster)
     except ValueError as exc:
@@ -204,7 +209,7 @@ def load_snapshot_file(path: str) -> dict[str, Any]:
         parse_snapshot(snapshot)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: {exc}; nothing was written") from None
-    return snapshot
+    return cast("dict[str, Any]", snapshot)  # parse_snapshot has checked that it is a JSON object
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -365,7 +370,7 @@ def _connection_options(after_command: bool) -> argparse.ArgumentParser:
     return options
 
 
-def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], int], help: str,
+def _command(commands: _Subcommands, name: str, handler: Callable[[argparse.Namespace], int], help: str,
              **options: Any) -> argparse.ArgumentParser:
     """Add a subcommand that also accepts the connection options."""
     parser = commands.add_parser(name, parents=[_connection_options(after_command=True)], help=help, **options)
@@ -373,7 +378,7 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
     return parser
 
 
-def _add_stats_commands(commands: Any) -> None:
+def _add_stats_commands(commands: _Subcommands) -> None:
     stats = _command(commands, "stats", cmd_stats,
                      "print count, mean, std, min, max, recent mean and std, frozen and age per env")
     watch = _command(commands, "watch", cmd_watch, "the stats table, refreshed until Ctrl-C")
@@ -386,7 +391,7 @@ def _add_stats_commands(commands: Any) -> None:
                        help="stop after N refreshes (default: until Ctrl-C)")
 
 
-def _add_admin_commands(commands: Any) -> None:
+def _add_admin_commands(commands: _Subcommands) -> None:
     export = _command(commands, "export", cmd_export, "write every env's statistics as a JSON snapshot")
     export.add_argument("file", metavar="FILE", help="output file, or - for stdout")
     restore = _command(commands, "import", cmd_import, "restore a JSON snapshot (validated before any write)")
@@ -421,7 +426,7 @@ def _add_admin_commands(commands: Any) -> None:
     lua.set_defaults(handler=cmd_lua)
 
 
-def _add_demo_command(commands: Any) -> None:
+def _add_demo_command(commands: _Subcommands) -> None:
     demo = _command(
         commands, "demo", cmd_demo, "worker processes normalize 3 envs' rewards through one store, then check it",
         description="Without --url, runs an embedded Redis-protocol server (fakeredis with Lua) in this "
@@ -474,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse has already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except UsageError as exc:
         _fail(str(exc))
         return 2

@@ -85,9 +85,9 @@ def stats_table(found: Mapping[str, EnvInfo], now: float | None = None) -> str:
     def row(name: str, stats: RunningStats, info: EnvInfo | None) -> list[str]:
         cells = [name, str(stats.count), *map(_number, (stats.mean, stats.std, stats.min, stats.max))]
         if info is None:
-            return cells + ["", "", "", ""]
+            return [*cells, "", "", "", ""]
         recent = ["-", "-"] if info.decayed is None else [_number(info.decayed.mean), _number(info.decayed.std)]
-        return cells + recent + ["yes" if info.frozen else "no", format_age(info.age(now))]
+        return [*cells, *recent, "yes" if info.frozen else "no", format_age(info.age(now))]
 
     rows = [row(env, found[env].stats, found[env]) for env in sorted(found)]
     return format_table(["env", "count", "mean", "std", "min", "max", "recent mean", "recent std", "frozen", "age"],
@@ -109,7 +109,7 @@ def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
             "aggregate": fields(aggregate_of(found))}
 
 
-def render_stats(store: StatsStore, found: Mapping[str, RunningStats], problems: Sequence[str]) -> str:
+def render_stats(store: StatsStore, found: Mapping[str, EnvInfo], problems: Sequence[str]) -> str:
     if found:
         return stats_table(found)
     return "" if problems else f"no statistics in namespace {store.namespace!r}"

@@ -124,6 +124,7 @@ class SharedRewardNormMixin:
                             f"return one from config_init), got {type(config).__name__}")
         validate_env(self._reward_norm_env_name(config))
         self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
+        # A mixin: super() is BaseEnv at run time (the MRO check above), object to mypy.
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]
 
     def _reward_norm_env_name(self, config: SharedRewardNormConfig) -> str:
@@ -187,6 +188,7 @@ class SharedRewardNormMixin:
             kept = [group for group in groups if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded)]
             for group in kept:
                 group["scores"] = await norm.normalize(group["scores"])
+        # BaseEnv's method (the mixin comes first in the MRO), which object lacks as far as mypy sees.
         return await super().handle_send_to_api(  # type: ignore[misc]
             scored_data, item, do_send_to_api, abort_on_any_max_length_exceeded)
 
@@ -201,4 +203,4 @@ class SharedRewardNormMixin:
                 wandb_metrics.update(await norm.metrics_dict())
             except (redis.RedisError, RewardNormError) as exc:  # RewardNormError: a corrupt hash, say
                 logger.warning("reward_norm metrics for %r not logged this step: %s", self.reward_norm_env, exc)
-        await super().wandb_log(wandb_metrics)  # type: ignore[misc]
+        await super().wandb_log(wandb_metrics)  # type: ignore[misc]  # BaseEnv's, as in handle_send_to_api

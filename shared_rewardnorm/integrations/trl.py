@@ -13,7 +13,7 @@ calls ``func(prompts=..., completions=..., **kwargs)`` and reads one reward per 
 Every process (every rank, every node) that wraps a function for the same env normalizes its
 outputs against one set of running statistics. Nothing from TRL is imported here: the calling
 convention is all the wrapper relies on. What normalization does to GRPO's advantages (often
-nothing: per-group standardization cancels it) is in docs/TRAINING.md.
+nothing: per-group standardization cancels it) is in docs/user/training.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from shared_rewardnorm._core.formats import metrics_from_stats
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
@@ -35,12 +35,22 @@ from shared_rewardnorm.sync import SharedRewardNormalizer
 __all__ = ["SharedNormRewardFunc"]
 
 
+class _Settings(TypedDict):
+    """The normalizer settings a wrapper passes to each normalizer it makes."""
+
+    mode: str
+    clip: float | None
+    warmup: int
+    eps: float
+
+
 def _is_async(func: Any) -> bool:
     """Whether calling ``func`` returns a coroutine (functions, partials, callable instances),
     as TRL decides which reward functions to await."""
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    # The __call__ attribute itself, not callable(): an instance with an async __call__ counts.
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
 
 
 def _callable_name(func: Any) -> str | None:
@@ -59,7 +69,7 @@ def _is_reward(value: Any) -> bool:
     if value is None:
         return False
     try:
-        return not bool(value != value)
+        return not bool(value != value)  # noqa: PLR0124 (the NaN test above)
     except (TypeError, ValueError):
         return True
 
@@ -85,9 +95,8 @@ class SharedNormRewardFunc:
     """
 
     def __new__(cls, func: Any = None, *args: Any, **kwargs: Any) -> SharedNormRewardFunc:
-        if cls is SharedNormRewardFunc and func is not None and _is_async(func):
-            cls = _AsyncSharedNormRewardFunc
-        return super().__new__(cls)
+        async_func = cls is SharedNormRewardFunc and func is not None and _is_async(func)
+        return super().__new__(_AsyncSharedNormRewardFunc if async_func else cls)
 
     def __init__(self, func: Callable[..., Any], env: str | None = None, redis: Any = None, *, mode: str = "zscore",
                  clip: float | None = 5.0, warmup: int = 10, eps: float = 1e-8,
@@ -108,7 +117,7 @@ class SharedNormRewardFunc:
         else:
             (resolve_async_client if _is_async(func) else resolve_client)(redis)  # the right kind of client
         self._func, self._redis, self._namespace = func, redis, namespace
-        self._settings = dict(mode=mode, clip=clip, warmup=warmup, eps=eps)
+        self._settings = _Settings(mode=mode, clip=clip, warmup=warmup, eps=eps)
         self._norm: NormalizerCore | None = None
         # Async functions: one normalizer per event loop (made on first call).
         self._loops: PerLoop[AsyncSharedRewardNormalizer] | None = None
@@ -138,12 +147,14 @@ class SharedNormRewardFunc:
         positions, values = self._split(rewards)
         norm = self._sync_normalizer()
         normalized = norm.normalize(values) if values else []
-        return self._finish(rewards, positions, normalized, kwargs.get("log_metric"))
+        return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 
     def _sync_normalizer(self) -> SharedRewardNormalizer:
-        if self._norm is None:
-            self._norm = SharedRewardNormalizer(self._env, self._redis, namespace=self._namespace, **self._settings)
-        return self._norm  # type: ignore[return-value]
+        norm = self._norm
+        if not isinstance(norm, SharedRewardNormalizer):  # None: before the first call, or after close()
+            norm = self._norm = SharedRewardNormalizer(self._env, self._redis, namespace=self._namespace,
+                                                       **self._settings)
+        return norm
 
     def _split(self, rewards: Any) -> tuple[list[int], list[Any]]:
         if not isinstance(rewards, Sequence) and not hasattr(rewards, "__len__"):
@@ -152,13 +163,13 @@ class SharedNormRewardFunc:
         positions = [i for i, value in enumerate(rewards) if _is_reward(value)]
         return positions, [rewards[i] for i in positions]
 
-    def _finish(self, rewards: Any, positions: list[int], normalized: list[float],
+    def _finish(self, rewards: Any, positions: list[int], norm: NormalizerCore, normalized: list[float],
                 log_metric: Callable[[str, float], Any] | None) -> list[Any]:
         out = list(rewards)
         for position, value in zip(positions, normalized, strict=True):
             out[position] = value
         if callable(log_metric) and normalized and self._settings["mode"] != "none":
-            for name, value in metrics_from_stats(self._norm.stats, f"reward_norm/{self._env}").items():  # type: ignore[union-attr]
+            for name, value in metrics_from_stats(norm.stats, f"reward_norm/{self._env}").items():
                 log_metric(name, value)
         return out
 
@@ -186,7 +197,7 @@ class SharedNormRewardFunc:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)  # the same function and client; a fresh normalizer
         copy._norm = copy._loops = None
-        copy._settings = dict(self._settings)
+        copy._settings = self._settings.copy()
         memo[id(self)] = copy
         return copy
 
@@ -200,12 +211,13 @@ class _AsyncSharedNormRewardFunc(SharedNormRewardFunc):
     asyncio client of the event loop it runs in (TRL runs async reward functions on a loop of
     its own, in a background thread)."""
 
+    # An incompatible override by design: TRL awaits an async reward function's result.
     async def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:  # type: ignore[override]
         rewards = await self._func(*args, **kwargs)
         positions, values = self._split(rewards)
         norm = self._async_normalizer()
         normalized = await norm.normalize(values) if values else []
-        return self._finish(rewards, positions, normalized, kwargs.get("log_metric"))
+        return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 
     def _async_normalizer(self) -> AsyncSharedRewardNormalizer:
         if self._loops is None:
