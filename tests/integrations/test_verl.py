@@ -69,6 +69,15 @@ def verl_config(tokenizer_dir: str, namespace: str, url: str | None, *overrides:
         return compose(config_name="ppo_trainer", overrides=lines)
 
 
+def start_worker(config: Any) -> RewardLoopWorker:
+    """``RewardLoopWorker(config)`` inside an event loop, as in its Ray actor (verl's
+    ``get_event_loop()`` would otherwise make a loop that nobody closes)."""
+    async def make() -> RewardLoopWorker:
+        return RewardLoopWorker(config)
+
+    return asyncio.run(make())
+
+
 class InProcess:
     """A ``RewardLoopWorker`` in this process behind the call verl makes on a Ray handle
     (``handle.compute_score.remote(data)``, awaited)."""
@@ -168,24 +177,24 @@ def test_the_manager_is_refused_where_verl_pads_batches_or_never_calls_it(tokeni
     colocated = verl_config(tokenizer_dir, namespace, None, "reward.reward_model.enable=True",
                             f"reward.reward_model.model_path={tokenizer_dir}")
     with pytest.raises(ValueError, match=r"colocated reward model .* pads it to a multiple of reward.num_workers"):
-        RewardLoopWorker(colocated)
+        start_worker(colocated)
     bypassed = verl_config(tokenizer_dir, namespace, None, "reward.reward_model.enable=True",
                            "reward.reward_model.enable_resource_pool=True",
                            f"reward.reward_model.model_path={tokenizer_dir}", "reward.custom_reward_function.path=null")
     with pytest.raises(ValueError, match=r"never called .*\(compute_score_disrm\)"):
-        RewardLoopWorker(bypassed)
+        start_worker(bypassed)
 
 
 def test_bad_options_fail_when_the_worker_starts(tokenizer_dir: str, namespace: str) -> None:
     with pytest.raises(ValueError, match=r"reward.shared_rewardnorm has unknown options \['warmpu'\]"):
-        RewardLoopWorker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.warmpu=3"))
+        start_worker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.warmpu=3"))
     with pytest.raises(ValueError, match=r"mode"):
-        RewardLoopWorker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.mode=zscroe"))
+        start_worker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.mode=zscroe"))
     with pytest.raises(ValueError, match=r"inner='SharedNormRewardManager'|is SharedNormRewardManager itself"):
-        RewardLoopWorker(verl_config(tokenizer_dir, namespace, None,
+        start_worker(verl_config(tokenizer_dir, namespace, None,
                                      f"+reward.shared_rewardnorm.inner={REGISTERED_NAME}"))
     with pytest.raises(ValueError, match=r"reward.shared_rewardnorm.url must start with redis://"):
-        RewardLoopWorker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.url=localhost:6379"))
+        start_worker(verl_config(tokenizer_dir, namespace, None, "+reward.shared_rewardnorm.url=localhost:6379"))
 
 
 def test_registered_by_name_and_importable_twice(tokenizer_dir: str, namespace: str) -> None:
@@ -196,7 +205,7 @@ def test_registered_by_name_and_importable_twice(tokenizer_dir: str, namespace: 
     assert get_reward_manager_cls(REGISTERED_NAME) is SharedNormRewardManager
     config = verl_config(tokenizer_dir, namespace, None, "reward.reward_manager.source=register",
                          f"reward.reward_manager.name={REGISTERED_NAME}")
-    worker = RewardLoopWorker(config)
+    worker = start_worker(config)
     assert type(worker.reward_manager) is SharedNormRewardManager
 
 
