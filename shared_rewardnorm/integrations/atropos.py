@@ -128,6 +128,12 @@ class SharedRewardNormMixin:
             raise TypeError(f"{type(self).__name__} needs a SharedRewardNormConfig (set env_config_cls and "
                             f"return one from config_init), got {type(config).__name__}")
         validate_env(self._reward_norm_env_name(config))
+        if config.wandb_name is None and type(self).name is not None:
+            # atroposlib 0.4.0's ``serve`` gives its default wandb_name (the env class's name) to
+            # its CLI model, not to the env config it builds, so the env would register with the
+            # API server as desired_name=null, be refused (422) and exit. Give the config the
+            # default serve meant to give it (an explicit --env.wandb_name still wins).
+            config = config.model_copy(update={"wandb_name": type(self).name})
         self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
         self._reward_norm_ids = GroupIds()
         # A mixin: super() is BaseEnv at run time (the MRO check above), object to mypy.
