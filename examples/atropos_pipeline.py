@@ -21,6 +21,7 @@ env, so they count). The statistics live under a random namespace, reset at the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -136,10 +137,8 @@ class _StubHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the env gave up waiting
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
 # --- the API server and the trainer -------------------------------------------------------------
@@ -151,17 +150,22 @@ def http(method: str, url: str, payload: Any = None, timeout: float = 10) -> Any
         return json.loads(response.read())
 
 
+def answers(url: str) -> bool:
+    try:
+        http("GET", url, timeout=2)
+    except OSError:
+        return False
+    return True
+
+
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not answers(url):
         if process.poll() is not None:
             raise RuntimeError(f"{process.args} exited with {process.returncode} before answering")
-        try:
-            http("GET", url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+        time.sleep(0.2)
 
 
 class Trainer:
@@ -221,11 +225,16 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
         for process in started:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a process told to stop (SIGINT), killing it after 10 s."""
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_pipeline(redis_url: str | None, namespace: str, batches: int, workdir: str, *,

@@ -14,9 +14,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
-from atropos_env import ToyArithmeticEnv  # noqa: E402
+from atropos_env import ToyArithmeticEnv
 
-from shared_rewardnorm.aio import AsyncSharedRewardNormalizer  # noqa: E402
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
 
 
 class RecordingNormalizer(AsyncSharedRewardNormalizer):
