@@ -19,6 +19,8 @@ from integrations import require_module
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 from shared_rewardnorm.openrlhf import SharedNormRewardFunc
 
+pytestmark = pytest.mark.openrlhf
+
 WORDS = ["yes", "no", "maybe", "four", "five", "the", "answer", "is"]
 
 

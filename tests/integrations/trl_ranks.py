@@ -25,8 +25,6 @@ sys.path.insert(0, str(EXAMPLES))
 
 from trl_grpo import length_chars, train  # noqa: E402
 
-from shared_rewardnorm.trl import SharedNormRewardFunc  # noqa: E402
-
 #: The rewards the reward function computed on this rank (what the store must count).
 SCORED: list[float] = []
 
@@ -52,7 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     rank = int(os.environ["RANK"])
     func: Any = async_scored_length_chars if args.wrap == "async" else scored_length_chars
-    if args.wrap != "none":
+    if args.wrap != "none":  # imported only then: --wrap none runs without this library at all
+        from shared_rewardnorm.trl import SharedNormRewardFunc
+
         func = SharedNormRewardFunc(func, env="length_chars", redis=args.redis_url, namespace=args.namespace,
                                     warmup=4)
     train(args.model, str(Path(args.out) / f"rank{rank}"), [func], steps=args.steps, scale_rewards="group", seed=0)
