@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--namespace", default="rewardnorm")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--destroy-process-group", action="store_true",
+                        help="end with torch.distributed.destroy_process_group(), as PyTorch asks of every script")
     args = parser.parse_args()
     rank = int(os.environ["RANK"])
     func: Any = async_scored_length_chars if args.wrap == "async" else scored_length_chars
@@ -57,6 +59,10 @@ def main() -> None:
                                     warmup=4)
     train(args.model, str(Path(args.out) / f"rank{rank}"), [func], steps=args.steps, scale_rewards="group", seed=0)
     Path(args.out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "scored": len(SCORED)}))
+    if args.destroy_process_group:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
