@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: ``normalize`` throughput on a 1-master vs a 3-master Redis Cluster.
 
-Both clusters are started by this script (``tests/redis_cluster.py``: private ``redis-server``
+Both clusters are started by this script (``tests/support/redis_cluster.py``: private ``redis-server``
 processes on loopback ports, in temp dirs, torn down at the end). In every round, 4 worker
 processes (spawned afresh, warmed up before the clock starts) cycle over 100 envs, normalizing
 a batch of 16 rewards per call through ``StatsStore(url, cluster=True)`` and one
@@ -39,10 +39,10 @@ from typing import Any
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the repository root: the test helpers are the package tests.support
 
-from redis_cluster import RedisCluster, cluster_tools_missing  # noqa: E402
-from worker_processes import stop_workers  # noqa: E402
+from tests.support.redis_cluster import RedisCluster, cluster_tools_missing  # noqa: E402
+from tests.support.worker_processes import stop_workers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import Printer, cpu_model, nproc, progress  # noqa: E402

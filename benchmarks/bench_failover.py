@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Failover figures: what a Sentinel failover does to merges, with and without ``replicas=1``.
 
-Each run (``tests/failover_scenario.py``) starts a private primary, one replica whose
+Each run (``tests/support/failover_scenario.py``) starts a private primary, one replica whose
 replication stream a proxy delays by ``--lag`` seconds (the lag of a loaded network: it is what
 makes an asynchronous failover lose acknowledged writes), and three Sentinels; 3 worker
 processes merge one batch at a time through the ``redis+sentinel://`` URL, each into an env of
@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the repository root: the test helpers are the package tests.support
 
-from failover_scenario import FailoverFigures, run_failover  # noqa: E402
+from tests.support.failover_scenario import FailoverFigures, run_failover  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 """Beyond loopback: normalize calls/s through a proxy that adds network latency.
 
 Trainers reach Redis over a datacenter network. This kernel has no ``netem`` qdisc, so a small
-proxy (``tests/delay_proxy.py``, in a process of its own so it does not share the clients' GIL)
+proxy (``tests/support/delay_proxy.py``, in a process of its own so it does not share the clients' GIL)
 holds every chunk for a set time in each direction (0.25 ms and 1 ms by default). Through it,
 ``normalize`` at batch 16 into one env, from 1 and from 8 processes, for:
 
@@ -40,9 +40,9 @@ from typing import Any
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from delay_proxy import DelayProxy  # noqa: E402
-from worker_processes import stop_workers  # noqa: E402
+sys.path.insert(0, str(REPO))  # the repository root: the test helpers are the package tests.support
+from tests.support.delay_proxy import DelayProxy  # noqa: E402
+from tests.support.worker_processes import stop_workers  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_normalize import _watch_normalizer  # noqa: E402

@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
+sys.path.insert(0, str(REPO))  # the repository root: the test helpers are the package tests.support
+from tests.support.redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import Printer, argument_parser, fmt_rate, fmt_ratio, machine_rows, main_thread_cpu, make_batches, progress  # noqa: E402

@@ -58,15 +58,15 @@ import redis
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # the repository root: the test helpers are the package tests.support
 
 from common import Printer, argument_parser, machine_rows, main_thread_cpu, progress, quartiles  # noqa: E402
-from redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 from shared_rewardnorm._core.keys import batch_record_key  # noqa: E402
 from shared_rewardnorm._core.protocol import encode_sequence, encode_stats  # noqa: E402
 from shared_rewardnorm._redis.scripts import function_library, function_name, helpers_source, script_source  # noqa: E402
 from shared_rewardnorm.stats import RunningStats  # noqa: E402
+from tests.support.redis_servers import NO_PERSISTENCE, RedisServer  # noqa: E402
 
 NOOP = "return 1"
 PIPELINE_CHUNK = 1000

@@ -30,9 +30,10 @@ from shared_rewardnorm import RetryPolicy, SharedRewardNormalizer, StatsStore
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # the repository root: the test helpers are the package tests.support
 from common import Printer, argument_parser, fmt_rate, machine_rows, progress, scratch_namespace  # noqa: E402
-from drop_proxy import DropProxy  # noqa: E402
+
+from tests.support.drop_proxy import DropProxy  # noqa: E402
 
 ENVS = ("gsm8k", "tool_use", "code", "math")
 

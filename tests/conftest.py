@@ -1,11 +1,14 @@
 """Shared fixtures: one backend parameter (embedded and real Redis) for the behavioural tests,
-a random key namespace per test so runs never collide on a shared server, and a private
-``redis-server`` (with a client to inspect it) for the tests that need their own."""
+a random key namespace per test so runs never collide on a shared server, a private
+``redis-server`` (with a client to inspect it) for the tests that need their own, and an event
+loop running in another thread."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import drop_namespace, require_binaries, unavailable
-from redis_servers import NO_PERSISTENCE, RedisServer
-
 from shared_rewardnorm._redis.connection import URL_VARIABLE, embedded_server
+from tests.support.helpers import drop_namespace, require_binaries, unavailable
+from tests.support.redis_servers import NO_PERSISTENCE, RedisServer
 
 REAL_REDIS_URL = os.environ.get("SHARED_REWARDNORM_TEST_URL", "redis://127.0.0.1:6379/0")
 
@@ -138,6 +138,19 @@ def inspector(server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis(port=server.port, socket_timeout=10)
     yield client
     client.close()
+
+
+@pytest.fixture
+def thread_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in another thread (as TRL runs async reward functions); run work
+    in it with ``tests.support.helpers.in_loop``."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

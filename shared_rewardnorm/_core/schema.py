@@ -1,7 +1,7 @@
 """The stats schema: the fields of an env's hash, named once for all of Python.
 
 ``lua/stats_lib.lua`` names the same groups once for Lua (its ``*_FIELDS`` tables), and
-``tests/test_schema.py`` checks that the two agree, so a field is added in exactly two places.
+``tests/behaviour/test_schema.py`` checks that the two agree, so a field is added in exactly two places.
 Every other module (encoding, decoding, errors, checkpoints, the CLI, benchmarks) derives its
 field lists from here. No imports: anything may import this module.
 """
@@ -32,7 +32,7 @@ ACTIVITY_FIELDS = ("merges", "updated_at")
 #: Written beside the statistics for people reading the hash with ``redis-cli``; never read back.
 DISPLAY_FIELDS = ("std",)
 
-#: The groups as stats_lib.lua defines them, by name (what ``tests/test_schema.py`` compares).
+#: The groups as stats_lib.lua defines them, by name (what ``tests/behaviour/test_schema.py`` compares).
 GROUPS = ("STAT_FIELDS", "DECAY_FIELDS", "CONFIG_FIELDS", "ACTIVITY_FIELDS", "DISPLAY_FIELDS")
 
 #: Everything read back from an env's hash, in the order of reads and script replies.

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from integrations import EXAMPLES, import_example, require_module
+
+from tests.support.integrations import EXAMPLES, import_example, require_module
 
 pytestmark = [pytest.mark.atropos, pytest.mark.slow]
 

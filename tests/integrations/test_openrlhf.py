@@ -13,11 +13,11 @@ import threading
 from typing import Any
 
 import pytest
-from delay_proxy import DelayProxy
-from integrations import require_module
 
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore
 from shared_rewardnorm.openrlhf import SharedNormRewardFunc
+from tests.support.delay_proxy import DelayProxy
+from tests.support.integrations import require_module
 
 pytestmark = pytest.mark.openrlhf
 

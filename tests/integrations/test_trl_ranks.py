@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from integrations import import_example, require_module
+
+from tests.support.integrations import import_example, require_module
 
 pytestmark = [pytest.mark.trl, pytest.mark.slow]
 

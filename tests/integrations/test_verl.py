@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -17,7 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from integrations import import_example, require_module
+
+from tests.support.integrations import import_example, require_module
 
 pytestmark = [pytest.mark.verl, pytest.mark.slow]
 
@@ -36,9 +36,7 @@ from verl.utils.import_utils import load_module  # noqa: E402
 
 from shared_rewardnorm import SharedRewardNormalizer, StatsStore  # noqa: E402
 from shared_rewardnorm.verl import REGISTERED_NAME, SharedNormRewardManager  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from verl_reward import expected_score  # noqa: E402
+from tests.integrations.verl_reward import expected_score  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REWARD_FN = Path(__file__).with_name("verl_reward.py")

@@ -1,5 +1,5 @@
-"""The merge operation against canned replies, with no server: what it yields, how it reads the
-script's reply, and the sync shell's way of resolving the batch through the ledger."""
+"""The merge operation against canned replies, with no server: what it yields and how it reads
+the script's reply (the shells' resolution through the ledger: tests/behaviour/test_batch_ids.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared_rewardnorm import NotReplicatedError, RunningStats, StatsStore
+from shared_rewardnorm import NotReplicatedError, RunningStats
 from shared_rewardnorm._core.protocol import encode_stats
 from shared_rewardnorm._core.requests import MergeBatch, ReadStats, RunScript
 from shared_rewardnorm._core.store_ops import StoreCore
@@ -59,15 +59,3 @@ def test_with_replicas_a_short_wait_raises_after_reading_the_merge() -> None:
     assert isinstance(request, RunScript) and request.wait == ("1", "250")
     with pytest.raises(NotReplicatedError, match=r"only 0 of the 1 required replicas"):
         operation.send([reply_for(RunningStats.from_values([2.0]), 1), 0])
-
-
-def test_the_sync_shell_sends_the_ledgers_request_for_a_named_batch_twice() -> None:
-    """The shell resolves each MergeBatch through the ledger: the same name, the same request."""
-    store = StatsStore(None, "ledger-shell")
-    sent: list[Any] = []
-    store._issue = lambda request: sent.append(request) or reply_for(RunningStats.from_values([1.0]), 1)  # type: ignore[method-assign]
-    store.update("env", [1.0], batch_id="b")
-    store.update("env", [1.0], batch_id="b")
-    store.update("env", [1.0])
-    assert sent[0] is sent[1] and sent[2] is not sent[0]
-    assert [request.args[1] for request in sent] == ["0000000000000001", "0000000000000001", "0000000000000002"]

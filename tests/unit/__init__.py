@@ -1,0 +1,1 @@
+"""No server at all: pure functions, and operations driven with canned replies."""
