@@ -15,7 +15,8 @@ What runs, each piece the real one except the policy:
 It prints the z-scores the trainer received, which env sent each group, and checks the shared
 count against the scores the envs normalized: every group the inference stand-in answered, including
 those ``BaseEnv`` then drops because all their scores are equal (they are real rewards of the
-env, so they count). The statistics live under a random namespace, reset at the end.
+env, so they count). The statistics live under a random namespace, reset at the end (or under
+``--namespace``, left for you).
 """
 
 from __future__ import annotations
@@ -309,6 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default=None, help="default: $SHARED_REWARDNORM_URL; needed by two processes")
     parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--namespace", default=None,
+                        help="key namespace (its keys are then yours to delete); default: a random one, reset "
+                             "at the end")
     args = parser.parse_args()
     url = args.redis_url or os.environ.get("SHARED_REWARDNORM_URL")
     if url is None:
@@ -317,7 +321,8 @@ def main() -> None:
 
     from shared_rewardnorm import StatsStore
 
-    namespace = f"atropos-pipeline-{uuid.uuid4().hex[:8]}"
+    owned = args.namespace is None
+    namespace = args.namespace or f"atropos-pipeline-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as workdir:
         run = run_pipeline(url, namespace, args.batches, workdir)
         tokenizer = AutoTokenizer.from_pretrained(str(Path(workdir) / "tokenizer"))
@@ -337,7 +342,8 @@ def main() -> None:
               f"(less than a batch): {run.queued}")
         print(f"shared count {stats.count} (scores the envs normalized: {normalized}), mean {stats.mean:+.4f}, "
               f"std {stats.std:.4f}")
-        store.reset("toy_arithmetic")
+        if owned:  # the statistics; the batch records expire after the store's batch_record_ttl
+            store.reset("toy_arithmetic")
     if stats.count != normalized:
         raise SystemExit("the shared count does not match the scores normalized")
 

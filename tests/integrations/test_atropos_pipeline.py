@@ -83,7 +83,7 @@ def test_two_envs_serve_z_scores_against_one_hash_to_a_trainer(real_redis_url: s
 
 def test_the_pipeline_example_runs_as_documented(real_redis_url: str, namespace: str) -> None:
     result = subprocess.run([sys.executable, str(EXAMPLES / "atropos_pipeline.py"), "--redis-url", real_redis_url,
-                             "--batches", "3"], capture_output=True, text=True, timeout=600,
+                             "--batches", "3", "--namespace", namespace], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert re.search(r"^batch 0  env [01]  raw .* ->  z ", result.stdout, re.M), result.stdout
