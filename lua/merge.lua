@@ -25,8 +25,12 @@
 -- weight and wm2 by 2^(-n/H), then adds the batch with weight 1 per sample (weighted Chan).
 -- So after batches B1..Bk, a sample of Bj weighs 2^(-a/H), a being the samples merged after Bj.
 --
+-- Identity: the first merge into an env that has none (new, or lost and recreated) sets its
+-- epoch to the server time in microseconds and its origin to 'merge' (stats_lib.lua's
+-- IDENTITY_FIELDS); later merges keep both.
+--
 -- Returns one string, the env's record in ENV_FIELDS order ("count mean m2 min max weight
--- wmean wm2 half_life frozen merges updated_at"; integers '%d', a float this call computed
+-- wmean wm2 half_life frozen merges updated_at epoch origin"; integers '%d', a float this call computed
 -- '%.17g', a float it left unchanged the text it read, which parses to the same double) then
 -- one word: 1 when this call merged the batch, 0 when it had been merged before, 2 when the
 -- env is frozen.
@@ -77,49 +81,22 @@ if env.frozen then
   return table.concat(texts, ' ')
 end
 
-local old = env.stats
 local merged = batch
-if old then
-  -- Chan, Golub and LeVeque's pairwise update: exact in real arithmetic, stable in floats.
-  local count = old.count + batch.count
-  local delta = batch.mean - old.mean
-  merged = {
-    count = count,
-    mean = old.mean + delta * (batch.count / count),
-    m2 = old.m2 + batch.m2 + delta * delta * (old.count * batch.count / count),
-    min = math.min(old.min, batch.min),
-    max = math.max(old.max, batch.max),
-  }
-  if count > MAX_COUNT then
-    return error_for('OVERFLOW', key, 'count would reach 2^53')
-  end
-  if merged.mean - merged.mean ~= 0 or merged.m2 - merged.m2 ~= 0 then  -- x - x is 0 only for a finite x
-    return error_for('OVERFLOW', key, 'merged mean or m2 is not finite')
-  end
+if env.stats then
+  merged, err = merge_stats(key, env.stats, batch)
+  if err then return err end
 end
--- The env after this batch; `env` stays as read, so write_env stores only what changed.
+-- The env after this batch; `env` stays as read, so write_env stores only what changed. The
+-- first merge into an env without an identity gives it one (origin 'merge').
+local updated_at, time = server_time()
 local new = {stats = merged, half_life = env.half_life, weight = 0, wmean = 0, wm2 = 0, frozen = false,
-  merges = env.merges + 1, updated_at = 0}
-local half_life = env.half_life
-if half_life then
-  -- The weighted form of Chan's update: the old part's weights shrink by 2^(-n/H).
-  local n = batch.count
-  local factor = 2 ^ (-n / half_life)
-  local old_weight = env.weight * factor
-  if old_weight > 0 then
-    local weight = old_weight + n
-    local delta = batch.mean - env.wmean
-    new.wmean = env.wmean + delta * (n / weight)
-    new.wm2 = env.wm2 * factor + batch.m2 + delta * delta * (old_weight * n / weight)
-    new.weight = weight
-  else  -- nothing before (or all of it decayed to nothing): the batch alone, exactly
-    new.weight, new.wmean, new.wm2 = n, batch.mean, batch.m2
-  end
-  if new.wmean - new.wmean ~= 0 or new.wm2 - new.wm2 ~= 0 then
-    return error_for('OVERFLOW', key, 'decayed mean or wm2 is not finite')
-  end
+  merges = env.merges + 1, updated_at = updated_at, epoch = env.epoch or epoch_of(time),
+  origin = env.origin or 'merge'}
+if env.half_life then
+  local decayed
+  decayed, err = merge_decayed(key, env, env.half_life, batch, new)
+  if not decayed then return err end
 end
-new.updated_at = now_ms()
 if record then
   store_batch_record(record_key, record, ARGV[3])
 end

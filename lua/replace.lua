@@ -12,7 +12,9 @@
 --
 -- Without ARGV[2] the configuration stays (half_life and frozen, as stored), the decayed
 -- statistics restart empty (weight 0) and the activity (merges, updated_at) is cleared.
--- A hash left with nothing to hold is deleted.
+-- Either way the statistics get a new identity (epoch: the server time in microseconds; origin
+-- 'replace'), so clients can tell a deliberate replacement (set, reset, restore) from a loss:
+-- the hash is kept, with its identity, even when it holds no statistics.
 --
 -- Returns the env's record as stored, in ENV_FIELDS order, as merge.lua (without its last word).
 --
@@ -20,7 +22,7 @@
 --   REWARDNORM_INVALID <key> ...    an argument is malformed
 --   REWARDNORM_WRONGTYPE <key> ...  the key holds something other than a hash
 --
--- Cost: O(1): HMGET (without ARGV[2]) or TYPE, DEL, HSET.
+-- Cost: O(1): TIME, HMGET (without ARGV[2]) or TYPE, DEL, HSET.
 
 local err = check_arity('replace', KEYS, ARGV, {1, 1, 1, 2})
 if err then return err end
@@ -33,33 +35,16 @@ if stats.count == 0 then
   stats = nil
 end
 
-local env = {stats = stats, merges = 0, updated_at = 0}
+local _, time = server_time()
+-- A deliberate replacement: new statistics, so a new identity, marked as deliberate.
+local env = {stats = stats, merges = 0, updated_at = 0, epoch = epoch_of(time), origin = 'replace'}
 local config = {}  -- field/value pairs of the configuration to store
 if ARGV[2] then
-  local texts
-  texts, err = split_words(key, 'state', ARGV[2], STATE_FIELDS)
-  if err then return err end
-  local half_life_at = HALF_LIFE_AT - DECAY_AT  -- positions in the state argument
-  if texts[half_life_at] == '0' then  -- half_life 0: no decay, so the decayed fields are zeros
-    for i = 1, #DECAY_FIELDS do
-      if texts[i] ~= '0' then
-        return error_for('INVALID', key, DECAY_FIELDS[i] .. ' must be 0 without a half_life, got '
-          .. quoted(texts[i]))
-      end
-    end
-    texts[half_life_at] = false
-  end
-  env, err = parse_state(key, texts, 0, 'INVALID', env)
+  env, err = parse_state_arg(key, ARGV[2], env)
   if err then return err end
   err = check_type(key, 'hash')
   if err then return err end
-  if env.half_life then
-    config = {'half_life', string.format('%.17g', env.half_life)}
-  end
-  if env.frozen then
-    config[#config + 1] = 'frozen'
-    config[#config + 1] = '1'
-  end
+  config = config_pairs(env)
 else
   -- Keep the stored configuration as it is (a malformed value stays, for reads to report).
   local stored

@@ -21,6 +21,12 @@ local CONFIG_FIELDS = {'half_life', 'frozen'}
 -- Written by each merge: batches merged since the last replace, and the server time of the
 -- last one (milliseconds since the epoch); absent: 0, never.
 local ACTIVITY_FIELDS = {'merges', 'updated_at'}
+-- The statistics' identity: `epoch`, the server time in microseconds since the epoch when they
+-- were created (by the first merge into an env without one, a replace, or a re-seed), and
+-- `origin`, how: 'merge', 'replace' (set, reset, restore, a checkpoint load: deliberate) or
+-- 'reseed' (a client put back its last view after finding them lost, reseed.lua). Persistence
+-- and replicas keep both; an env found without them, or with another epoch, was replaced.
+local IDENTITY_FIELDS = {'epoch', 'origin'}
 -- Written beside the statistics for people reading the hash with redis-cli; never read back:
 local DISPLAY_FIELDS = {'std'}
 
@@ -33,16 +39,21 @@ local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
 local ENV_FIELDS = {STAT_FIELDS[1], STAT_FIELDS[2], STAT_FIELDS[3], STAT_FIELDS[4], STAT_FIELDS[5],
   DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
-  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}
+  ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2], IDENTITY_FIELDS[1], IDENTITY_FIELDS[2]}
 
 -- Where each group starts in ENV_FIELDS order (texts[AT + i] is the group's i-th field), derived
 -- from the groups so that adding a field to a group moves the ones after it:
 local DECAY_AT = #STAT_FIELDS
 local CONFIG_AT = DECAY_AT + #DECAY_FIELDS
 local ACTIVITY_AT = CONFIG_AT + #CONFIG_FIELDS
--- Two single fields read by position:
+local IDENTITY_AT = ACTIVITY_AT + #ACTIVITY_FIELDS
+-- Single fields read by position:
 local HALF_LIFE_AT = CONFIG_AT + 1
 local FROZEN_AT = CONFIG_AT + 2
+local EPOCH_AT = IDENTITY_AT + 1
+local ORIGIN_AT = IDENTITY_AT + 2
+-- The accepted origins (a set, for validation).
+local ORIGINS = {merge = true, replace = true, reseed = true}
 
 -- The largest count below 2^53: every integer up to it is exact in a Lua number (a double),
 -- and any decimal text at or above 2^53 parses to at least 2^53, so the check cannot round away.
@@ -225,11 +236,21 @@ local function read_env(key)
   end
   -- Every field the env will get, from the start (no resizing as parse_state fills it).
   local env = {stored = stored, stats = false, half_life = false, weight = 0, wmean = 0, wm2 = 0, frozen = false,
-    merges = 0, updated_at = 0}
+    merges = 0, updated_at = 0, epoch = stored[EPOCH_AT], origin = stored[ORIGIN_AT]}
   if stored[1] or stored[2] or stored[3] or stored[4] or stored[5] then
     env.stats, err = parse_stats(key, stored, 'CORRUPT', 1)
     if err then
       return nil, err
+    end
+  end
+  -- The identity: both or neither; an epoch is digits (kept as text: it is only compared).
+  local epoch, origin = env.epoch, env.origin
+  if epoch or origin then
+    if not epoch or not string.find(epoch, '^[0-9]+$') or string.len(epoch) > 16 then
+      return nil, error_for('CORRUPT', key, 'epoch must be an integer (microseconds), got ' .. quoted(epoch))
+    end
+    if not origin or not ORIGINS[origin] then
+      return nil, error_for('CORRUPT', key, 'origin must be merge, replace or reseed, got ' .. quoted(origin))
     end
   end
   return parse_state(key, stored, #STAT_FIELDS, 'CORRUPT', env)
@@ -244,7 +265,7 @@ end
 -- the configuration is never stored here (see write_env's `extra`).
 local function env_texts(env, old, fields)
   local stored = old and old.stored
-  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
+  local texts = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}  -- ENV_FIELDS and a merge's outcome, sized once
   local function put(i, value, previous)
     local text = stored and stored[i]
     if not text or value ~= previous then
@@ -297,6 +318,16 @@ local function env_texts(env, old, fields)
       fields[#fields + 1] = field
       fields[#fields + 1] = texts[at]
     end
+  end
+  -- The identity (absent: epoch 0, origin '-'), stored when it is new.
+  local epoch = env.epoch
+  texts[EPOCH_AT] = epoch or '0'
+  texts[ORIGIN_AT] = env.origin or '-'
+  if fields and epoch and epoch ~= (old and old.epoch) then
+    fields[#fields + 1] = IDENTITY_FIELDS[1]
+    fields[#fields + 1] = epoch
+    fields[#fields + 1] = IDENTITY_FIELDS[2]
+    fields[#fields + 1] = env.origin
   end
   return texts
 end
@@ -405,11 +436,88 @@ local function store_batch_record(record_key, record, ttl_text)
   redis.call('SET', record_key, record, 'EX', ttl_text)
 end
 
--- The server's clock in milliseconds since the epoch (scripts replicate by effects, so
--- reading TIME is allowed and replicas store the primary's value).
-local function now_ms()
+-- The server's clock: milliseconds since the epoch (for updated_at), and TIME's reply for
+-- epoch_of. Scripts replicate by effects, so reading TIME is allowed and replicas store the
+-- primary's values.
+local function server_time()
   local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), time
+end
+
+-- A new epoch from TIME's reply: microseconds since the epoch, as text (formatted only when an
+-- identity is created).
+local function epoch_of(time)
+  return time[1] .. string.format('%06d', tonumber(time[2]))
+end
+
+-- Chan, Golub and LeVeque's pairwise merge of two stats tables (exact in real arithmetic, stable
+-- in floats), or nil plus an error reply when it would not be finite.
+local function merge_stats(key, old, batch)
+  local count = old.count + batch.count
+  if count > MAX_COUNT then
+    return nil, error_for('OVERFLOW', key, 'count would reach 2^53')
+  end
+  local delta = batch.mean - old.mean
+  local mean = old.mean + delta * (batch.count / count)
+  local m2 = old.m2 + batch.m2 + delta * delta * (old.count * batch.count / count)
+  if mean - mean ~= 0 or m2 - m2 ~= 0 then  -- x - x is 0 only for a finite x
+    return nil, error_for('OVERFLOW', key, 'merged mean or m2 is not finite')
+  end
+  return {count = count, mean = mean, m2 = m2, min = math.min(old.min, batch.min), max = math.max(old.max, batch.max)}
+end
+
+-- The decayed statistics (weight, wmean, wm2 of `env`, half-life `half_life`) after a batch of
+-- n samples: the old weights shrink by 2^(-n/H), the batch weighs 1 per sample (the weighted
+-- form of Chan's merge). Writes new.weight, new.wmean, new.wm2; nil plus an error reply when
+-- they would not be finite.
+local function merge_decayed(key, env, half_life, batch, new)
+  local n = batch.count
+  local factor = 2 ^ (-n / half_life)
+  local old_weight = env.weight * factor
+  if old_weight > 0 then
+    local weight = old_weight + n
+    local delta = batch.mean - env.wmean
+    new.wmean = env.wmean + delta * (n / weight)
+    new.wm2 = env.wm2 * factor + batch.m2 + delta * delta * (old_weight * n / weight)
+    new.weight = weight
+  else  -- nothing before (or all of it decayed to nothing): the batch alone, exactly
+    new.weight, new.wmean, new.wm2 = n, batch.mean, batch.m2
+  end
+  if new.wmean - new.wmean ~= 0 or new.wm2 - new.wm2 ~= 0 then
+    return nil, error_for('OVERFLOW', key, 'decayed mean or wm2 is not finite')
+  end
+  return new
+end
+
+-- Parse a state argument ("weight wmean wm2 half_life frozen merges updated_at", a snapshot's
+-- or a client's view: half_life 0 for none, then the decayed fields must be 0) into `env`.
+local function parse_state_arg(key, text, env)
+  local texts, err = split_words(key, 'state', text, STATE_FIELDS)
+  if err then return nil, err end
+  local half_life_at = HALF_LIFE_AT - DECAY_AT  -- positions in the state argument
+  if texts[half_life_at] == '0' then  -- half_life 0: no decay, so the decayed fields are zeros
+    for i = 1, #DECAY_FIELDS do
+      if texts[i] ~= '0' then
+        return nil, error_for('INVALID', key, DECAY_FIELDS[i] .. ' must be 0 without a half_life, got '
+          .. quoted(texts[i]))
+      end
+    end
+    texts[half_life_at] = false
+  end
+  return parse_state(key, texts, 0, 'INVALID', env)
+end
+
+-- The configuration of `env` as field/value pairs for write_env's `extra`.
+local function config_pairs(env)
+  local config = {}
+  if env.half_life then
+    config = {'half_life', string.format('%.17g', env.half_life)}
+  end
+  if env.frozen then
+    config[#config + 1] = 'frozen'
+    config[#config + 1] = '1'
+  end
+  return config
 end
 
 -- Operations take a fixed number of keys and arguments; `forms` lists the accepted numbers of
@@ -426,4 +534,175 @@ local function check_arity(name, keys, args, forms)
   end
   return redis.error_reply('REWARDNORM_INVALID ' .. name .. ' expects ' .. table.concat(accepted, ' or ')
     .. ', got ' .. #keys .. ' and ' .. #args)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Per-prompt statistics (prompt_*.lua; shared_rewardnorm/_core/prompt_ops.py is the Python twin).
+--
+-- An env's prompts live beside its stats hash, in its hash slot: the prompt set's settings in
+-- the hash "<ns>:{<env>}:prompts" (fields decay, buckets; absent: 1 and DEFAULT_PROMPT_BUCKETS),
+-- and the prompts in `buckets` hashes "<ns>:{<env>}:p:<b>", b = crc32(prompt id) mod buckets
+-- (computed by the client), one field per prompt. So a bucket stays small enough for Redis's
+-- compact hash encoding (listpack: at most 128 fields of at most 64 bytes by default), which is
+-- what keeps a prompt near 40 bytes.
+--
+-- A prompt's record: "<visits>,<count>,<mean><m2>[<weight>]": visits and count in decimal, then
+-- each double as 11 characters of base 64 (digits '0'..'o', ASCII 48..111: the IEEE-754 bits,
+-- sign and biased exponent in the first two characters, the 52 fraction bits in the other nine),
+-- so every double round-trips exactly in a third of the room of '%.17g'. The weight is written
+-- only when it differs from the count (a prompt set with decay): otherwise it is the count.
+
+local PROMPT_SETTINGS_SUFFIX = ':prompts'
+local PROMPT_BUCKET_INFIX = ':p:'
+local DEFAULT_PROMPT_BUCKETS = 16384
+local MAX_PROMPT_BUCKETS = 1048576
+local TWO_52 = 4503599627370496
+
+-- The 11 characters of a double (see above); x must be finite.
+local function encode_double(x)
+  local hi = 0
+  if x < 0 or (x == 0 and 1 / x < 0) then
+    hi = 2048
+    x = -x
+  end
+  local frac = 0
+  if x ~= 0 then
+    local m, e = math.frexp(x)  -- x = m * 2^e, 0.5 <= m < 1
+    if e >= -1021 then
+      hi = hi + e + 1022
+      frac = (m * 2 - 1) * TWO_52
+    else  -- subnormal: biased exponent 0, the fraction is x in units of 2^-1074
+      frac = math.ldexp(x, 1074)
+    end
+  end
+  local d9 = frac % 64; frac = (frac - d9) / 64
+  local d8 = frac % 64; frac = (frac - d8) / 64
+  local d7 = frac % 64; frac = (frac - d7) / 64
+  local d6 = frac % 64; frac = (frac - d6) / 64
+  local d5 = frac % 64; frac = (frac - d5) / 64
+  local d4 = frac % 64; frac = (frac - d4) / 64
+  local d3 = frac % 64; frac = (frac - d3) / 64
+  local d2 = frac % 64; frac = (frac - d2) / 64
+  local d1 = frac
+  local h2 = hi % 64
+  return string.char(48 + (hi - h2) / 64, 48 + h2, 48 + d1, 48 + d2, 48 + d3, 48 + d4, 48 + d5, 48 + d6,
+    48 + d7, 48 + d8, 48 + d9)
+end
+
+-- The double whose 11 characters start at `at` in `text`, or nil when they are not a finite
+-- double's (fraction bits beyond 52, the exponent of inf/NaN). The caller has checked that every
+-- character is a digit of the code ('0'..'o': one pattern match per record, not 22 comparisons).
+local function decode_double(text, at)
+  local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 = string.byte(text, at, at + 10)
+  if not b11 or b3 > 63 then return nil end
+  local hi = (b1 - 48) * 64 + b2 - 48
+  local frac = ((((((((b3 - 48) * 64 + b4 - 48) * 64 + b5 - 48) * 64 + b6 - 48) * 64 + b7 - 48) * 64
+    + b8 - 48) * 64 + b9 - 48) * 64 + b10 - 48) * 64 + b11 - 48
+  local biased = hi % 2048
+  if biased == 2047 then return nil end
+  local x
+  if biased == 0 then
+    x = math.ldexp(frac, -1074)
+  else
+    x = math.ldexp(1 + frac / TWO_52, biased - 1023)
+  end
+  if hi >= 2048 then return -x end
+  return x
+end
+
+-- A prompt's record as a table {visits, count, weight, mean, m2}, or nil plus an error reply
+-- naming the bucket and the prompt.
+local function parse_prompt(key, id, text)
+  local first = string.find(text, ',', 1, true)
+  local second = first and string.find(text, ',', first + 1, true)
+  local rest = second and #text - second
+  local visits, count, mean, m2
+  if (rest == 22 or rest == 33) and string.find(text, '^[0-9]+,[0-9]+,[0-o]+$') then
+    visits, count = tonumber(string.sub(text, 1, first - 1)), tonumber(string.sub(text, first + 1, second - 1))
+    mean = decode_double(text, second + 1)
+    m2 = mean and decode_double(text, second + 12)
+  end
+  local weight = count
+  if m2 and rest == 33 then weight = decode_double(text, second + 23) end
+  if not (weight and m2) or m2 < 0 or weight < 0 or visits > MAX_COUNT or count > MAX_COUNT then
+    return nil, error_for('CORRUPT', key, 'prompt ' .. quoted(id) .. ' holds ' .. quoted(string.sub(text, 1, 60)))
+  end
+  return {visits, count, weight, mean, m2}
+end
+
+-- The record of {visits, count, weight, mean, m2}.
+local function format_prompt(p)
+  local text = string.format('%d,%d,', p[1], p[2]) .. encode_double(p[4]) .. encode_double(p[5])
+  if p[3] ~= p[2] then
+    return text .. encode_double(p[3])
+  end
+  return text
+end
+
+-- The prompt set's settings key -> the prefix of its bucket keys, or nil plus an error reply.
+local function prompt_bucket_prefix(settings_key)
+  local n = #PROMPT_SETTINGS_SUFFIX
+  if string.sub(settings_key, -n) ~= PROMPT_SETTINGS_SUFFIX then
+    return nil, error_for('INVALID', settings_key, 'is not a prompt set\'s settings key (it must end in "'
+      .. PROMPT_SETTINGS_SUFFIX .. '")')
+  end
+  return string.sub(settings_key, 1, -n - 1) .. PROMPT_BUCKET_INFIX
+end
+
+-- Parse a bucket count (text): an integer from 1 to MAX_PROMPT_BUCKETS.
+local function parse_bucket_count(key, text, kind)
+  local buckets = type(text) == 'string' and string.find(text, '^[0-9]+$') and tonumber(text)
+  if not buckets or buckets < 1 or buckets > MAX_PROMPT_BUCKETS then
+    return nil, error_for(kind, key, 'buckets must be an integer from 1 to ' .. MAX_PROMPT_BUCKETS .. ', got '
+      .. quoted(text))
+  end
+  return buckets
+end
+
+-- Parse a decay (text): a number in (0, 1].
+local function parse_decay(key, text, kind)
+  local decay = parse_finite(text)
+  if not decay or decay <= 0 or decay > 1 then
+    return nil, error_for(kind, key, 'decay must be a number in (0, 1], got ' .. quoted(text))
+  end
+  return decay
+end
+
+-- The prompt set's settings: {decay = number, buckets = number, stored = bool (whether the
+-- settings hash has its bucket count)}, or nil plus an error reply.
+local function read_prompt_settings(key)
+  local stored, err = read_key(key, 'hash', 'HMGET', 'decay', 'buckets')
+  if err then return nil, err end
+  local settings = {decay = 1, buckets = DEFAULT_PROMPT_BUCKETS, stored = stored[2] ~= false}
+  if stored[1] then
+    settings.decay, err = parse_decay(key, stored[1], 'CORRUPT')
+    if err then return nil, err end
+  end
+  if stored[2] then
+    settings.buckets, err = parse_bucket_count(key, stored[2], 'CORRUPT')
+    if err then return nil, err end
+  end
+  return settings
+end
+
+-- Check the bucket count a client computed its buckets with (ARGV text) against the set's.
+local function check_bucket_count(key, settings, text)
+  local buckets, err = parse_bucket_count(key, text, 'INVALID')
+  if err then return err end
+  if buckets ~= settings.buckets then
+    return error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made for '
+      .. quoted(text) .. ' (read the settings again)')
+  end
+  return nil
+end
+
+-- The bucket key of a prompt from the client's bucket number (text), checked against the count.
+local function prompt_bucket_key(key, prefix, settings, text)
+  -- canonical decimal only ('07' would name another key than '7')
+  local bucket = (text == '0' or string.find(text, '^[1-9][0-9]*$')) and tonumber(text)
+  if not bucket or bucket >= settings.buckets then
+    return nil, error_for('INVALID', key, 'bucket must be an integer from 0 to ' .. (settings.buckets - 1)
+      .. ', got ' .. quoted(text))
+  end
+  return prefix .. text
 end

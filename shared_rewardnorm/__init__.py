@@ -9,6 +9,7 @@ Quick start::
 """
 
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+from shared_rewardnorm.aio.prompts import AsyncPromptStats
 from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
 from shared_rewardnorm.errors import (
     CorruptStatsError,
@@ -18,13 +19,17 @@ from shared_rewardnorm.errors import (
     RewardNormError,
     StaleBatchError,
     StatsOverflowError,
+    StoreConfigError,
+    StoreUnavailableError,
     WrongTypeError,
 )
+from shared_rewardnorm.prompts import PromptInfo, PromptStats
 from shared_rewardnorm.retry import RetryPolicy
 from shared_rewardnorm.stats import RunningStats
 from shared_rewardnorm.sync import SharedRewardNormalizer, StatsStore
 
 __all__ = [
+    "AsyncPromptStats",
     "AsyncSharedRewardNormalizer",
     "AsyncStatsStore",
     "CorruptStatsError",
@@ -33,6 +38,8 @@ __all__ = [
     "FunctionsNotLoadedError",
     "InvalidStatsError",
     "NotReplicatedError",
+    "PromptInfo",
+    "PromptStats",
     "RetryPolicy",
     "RewardNormError",
     "RunningStats",
@@ -40,6 +47,8 @@ __all__ = [
     "StaleBatchError",
     "StatsOverflowError",
     "StatsStore",
+    "StoreConfigError",
+    "StoreUnavailableError",
     "WrongTypeError",
 ]
 

@@ -99,11 +99,26 @@ class EnvInfo:
     frozen: bool = False
     merges: int = 0
     updated_at: int | None = None
+    #: The statistics' identity: the server time in microseconds when they were created (by a
+    #: first merge, a deliberate replace, or a client's re-seed after a loss), ``None`` for an
+    #: env without one (never merged into, or lost).
+    epoch: int | None = None
+    #: How they were created: ``"merge"``, ``"replace"`` (``set``, ``reset``, ``restore``, a
+    #: checkpoint load: deliberate) or ``"reseed"``; ``None`` without an epoch.
+    origin: str | None = None
 
     @property
     def is_empty(self) -> bool:
-        """No statistics and no configuration: the env's hash does not exist."""
+        """No statistics and no configuration (the hash is absent, or holds only the identity a
+        ``reset`` leaves)."""
         return self.stats.is_empty and self.half_life is None and not self.frozen and self.merges == 0
+
+    def identity_age(self, now: float | None = None) -> float | None:
+        """Seconds since the statistics were created (by ``now``, default this machine's
+        clock), or ``None`` without an identity."""
+        if self.epoch is None:
+            return None
+        return (time.time() if now is None else now) - self.epoch / 1e6
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since the last merge (by ``now``, default this machine's clock), or ``None``."""

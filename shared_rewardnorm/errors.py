@@ -8,6 +8,9 @@ Every exception keeps the driver's original as ``__cause__``.
 
 from __future__ import annotations
 
+import builtins
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared_rewardnorm._core.schema import ENV_FIELDS
@@ -20,6 +23,8 @@ __all__ = [
     "RewardNormError",
     "StaleBatchError",
     "StatsOverflowError",
+    "StoreConfigError",
+    "StoreUnavailableError",
     "WrongTypeError",
     "translate_response_error",
 ]
@@ -85,6 +90,31 @@ class NotReplicatedError(RewardNormError):
         super().__init__(message, key)
         self.acknowledged = acknowledged
         self.required = required
+
+
+class StoreUnavailableError(RewardNormError, RedisConnectionError, builtins.ConnectionError):
+    """The store could not be reached: a connection error or timeout (or a server still loading,
+    a cluster or primary mid-failover) persisted through every try the store's ``RetryPolicy``
+    allows. The driver's last error is the ``__cause__``.
+
+    Also a ``redis.exceptions.ConnectionError`` and a builtin ``ConnectionError``, so handlers
+    written for either keep working. ``store`` names the server (``host:port``, a socket path,
+    a Sentinel service; never a password), ``elapsed`` the seconds spent trying and ``attempts``
+    the tries made. The request's fate is unknown: a merge may have landed before the
+    connection broke (send it again under a ``batch_id`` to count it once).
+    """
+
+    def __init__(self, message: str, key: str | None = None, *, store: str = "", elapsed: float = 0.0,
+                 attempts: int = 0) -> None:
+        super().__init__(message, key)
+        self.store = store
+        self.elapsed = elapsed
+        self.attempts = attempts
+
+
+class StoreConfigError(RewardNormError, ValueError):
+    """The server refuses the connection's settings: a database index it does not have (its
+    ``databases`` setting bounds the index). Nothing was sent; no retry can help."""
 
 
 _KINDS: dict[str, type[RewardNormError]] = {

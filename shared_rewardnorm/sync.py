@@ -17,12 +17,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from shared_rewardnorm._core.normalizer_ops import NormalizerCore
-from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Operation
+from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Once, Operation, Request
 from shared_rewardnorm._core.store_ops import (
+    DEFAULT,
     DEFAULT_BATCH_RECORD_TTL,
     DEFAULT_REPLICA_TIMEOUT,
     SEND_FAILURES,
     StoreCore,
+    _Default,
 )
 from shared_rewardnorm._redis.connection import close_client, resolve_client
 from shared_rewardnorm._redis.durability import check_socket_timeout, refuse_unsupported
@@ -202,29 +204,40 @@ class StatsStore(StoreCore):
 
     def run(self, operation: Operation[T]) -> T:
         """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): send each
-        request it yields, hand back the reply, return the operation's result. The public seam
-        for new operations; every method of this class is one call of it."""
-        reply = None
+        request it yields, hand back the reply (or throw in the error), return the operation's
+        result. The public seam for new operations; every method of this class is one call of it."""
+        reply: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                request = operation.send(reply)
+                if error is None:
+                    request = operation.send(reply)
+                else:  # the operation may handle it (a normalizer answering locally) or re-raise it
+                    failure, error = error, None
+                    request = operation.throw(failure)
             except StopIteration as done:
                 result: T = done.value
                 return result
             try:
-                reply = self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
+                reply = self._send(request)
             except BaseException as exc:  # a cancelled or interrupted call too
-                operation.throw(exc)  # the operation may clean up; it re-raises
-                raise
+                error = exc
 
-    def _issue(self, request: ClientRequest) -> Any:
+    def _send(self, request: Request) -> Any:
+        if isinstance(request, Once):  # one try
+            inner = request.request
+            return self._issue(self.merge_request(inner) if isinstance(inner, MergeBatch) else inner, None)
+        return self._issue(self.merge_request(request) if isinstance(request, MergeBatch) else request)
+
+    def _issue(self, request: ClientRequest, retry: RetryPolicy | _Default | None = DEFAULT) -> Any:
         """Send one request, sending it again after failures the retry policy allows."""
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 return request.issue(self._client, self._scripts)
             except SEND_FAILURES as exc:
-                pause = self._pause_before_resending(request, exc, attempt)
+                pause = self._pause_before_resending(request, exc, attempt, time.monotonic() - started, retry)
             attempt += 1
             time.sleep(pause)
 
@@ -242,17 +255,34 @@ class SharedRewardNormalizer(NormalizerCore):
         redis: a ``redis.Redis`` client, a URL, ``None`` for the embedded store, or a
             ``StatsStore`` to share one connection pool between normalizers.
         mode: ``"zscore"``, ``"minmax"`` or ``"none"`` (pass-through; records nothing).
-        clip: clip normalized scores to +/-clip; a clip <= 0 or ``None`` disables clipping (the
-            reference's meaning).
-        warmup: samples (in the shared store, from every process) before normalization starts;
-            until then raw scores are returned, clipped.
+        clip: clip normalized scores to +/-clip; 0 or ``None`` disables clipping; negative is
+            a ``ValueError``.
+        warmup: samples (in the shared store, from every process) before normalization starts
+            (>= 0); until then raw scores are returned, clipped.
         eps: added to the denominator, must be > 0; below it, std or range count as zero.
         namespace: key prefix shared by the processes that should see the same statistics
             (ignored when ``redis`` is a ``StatsStore``).
         cluster: with a URL, connect to a Redis Cluster through that node.
         statistics: ``"total"`` normalizes against all history; ``"recent"`` against the env's
             decayed statistics (it needs a half-life, see ``StatsStore.configure``, and
-            ``mode="zscore"``; warmup still counts all samples). Checkpoints do not carry it.
+            ``mode="zscore"``; warmup still counts all samples; ``mean``, ``std`` and
+            ``metrics_dict()`` then report the decayed statistics, ``total_mean`` and
+            ``total_std`` the totals). Checkpoints do not carry it.
+        on_unavailable: what ``normalize`` does when the store cannot be reached once the
+            store's retry policy is spent: ``"raise"`` raises ``StoreUnavailableError``;
+            ``"local"`` normalizes against the last shared statistics seen merged with the
+            batches normalized since (``degraded`` is then True and ``metrics_dict()`` reports
+            ``reward_norm/degraded`` 1.0), tries the store again at most once a second (the
+            calls in between answer at once, without I/O), and when it answers merges those
+            batches into it exactly once. ``refresh()`` and ``metrics_dict()`` answer locally
+            too; ``state_dict()`` and ``load_state_dict()`` always need the store. See
+            docs/operations/persistence-and-failover.md.
+        on_lost: what to do when a reply shows that the env's statistics this normalizer knew
+            are gone (the server came back empty, a failover to a replica without them, a
+            FLUSHDB, eviction): ``"reseed"`` (the default) logs an ERROR and puts its last view
+            back, merged with what the env holds now, atomically and only if no other client
+            or deliberate ``reset``/``restore`` changed it first; ``"log"`` only logs it. A
+            deliberate replacement is never treated as a loss.
 
     The properties (``count``, ``mean``, ``std``, ``is_warmed_up``) describe the statistics
     returned by this normalizer's latest round trip and never touch the network; call
@@ -261,10 +291,10 @@ class SharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
-                 statistics: str = "total") -> None:
+                 statistics: str = "total", on_unavailable: str = "raise", on_lost: str = "reseed") -> None:
         self._owns_store = not isinstance(redis, StatsStore)
         self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics, on_unavailable, on_lost)
 
     def close(self) -> None:
         """Close the store this normalizer created (from ``redis=`` as a URL, a client or None);

@@ -51,13 +51,18 @@ class _Named:
     """A named batch: its values (to refuse a name reused for other values) and its request."""
 
     encoded: str
-    stats: RunningStats
+    #: What the batch held (a merge's summary, or another write's description), for the error
+    #: that refuses its name reused for other values.
+    about: RunningStats | str
     request: RunScript
     sequence: int
     expires: float
 
 
-def _described(stats: RunningStats) -> str:
+def _described(about: RunningStats | str) -> str:
+    if isinstance(about, str):
+        return about
+    stats = about
     return f"{stats.count} values, mean {stats.mean:.17g}, min {stats.min:.17g}, max {stats.max:.17g}"
 
 
@@ -104,6 +109,52 @@ class BatchLedger:
             return known
         return self.request_for_group(batch.key, [batch], batch.encoded)
 
+    def request_for_write(self, key: str, operation: str, head: tuple[str, ...], tail: tuple[str, ...], *,
+                          batch_id: str | None, encoded: str, about: str) -> RunScript:
+        """The request for one exactly-once write of another operation than merge (the prompt
+        statistics' updates): ``operation`` on ``(key, <client's batch record of key>)`` with the
+        arguments ``head``, the sequence number, the record lifetime, then ``tail`` (the script
+        claims the batch with stats_lib.lua's ``claim_batch``). ``key`` has sequence numbers of
+        its own. A named write sent again goes out in the request that carried it before;
+        ``encoded`` identifies its values and ``about`` describes them, for the error that
+        refuses a name reused for other values."""
+        if batch_id is not None:
+            self.client_id  # noqa: B018 - renews the identity in a forked child first
+            named = self._live(key)
+            entry = named.get(batch_id) if named is not None else None
+            if entry is not None:
+                self._refuse_reuse(key, batch_id, entry, encoded, about)
+                return entry.request
+        sequence, record_key = self._next(key)
+        request = RunScript(operation, (key, record_key), (*head, encode_sequence(sequence), self._ttl_text, *tail),
+                            self._wait)
+        if batch_id is not None:
+            self._remember(key, batch_id, _Named(encoded, about, request, sequence, self._clock() + self._record_ttl))
+        return request
+
+    def _next(self, key: str) -> tuple[int, str]:
+        """The env's next sequence number and this client's batch record key for it."""
+        client_id = self.client_id  # first: a forked child renews its identity and sequences
+        counter = self._sequences.get(key)
+        if counter is None:
+            counter = self._sequences[key] = itertools.count(1)
+        sequence = next(counter)
+        self._latest[key] = sequence
+        return sequence, batch_record_key(key, client_id)
+
+    def _remember(self, key: str, batch_id: str, entry: _Named) -> None:
+        memory = self._named.setdefault(key, OrderedDict())
+        memory.pop(batch_id, None)  # re-inserted as the newest
+        memory[batch_id] = entry
+        self._expire(key, memory)
+
+    @staticmethod
+    def _refuse_reuse(key: str, batch_id: str, entry: _Named, encoded: str, about: RunningStats | str) -> None:
+        if entry.encoded != encoded:
+            raise ValueError(f"batch_id {batch_id!r} was already used in {key} for a different batch "
+                             f"({_described(entry.about)}; now {_described(about)}): a batch_id names one "
+                             "batch, sent again only to retry it")
+
     def recall(self, batch: MergeBatch) -> RunScript | None:
         """The request that carried ``batch``'s name before, if it is still remembered, else
         ``None`` (also for an unnamed batch). Raises ``ValueError`` for a name that carried
@@ -115,32 +166,19 @@ class BatchLedger:
         entry = named.get(batch.batch_id) if named is not None else None
         if entry is None:
             return None
-        if entry.encoded != batch.encoded:
-            raise ValueError(f"batch_id {batch.batch_id!r} was already used in {batch.key} for a different batch "
-                             f"({_described(entry.stats)}; now {_described(batch.stats)}): a batch_id names one "
-                             "batch, sent again only to retry it")
+        self._refuse_reuse(batch.key, batch.batch_id, entry, batch.encoded, batch.stats)
         return entry.request
 
     def request_for_group(self, key: str, batches: Sequence[MergeBatch], encoded: str) -> RunScript:
         """A new request merging ``encoded`` (the combined summary of ``batches``) into ``key``,
         with the env's next sequence number; each named batch is remembered with it."""
-        client_id = self.client_id  # first: a forked child renews its identity and sequences
-        counter = self._sequences.get(key)
-        if counter is None:
-            counter = self._sequences[key] = itertools.count(1)
-        sequence = next(counter)
-        self._latest[key] = sequence
-        request = RunScript("merge", (key, batch_record_key(key, client_id)),
-                            (encoded, encode_sequence(sequence), self._ttl_text), self._wait)
-        named = [batch for batch in batches if batch.batch_id is not None]
-        if named:
-            memory = self._named.setdefault(key, OrderedDict())
-            expires = self._clock() + self._record_ttl
-            for batch in named:
-                assert batch.batch_id is not None
-                memory.pop(batch.batch_id, None)  # re-inserted as the newest
-                memory[batch.batch_id] = _Named(batch.encoded, batch.stats, request, sequence, expires)
-            self._expire(key, memory)
+        sequence, record_key = self._next(key)
+        request = RunScript("merge", (key, record_key), (encoded, encode_sequence(sequence), self._ttl_text),
+                            self._wait)
+        expires = self._clock() + self._record_ttl
+        for batch in batches:
+            if batch.batch_id is not None:
+                self._remember(key, batch.batch_id, _Named(batch.encoded, batch.stats, request, sequence, expires))
         return request
 
     def remembered(self, key: str) -> int:

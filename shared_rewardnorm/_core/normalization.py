@@ -26,9 +26,10 @@ STATISTICS = ("total", "recent")
 
 @dataclass(frozen=True)
 class NormalizerSettings:
-    """Validated normalizer settings, with the reference's conventions applied: a clip <= 0 or
-    ``None`` disables clipping (stored as ``None``), a negative warmup means none, and eps must
-    be > 0 (it keeps the denominator away from zero). ``statistics`` is ours alone: the
+    """Validated normalizer settings, with the reference's conventions applied where they are not
+    silent changes: a clip of 0 or ``None`` disables clipping (stored as ``None``); a negative
+    clip or warmup is a ``ValueError`` (the reference quietly turned them into "no clipping" and
+    0); eps must be > 0 (it keeps the denominator away from zero). ``statistics`` is ours alone: the
     reference's checkpoints do not carry it."""
 
     mode: str = "zscore"
@@ -51,13 +52,17 @@ class NormalizerSettings:
             # clip != clip: NaN, for a Python or a numpy number alike (math.isnan refuses some numpy kinds)
             if isinstance(clip, bool) or not isinstance(clip, (int, float, np.number)) or clip != clip:  # noqa: PLR0124
                 raise TypeError(f"clip must be a number or None, got {clip!r}")
+            if clip < 0:  # (the reference turned clipping off: a sign typo must not do that silently)
+                raise ValueError(f"clip must be >= 0 (0 or None disables clipping), got {clip!r}")
             clip = float(clip) if clip > 0 else None
         if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)):
             raise TypeError(f"warmup must be an int, got {warmup!r}")
+        if warmup < 0:  # (the reference read it as 0)
+            raise ValueError(f"warmup must be >= 0 (samples before normalization starts), got {warmup!r}")
         # eps > 0: with eps 0 a batch of equal scores divides by zero, after it was merged.
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not 0 < eps < float("inf"):
             raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-        return cls(mode=mode, clip=clip, warmup=max(0, int(warmup)), eps=float(eps), statistics=statistics)
+        return cls(mode=mode, clip=clip, warmup=int(warmup), eps=float(eps), statistics=statistics)
 
 
 def normalize_values(values: Scores, stats: RunningStats, settings: NormalizerSettings,

@@ -76,12 +76,15 @@ def decode_reply(reply: Any) -> tuple[EnvInfo, int]:
     decayed = DecayedStats(float(words[_WEIGHT]), float(words[_WEIGHT + 1]), float(words[_WEIGHT + 2])) \
         if half_life else None
     updated_at = int(words[_UPDATED_AT])
+    epoch = int(words[_EPOCH])
     return EnvInfo(stats, decayed, half_life or None, words[_FROZEN] in (b"1", "1"), int(words[_MERGES]),
-                   updated_at or None), outcome
+                   updated_at or None, epoch or None, as_text(words[_ORIGIN]) if epoch else None), outcome
 
 
-_WEIGHT, _HALF_LIFE, _FROZEN, _MERGES, _UPDATED_AT = map(
-    ENV_FIELDS.index, ("weight", "half_life", "frozen", "merges", "updated_at"))
+_WEIGHT, _HALF_LIFE, _FROZEN, _MERGES, _UPDATED_AT, _EPOCH, _ORIGIN = map(
+    ENV_FIELDS.index, ("weight", "half_life", "frozen", "merges", "updated_at", "epoch", "origin"))
+#: How statistics came to be (the ``origin`` field).
+ORIGINS = ("merge", "replace", "reseed")
 _OUTCOME = len(ENV_FIELDS)
 
 
@@ -135,7 +138,16 @@ def decode_stored(key: str, stored: Mapping[Any, Any]) -> EnvInfo:
     if frozen not in (None, "0", "1"):
         raise _corrupt(key, "frozen", f"is {frozen!r} (not 0 or 1)")
     merges, updated_at = (_count(key, field, texts[field]) for field in ACTIVITY_FIELDS)
-    return EnvInfo(stats, decayed, half_life, frozen == "1", merges, updated_at or None)
+    epoch_text, origin = texts["epoch"], texts["origin"]
+    epoch = None
+    if epoch_text is not None or origin is not None:
+        if epoch_text is None or not epoch_text.isdigit() or not epoch_text.isascii() or len(epoch_text) > 16:
+            raise _corrupt(key, "epoch", f"is {epoch_text!r} (not an integer)" if epoch_text else "is missing")
+        if origin not in ORIGINS:
+            raise _corrupt(key, "origin", f"is {origin!r} (not one of {', '.join(ORIGINS)})")
+        epoch = int(epoch_text)
+    return EnvInfo(stats, decayed, half_life, frozen == "1", merges, updated_at or None, epoch,
+                   origin if epoch is not None else None)
 
 
 def _count(key: str, field: str, text: str | None) -> int:

@@ -22,8 +22,9 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Operation", "ReadMany", "ReadStats", "Request",
-           "RunScript", "ScanKeys"]
+__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Once", "Operation", "ReadCommands", "ReadMany",
+           "ReadStats",
+           "Request", "RunScript", "ScanKeys"]
 
 T = TypeVar("T")
 
@@ -121,9 +122,12 @@ class ScanKeys(_PassErrorsThrough):
     (redis-py's cluster ``scan_iter`` walks each primary's cursor)."""
 
     pattern: str
+    #: Only hashes (env statistics); ``False`` also finds keys of other types under an env's name
+    #: (for ``survey``, which names them).
+    hashes_only: bool = True
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
-        found = client.scan_iter(match=self.pattern, count=1000, _type="hash")
+        found = client.scan_iter(match=self.pattern, count=1000, _type="hash" if self.hashes_only else None)
         if hasattr(found, "__aiter__"):
             return _collect(found)
         return list(found)
@@ -136,6 +140,21 @@ class LoadFunctions(_PassErrorsThrough):
 
     def issue(self, client: Any, scripts: ClientScripts) -> Any:
         return client.function_load(function_library(), replace=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCommands(_PassErrorsThrough):
+    """Read commands (each a tuple of words, e.g. ``("HMGET", key, field, ...)``) in one
+    pipeline: one round trip per server. The reply has one entry per command, its reply or its
+    error. For reads of other keys than stats hashes (the prompt statistics' buckets)."""
+
+    commands: tuple[tuple[str, ...], ...]
+
+    def issue(self, client: Any, scripts: ClientScripts) -> Any:
+        pipeline = client.pipeline(transaction=False)
+        for command in self.commands:
+            pipeline.execute_command(*command)
+        return pipeline.execute(raise_on_error=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +171,19 @@ class MergeBatch:
 
 
 #: The requests a shell issues on its client as they are.
-ClientRequest = RunScript | ReadStats | ReadMany | ScanKeys | LoadFunctions
-Request = ClientRequest | MergeBatch
+ClientRequest = RunScript | ReadStats | ReadMany | ReadCommands | ScanKeys | LoadFunctions
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """Send ``request`` with one try, whatever the store's retry policy (a merge goes alone,
+    never coalesced): the probe of a normalizer whose store is unavailable
+    (``on_unavailable="local"``), which must answer within one connection attempt rather than
+    wait out the policy's backoff."""
+
+    request: ClientRequest | MergeBatch
+
+
+Request = ClientRequest | MergeBatch | Once
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]

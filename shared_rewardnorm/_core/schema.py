@@ -15,6 +15,7 @@ __all__ = [
            "DISPLAY_FIELDS",
            "ENV_FIELDS",
            "GROUPS",
+           "IDENTITY_FIELDS",
            "STATE_FIELDS",
            "STAT_FIELDS",
 ]
@@ -29,13 +30,18 @@ CONFIG_FIELDS = ("half_life", "frozen")
 #: Written by each merge: batches merged since the last replace, and the server time of the
 #: last one in milliseconds (absent: 0, never).
 ACTIVITY_FIELDS = ("merges", "updated_at")
+#: The statistics' identity: ``epoch``, the server time in microseconds when they were created
+#: (a first merge into an env without one, a replace, a re-seed), and ``origin``, how
+#: (``merge``, ``replace``: deliberate, ``reseed``: a client restored its view after a loss).
+IDENTITY_FIELDS = ("epoch", "origin")
 #: Written beside the statistics for people reading the hash with ``redis-cli``; never read back.
 DISPLAY_FIELDS = ("std",)
 
 #: The groups as stats_lib.lua defines them, by name (what ``tests/behaviour/test_schema.py`` compares).
-GROUPS = ("STAT_FIELDS", "DECAY_FIELDS", "CONFIG_FIELDS", "ACTIVITY_FIELDS", "DISPLAY_FIELDS")
+GROUPS = ("STAT_FIELDS", "DECAY_FIELDS", "CONFIG_FIELDS", "ACTIVITY_FIELDS", "IDENTITY_FIELDS", "DISPLAY_FIELDS")
 
 #: Everything read back from an env's hash, in the order of reads and script replies.
-ENV_FIELDS = STAT_FIELDS + DECAY_FIELDS + CONFIG_FIELDS + ACTIVITY_FIELDS
-#: The fields after the totals: an env's state, as ``replace`` takes it from a snapshot.
-STATE_FIELDS = ENV_FIELDS[len(STAT_FIELDS):]
+ENV_FIELDS = STAT_FIELDS + DECAY_FIELDS + CONFIG_FIELDS + ACTIVITY_FIELDS + IDENTITY_FIELDS
+#: The fields after the totals that a snapshot sets: an env's state, as ``replace`` takes it
+#: (the identity is not part of it: a replace always creates a new one).
+STATE_FIELDS = DECAY_FIELDS + CONFIG_FIELDS + ACTIVITY_FIELDS

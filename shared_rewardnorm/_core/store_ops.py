@@ -20,6 +20,7 @@ from shared_rewardnorm._core.ledger import BatchLedger
 from shared_rewardnorm._core.protocol import (
     DUPLICATE,
     FROZEN,
+    MERGED,
     as_text,
     decode_reply,
     decode_stored,
@@ -30,16 +31,18 @@ from shared_rewardnorm._core.requests import (
     ClientRequest,
     LoadFunctions,
     MergeBatch,
+    Once,
     Operation,
     ReadMany,
     ReadStats,
     RunScript,
     ScanKeys,
 )
+from shared_rewardnorm._redis.connection import describe_client
 from shared_rewardnorm._redis.durability import replica_wait
 from shared_rewardnorm._redis.scripts import ClientScripts
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.errors import RewardNormError, StoreConfigError, StoreUnavailableError
 from shared_rewardnorm.retry import DEFAULT_RETRY, TRANSIENT_ERRORS, RetryPolicy, worth_retrying
 from shared_rewardnorm.stats import RunningStats
 
@@ -51,12 +54,14 @@ __all__ = [
     "StoreCore",
     "read_env",
     "replace_stats",
+    "reseed_env",
     "yes_or_no",
 ]
 
 
-def read_env(key: str) -> Operation[EnvInfo]:
-    reply = yield ReadStats(key)
+def read_env(key: str, once: bool = False) -> Operation[EnvInfo]:
+    """The env at ``key``, read (``once``: with a single try, see ``Once``)."""
+    reply = yield Once(ReadStats(key)) if once else ReadStats(key)
     return decode_stored(key, reply)
 
 
@@ -85,6 +90,17 @@ def replace_stats(key: str, stats: RunningStats, state: EnvInfo | None = None) -
     return decode_reply(reply)[0]
 
 
+def reseed_env(key: str, found_epoch: int | None, view: EnvInfo, once: bool = False) -> Operation[tuple[EnvInfo, bool]]:
+    """Put ``view`` (a client's last view, with statistics) back into the env at ``key``, merged
+    with what the env holds now, if its epoch is still ``found_epoch`` (``None``: no identity);
+    see ``lua/reseed.lua``. Returns the env as it is afterwards and whether this call re-seeded
+    it (``False``: somebody changed it first)."""
+    request = RunScript("reseed", (key,), ("%d" % (found_epoch or 0), encode_stats(view.stats), encode_state(view)))
+    reply = yield Once(request) if once else request
+    info, outcome = decode_reply(reply)
+    return info, outcome == MERGED
+
+
 def yes_or_no(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -108,6 +124,14 @@ DEFAULT_REPLICA_TIMEOUT = 1.0
 #: Ten years: far beyond any use, and within what Redis accepts for SET ... EX. merge.lua refuses
 #: a longer one itself (its MAX_RECORD_TTL, the same number: tests/test_store.py checks it).
 MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
+
+
+class _Default:
+    """The type of ``DEFAULT``: "the store's own retry policy" (``None`` means never retry)."""
+
+
+#: Passed as ``retry=`` to a shell's ``run``: retry as the store's policy says.
+DEFAULT = _Default()
 
 
 class StoreCore:
@@ -146,20 +170,38 @@ class StoreCore:
         #: landed); under coalescing, counted once per caller.
         self.duplicates = 0
 
-    def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int) -> float:
-        """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0): the seconds
-        to wait before sending it again (0: at once, after NOSCRIPT or a fallback from FCALL to
-        EVALSHA), or raise what the caller should see. The sync and asyncio stores share this
+    def _pause_before_resending(self, request: ClientRequest, error: BaseException, attempt: int,
+                                elapsed: float, retry: RetryPolicy | _Default | None = DEFAULT) -> float:
+        """After sending ``request`` failed with ``error`` (on try ``attempt``, from 0, ``elapsed``
+        seconds after the first try began): the seconds to wait before sending it again (0: at
+        once, after NOSCRIPT or a fallback from FCALL to EVALSHA), or raise what the caller
+        should see: ``StoreUnavailableError`` once the retry policy (``retry``, by default the
+        store's) is spent on a transient failure. The sync and asyncio stores share this
         decision; they differ only in how they wait."""
         if isinstance(error, ResponseError) and not isinstance(error, TRANSIENT_ERRORS):
             if self._scripts.fall_back(error):
                 return 0.0
+            if str(error).startswith("DB index is out of range"):  # SELECT, as the connection opened
+                database = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {}).get("db")
+                raise StoreConfigError(f"the store at {describe_client(self._client)} has no database {database} "
+                                       f"({error}: its `databases` setting bounds the index)") from error
             raise request.translate(error) from error
-        delay = self._retry.delay(attempt) if self._retry is not None and worth_retrying(error) else None
+        policy = self._retry if isinstance(retry, _Default) else retry
+        if not worth_retrying(error):
+            raise error  # not transient (a wrong password, a refused certificate): say so as it is
+        delay = policy.delay(attempt) if policy is not None else None
         if delay is None:
-            raise error
+            raise self._unavailable(error, attempt + 1, elapsed) from error
         self.retries += 1
         return delay
+
+    def _unavailable(self, error: BaseException, attempts: int, elapsed: float) -> StoreUnavailableError:
+        where = describe_client(self._client)
+        detail = " ".join(str(error).split()) or type(error).__name__
+        return StoreUnavailableError(
+            f"the store at {where} is unavailable: {type(error).__name__}: {detail} (after {attempts} "
+            f"{'try' if attempts == 1 else 'tries'} in {elapsed:.2f} s; the request's fate is unknown)",
+            store=where, elapsed=elapsed, attempts=attempts)
 
     @property
     def client_id(self) -> str:
@@ -170,13 +212,15 @@ class StoreCore:
         """The merge script's call that carries ``batch`` alone (see ``BatchLedger.request_for``)."""
         return self.ledger.request_for(batch)
 
-    def merge_at(self, key: str, stats: RunningStats, batch_id: Any = None) -> Operation[EnvInfo]:
+    def merge_at(self, key: str, stats: RunningStats, batch_id: Any = None, once: bool = False) -> Operation[EnvInfo]:
         """Merge a summary into the env at ``key`` exactly once (nothing while it is frozen) and
-        return the env as the merge left it; empty summaries only read."""
+        return the env as the merge left it; empty summaries only read. ``once``: a single try
+        (see ``Once``)."""
         name = validate_batch_id(batch_id)
         if stats.count == 0:
-            return (yield from read_env(key))
-        reply = yield MergeBatch(key, stats, encode_stats(stats), name)
+            return (yield from read_env(key, once))
+        batch = MergeBatch(key, stats, encode_stats(stats), name)
+        reply = yield Once(batch) if once else batch
         return self._merged(key, reply)
 
     def _merged(self, key: str, reply: Any) -> EnvInfo:
@@ -247,15 +291,22 @@ class StoreCore:
     def _get_many_op(self, envs: Iterable[str]) -> Operation[dict[str, RunningStats]]:
         return {env: info.stats for env, info in (yield from self._infos_op(envs)).items()}
 
-    def _envs_op(self) -> Operation[list[str]]:
-        keys = yield ScanKeys(env_scan_pattern(self._namespace))
+    def _scan_envs_op(self, hashes_only: bool = True) -> Operation[list[str]]:
+        """The names of every env hash in the namespace, those a ``reset`` left holding only
+        their identity included (``hashes_only=False``: and of every key of another type under
+        an env's name)."""
+        keys = yield ScanKeys(env_scan_pattern(self._namespace), hashes_only)
         names = {env_of_key(self._namespace, key) for key in map(as_text, keys)}
         return sorted(name for name in names if name is not None)
 
+    def _envs_op(self) -> Operation[list[str]]:
+        return sorted((yield from self._all_infos_op()))
+
     def _all_infos_op(self) -> Operation[dict[str, EnvInfo]]:
-        envs = yield from self._envs_op()
+        envs = yield from self._scan_envs_op()
         found = yield from self._infos_op(envs)
-        # An env deleted between the SCAN and the read has nothing to report.
+        # An env deleted between the SCAN and the read, or reset (its hash then holds only its
+        # identity), has nothing to report.
         return {env: info for env, info in found.items() if not info.is_empty}
 
     def _all_op(self) -> Operation[dict[str, RunningStats]]:
@@ -283,7 +334,7 @@ class StoreCore:
 
     def _survey_op(self, envs: Iterable[str] | None) -> Operation[tuple[dict[str, EnvInfo],
                                                                           dict[str, RewardNormError]]]:
-        names = (yield from self._envs_op()) if envs is None else _env_names(envs)
+        names = (yield from self._scan_envs_op(hashes_only=False)) if envs is None else _env_names(envs)
         keys = tuple(self.key(env) for env in names)
         replies = (yield ReadMany(keys)) if keys else []
         found: dict[str, EnvInfo] = {}

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -34,6 +35,7 @@ __all__ = [
     "URL_VARIABLE",
     "check_url",
     "close_client",
+    "describe_client",
     "embedded_server",
     "is_cluster",
     "resolve_async_client",
@@ -83,6 +85,21 @@ def check_url(url: str, cluster: bool = False, source: str = "redis URL") -> Non
         raise ValueError(f"{source} must start with redis://, rediss://, unix:// or redis+sentinel://, got {url!r}")
     if cluster and url.startswith(("unix://", "redis+sentinel://")):
         raise ValueError(f"a Redis Cluster is reached over TCP: {source} must be a redis:// or rediss:// URL")
+    _check_database(url, source)
+
+
+def _check_database(url: str, source: str) -> None:
+    """A database index that is not a non-negative integer is refused: redis-py would quietly
+    connect to database 0 for ``redis://host/abc`` (another trainer's statistics, perhaps)."""
+    parts = urlsplit(url)
+    candidates = []
+    if url.startswith(("redis://", "rediss://")) and parts.path not in ("", "/"):
+        candidates.append(("path", parts.path[1:]))
+    candidates.extend(("db=", value) for value in parse_qs(parts.query, keep_blank_values=True).get("db", []))
+    for where, text in candidates:
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(f"{source}: the database must be a non-negative integer, got {text!r} "
+                             f"(in the URL's {where}: {redact_url(url)})")
 
 
 def url_from_environment(cluster: bool = False) -> str | None:
@@ -186,3 +203,35 @@ def close_client(client: Any) -> None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
     close_sentinels(client)
+
+
+def describe_client(client: Any) -> str:
+    """Where ``client`` connects, for error messages: ``host:port``, a socket path, a Sentinel
+    service, a cluster's seed node, or the embedded store. Never a password."""
+    if type(client).__module__.startswith("fakeredis"):
+        return "the embedded store"
+    if is_cluster(client):
+        try:
+            node = client.get_default_node()
+        except Exception:  # an asyncio cluster client before its first command has no nodes yet
+            node = None
+        return "a Redis Cluster" + (f" via {node.host}:{node.port}" if node is not None else "")
+    pool = getattr(client, "connection_pool", None)
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"Sentinel service {service!r}"
+    options = getattr(pool, "connection_kwargs", {})
+    if "path" in options:
+        return f"unix:{options['path']}"
+    if "host" in options:
+        return f"{options['host']}:{options.get('port', 6379)}"
+    return type(client).__name__
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password hidden, so error messages can be pasted safely."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))

@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 #: One Lua file per atomic operation.
-OPERATIONS = ("merge", "replace", "configure", "freeze")
+OPERATIONS = ("merge", "replace", "configure", "freeze", "reseed",
+              # per-prompt statistics (shared_rewardnorm/prompts.py)
+              "prompt_update", "prompt_write", "prompt_configure", "prompt_forget")
 _LIBRARY = "stats_lib"
 
 

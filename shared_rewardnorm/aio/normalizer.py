@@ -21,10 +21,10 @@ class AsyncSharedRewardNormalizer(NormalizerCore):
 
     def __init__(self, env: str, redis: Any = None, *, mode: str = "zscore", clip: float | None = 5.0,
                  warmup: int = 10, eps: float = 1e-8, namespace: str = "rewardnorm", cluster: bool = False,
-                 statistics: str = "total") -> None:
+                 statistics: str = "total", on_unavailable: str = "raise", on_lost: str = "reseed") -> None:
         self._owns_store = not isinstance(redis, AsyncStatsStore)
         self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store, mode, clip, warmup, eps, statistics)
+        super().__init__(env, self._store, mode, clip, warmup, eps, statistics, on_unavailable, on_lost)
 
     async def aclose(self) -> None:
         """Close the store this normalizer created; a store passed in is the caller's to close."""

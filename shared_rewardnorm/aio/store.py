@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Operation
+from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Once, Operation, Request
 from shared_rewardnorm._core.store_ops import (
+    DEFAULT,
     DEFAULT_BATCH_RECORD_TTL,
     DEFAULT_REPLICA_TIMEOUT,
     SEND_FAILURES,
     StoreCore,
+    _Default,
 )
 from shared_rewardnorm._redis.connection import ASYNC_POOL_SIZE, is_cluster, resolve_async_client
 from shared_rewardnorm._redis.durability import check_socket_timeout, refuse_unsupported
@@ -165,43 +168,54 @@ class AsyncStatsStore(StoreCore):
 
     async def run(self, operation: Operation[T]) -> T:
         """Drive an operation of the core (a generator of requests, see ``shared_rewardnorm._core``): await each
-        request it yields, hand back the reply, return the operation's result. The public seam
-        for new operations; every method of this class is one call of it."""
-        reply = None
+        request it yields, hand back the reply (or throw in the error), return the operation's
+        result. The public seam for new operations; every method of this class is one call of it."""
+        reply: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                request = operation.send(reply)
+                if error is None:
+                    request = operation.send(reply)
+                else:  # the operation may handle it (a normalizer answering locally) or re-raise it
+                    failure, error = error, None
+                    request = operation.throw(failure)
             except StopIteration as done:
                 result: T = done.value
                 return result
             try:
-                if not isinstance(request, MergeBatch):
-                    reply = await self._issue(request)
-                elif self.coalescer is not None:
-                    reply = await self.coalescer.merge(request)
-                else:
-                    reply = await self._issue(self.merge_request(request))
+                reply = await self._send(request)
             except BaseException as exc:  # a cancelled or interrupted call too
-                operation.throw(exc)  # the operation may clean up; it re-raises
-                raise
+                error = exc
 
-    async def _issue(self, request: ClientRequest) -> Any:
-        """Send one request, retrying transient failures as the retry policy says."""
+    async def _send(self, request: Request) -> Any:
+        if isinstance(request, Once):  # one try, and alone
+            inner = request.request
+            return await self._issue(self.merge_request(inner) if isinstance(inner, MergeBatch) else inner, None)
+        if not isinstance(request, MergeBatch):
+            return await self._issue(request)
+        if self.coalescer is not None:
+            return await self.coalescer.merge(request)
+        return await self._issue(self.merge_request(request))
+
+    async def _issue(self, request: ClientRequest, retry: RetryPolicy | _Default | None = DEFAULT) -> Any:
+        """Send one request, retrying transient failures as the retry policy (by default the
+        store's) says."""
         if self._in_flight is None:
             self._in_flight = asyncio.Semaphore(ASYNC_POOL_SIZE)
         async with self._in_flight:
             if not self._cluster_ready:
                 await self._client.initialize()
                 self._cluster_ready = True
-            return await self._issue_now(request)
+            return await self._issue_now(request, retry)
 
-    async def _issue_now(self, request: ClientRequest) -> Any:
+    async def _issue_now(self, request: ClientRequest, retry: RetryPolicy | _Default | None) -> Any:
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 return await request.issue(self._client, self._scripts)
             except SEND_FAILURES as exc:
-                pause = self._pause_before_resending(request, exc, attempt)
+                pause = self._pause_before_resending(request, exc, attempt, time.monotonic() - started, retry)
             attempt += 1
             await asyncio.sleep(pause)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from shared_rewardnorm.cli.demo import (
     require_matplotlib,
     run_demo,
 )
+from shared_rewardnorm.cli.prompts import add_prompt_commands
 from shared_rewardnorm.cli.render import (
     ProgressLine,
     demo_report,
@@ -47,7 +50,7 @@ from shared_rewardnorm.cli.render import (
     stats_json,
 )
 from shared_rewardnorm.envinfo import EnvInfo
-from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.errors import RewardNormError, StoreUnavailableError
 from shared_rewardnorm.retry import RetryPolicy
 from shared_rewardnorm.sync import StatsStore
 
@@ -181,7 +184,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of every env in the namespace that can be read; an env that
-    cannot (corrupt, or another type) is left out, named, and makes the exit code 1."""
+    cannot (corrupt, or another type) is left out, named, and makes the exit code 1. An
+    existing file is replaced by a snapshot of zero envs only with ``--force`` (a mistyped
+    namespace must not overwrite a good backup), and the file is written atomically."""
     with open_store(args) as store:
         found, broken = store.survey()
         snapshot = snapshot_of(store.namespace, found)
@@ -189,11 +194,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     text = json.dumps(snapshot, indent=2, allow_nan=False) + "\n"  # read fully before creating the file
     if args.file == "-":
         sys.stdout.write(text)
-    else:
-        Path(args.file).write_text(text, encoding="utf-8")
-        print(f"exported {len(snapshot['envs'])} envs of namespace {snapshot['namespace']!r} to {args.file}",
-              file=sys.stderr)
+        return report_problems(problems)
+    target = Path(args.file)
+    if not snapshot["envs"] and target.exists() and not args.force:
+        raise CommandFailed(f"namespace {snapshot['namespace']!r} has no envs to export: refusing to replace "
+                            f"{args.file} with an empty snapshot (a mistyped --namespace?); add --force to write it")
+    write_atomically(target, text)
+    print(f"exported {len(snapshot['envs'])} envs of namespace {snapshot['namespace']!r} to {args.file}",
+          file=sys.stderr)
     return report_problems(problems)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``target`` and rename it over ``target``, so an
+    interrupted write never leaves half a file; an OS error names the file."""
+    temporary = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
+                                         prefix=f".{target.name}.", suffix=".tmp", delete=False) as handle:
+            temporary = Path(handle.name)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except OSError as exc:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        raise CommandFailed(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def load_snapshot_file(path: str) -> dict[str, Any]:
@@ -226,16 +253,39 @@ def cmd_import(args: argparse.Namespace) -> int:
 # --- reset --------------------------------------------------------------------------------------
 
 
+def _require_existing(store: StatsStore, envs: Sequence[str], create: bool, what: str) -> dict[str, EnvInfo]:
+    """Each env's info, after refusing (exit 1, nothing changed) envs with no statistics and no
+    configuration unless ``create``: a mistyped name must not create an env."""
+    names = list(dict.fromkeys(envs))
+    for env in names:  # every name is checked before the first read
+        store.key(env)
+    infos = store.infos(names)
+    missing = [env for env in names if infos[env].is_empty]
+    if missing and not create:
+        listed = ", ".join(repr(env) for env in missing)
+        raise CommandFailed(f"no env {listed} in namespace {store.namespace!r} (nothing stored under "
+                            f"{', '.join(store.key(env) for env in missing)}); {what}")
+    return infos
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
-    """Delete envs' statistics, which every process of the trainer shares: only with --yes."""
+    """Delete envs' statistics, which every process of the trainer shares: only with --yes, and
+    only envs that exist (a missing one is named, exit 1, and nothing is reset). The
+    configuration stays: a half-life, and the frozen flag (a frozen env stays frozen)."""
     if not args.yes:
         raise UsageError(f"reset deletes the shared statistics of {', '.join(args.envs)} for every process "
                          "that uses them; add --yes to confirm")
     with open_store(args) as store:
-        keys = [store.key(env) for env in args.envs]  # every name is checked before the first delete
-        for env, key in zip(args.envs, keys, strict=True):
+        infos = _require_existing(store, args.envs, False, "nothing was reset")
+        for env, info in infos.items():
             store.reset(env)
-            print(f"reset {env} ({key})")
+            kept = []
+            if info.half_life is not None:
+                kept.append(f"half-life {info.half_life:g} kept")
+            if info.frozen:
+                kept.append("still frozen: merges add nothing until `unfreeze`")
+            print(f"reset {env} ({store.key(env)}): count {info.stats.count} -> 0"
+                  + (f"; {'; '.join(kept)}" if kept else ""))
     return 0
 
 
@@ -243,9 +293,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
-    """Set or clear an env's half-life (decayed statistics), for every writer."""
+    """Set or clear an env's half-life (decayed statistics), for every writer; an env that does
+    not exist needs --create."""
     half_life = None if args.no_decay else args.half_life
     with open_store(args) as store:
+        _require_existing(store, [args.env], args.create, "add --create to configure it anyway")
         changed = store.configure(args.env, half_life=half_life)
     setting = "no decay" if half_life is None else f"half-life {half_life:g} samples"
     if not changed:
@@ -258,11 +310,12 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
-    """Freeze or unfreeze envs: while frozen, no process's merges add anything."""
+    """Freeze or unfreeze envs: while frozen, no process's merges add anything. Envs that do not
+    exist need --create (every name is checked before the first change)."""
     with open_store(args) as store:
-        for env in args.envs:  # every name is checked before the first change
-            store.key(env)
-        for env in args.envs:
+        _require_existing(store, args.envs, args.create,
+                          f"add --create to {'freeze' if args.frozen else 'unfreeze'} it anyway")
+        for env in dict.fromkeys(args.envs):
             changed = store.freeze(env) if args.frozen else store.unfreeze(env)
             state = "frozen" if args.frozen else "unfrozen"
             print(f"{env}: {state}" + ("" if changed else " (already)"))
@@ -393,12 +446,15 @@ def _add_stats_commands(commands: _Subcommands) -> None:
 
 def _add_admin_commands(commands: _Subcommands) -> None:
     export = _command(commands, "export", cmd_export, "write every env's statistics as a JSON snapshot")
-    export.add_argument("file", metavar="FILE", help="output file, or - for stdout")
+    export.add_argument("file", metavar="FILE", help="output file, or - for stdout (written atomically)")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing FILE even with a snapshot of zero envs")
     restore = _command(commands, "import", cmd_import, "restore a JSON snapshot (validated before any write)")
     restore.add_argument("file", metavar="FILE", help="snapshot file, or - for stdin")
     reset = _command(commands, "reset", cmd_reset, "delete envs' statistics (needs --yes)")
     reset.add_argument("envs", nargs="+", metavar="ENV")
-    reset.add_argument("--yes", action="store_true", help="confirm: every process sharing them starts over")
+    reset.add_argument("--yes", action="store_true",
+                       help="confirm: every process sharing them starts over (a half-life and the frozen flag stay)")
     snapshot = _command(commands, "snapshot", cmd_snapshot, "BGSAVE on every master and report the RDB files")
     snapshot.add_argument("--timeout", type=_bounded(float, 0, strict=True), default=60.0,
                           help="seconds to wait for the saves (default 60)")
@@ -410,11 +466,13 @@ def _add_admin_commands(commands: _Subcommands) -> None:
                        help="keep decayed statistics with a half-life of N samples (setting or changing it "
                             "starts them afresh)")
     decay.add_argument("--no-decay", action="store_true", help="stop keeping decayed statistics")
+    configure.add_argument("--create", action="store_true", help="configure an env that has no statistics yet")
     freeze = _command(commands, "freeze", cmd_freeze,
                       "freeze envs: every process's merges add nothing until unfreeze")
     unfreeze = _command(commands, "unfreeze", cmd_freeze, "let merges into envs count again")
     for parser, frozen in ((freeze, True), (unfreeze, False)):
         parser.add_argument("envs", nargs="+", metavar="ENV")
+        parser.add_argument("--create", action="store_true", help="also envs that have no statistics yet")
         parser.set_defaults(frozen=frozen)
     _command(commands, "load-functions", cmd_load_functions,
              "FUNCTION LOAD the library on every master, so trainers can run with FCALL only")
@@ -451,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_commands(commands)
     _add_admin_commands(commands)
     _add_demo_command(commands)
+    add_prompt_commands(commands, _command, open_store)
     return parser
 
 
@@ -460,6 +519,8 @@ def _fail(message: str) -> None:
 
 def _describe(exc: BaseException, args: argparse.Namespace) -> str:
     """One line for a failure: what went wrong, with the server named when it is unreachable."""
+    if isinstance(exc, StoreUnavailableError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the server is named below; the driver's words say what happened
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, MasterNotFoundError):
         # redis-py appends the repr of every Sentinel client it asked: keep the first sentence.

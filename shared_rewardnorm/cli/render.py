@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from shared_rewardnorm._core.schema import STAT_FIELDS
+from shared_rewardnorm._redis.connection import redact_url
 from shared_rewardnorm.cli.demo import DemoObserver, DemoResult
 from shared_rewardnorm.envinfo import EnvInfo
 from shared_rewardnorm.stats import RunningStats
@@ -32,12 +32,7 @@ __all__ = [
 
 def redact(url: str) -> str:
     """``url`` with its password hidden, so error messages and headers can be pasted safely."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return redact_url(url)
 
 
 def _number(value: float) -> str:
@@ -80,18 +75,20 @@ def format_age(seconds: float | None) -> str:
 
 def stats_table(found: Mapping[str, EnvInfo], now: float | None = None) -> str:
     """The human-readable table of ``stats`` and ``watch``: the totals, the decayed ("recent")
-    mean and std where a half-life is set, whether the env is frozen, and the age of its last
-    merge (by this machine's clock, ``now``)."""
+    mean and std where a half-life is set, whether the env is frozen, the age of its last merge
+    and the age and origin of its statistics' identity (merge, replace or reseed; by this
+    machine's clock, ``now``)."""
     def row(name: str, stats: RunningStats, info: EnvInfo | None) -> list[str]:
         cells = [name, str(stats.count), *map(_number, (stats.mean, stats.std, stats.min, stats.max))]
         if info is None:
-            return [*cells, "", "", "", ""]
+            return [*cells, "", "", "", "", ""]
         recent = ["-", "-"] if info.decayed is None else [_number(info.decayed.mean), _number(info.decayed.std)]
-        return [*cells, *recent, "yes" if info.frozen else "no", format_age(info.age(now))]
+        created = "-" if info.epoch is None else f"{format_age(info.identity_age(now))} ({info.origin})"
+        return [*cells, *recent, "yes" if info.frozen else "no", format_age(info.age(now)), created]
 
     rows = [row(env, found[env].stats, found[env]) for env in sorted(found)]
-    return format_table(["env", "count", "mean", "std", "min", "max", "recent mean", "recent std", "frozen", "age"],
-                        rows, row("aggregate", aggregate_of(found), None))
+    return format_table(["env", "count", "mean", "std", "min", "max", "recent mean", "recent std", "frozen", "age",
+                         "created"], rows, row("aggregate", aggregate_of(found), None))
 
 
 def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
@@ -100,7 +97,7 @@ def stats_json(namespace: str, found: Mapping[str, EnvInfo]) -> dict[str, Any]:
         return {**{name: getattr(stats, name) for name in STAT_FIELDS}, "std": stats.std}
 
     def env_fields(info: EnvInfo) -> dict[str, Any]:  # a snapshot entry, plus the stds
-        entry = {**info.to_dict(), "std": info.stats.std}
+        entry = {**info.to_dict(), "std": info.stats.std, "epoch": info.epoch, "origin": info.origin}
         if info.decayed is not None:
             entry["decayed"]["std"] = info.decayed.std
         return entry

@@ -65,6 +65,11 @@ class SharedRewardNormConfig(BaseEnvConfig):
                     "store local to this process (logged as a warning)")
     reward_norm_namespace: str = Field(
         default="rewardnorm", description="Key prefix: replicas share statistics within one namespace")
+    reward_norm_on_unavailable: Literal["local", "raise"] = Field(
+        default="local",
+        description="When the store cannot be reached: 'local' normalizes against the last shared statistics "
+                    "plus the scores seen since, and merges those once the store answers again (a store "
+                    "outage never ends a rollout); 'raise' raises StoreUnavailableError")
     reward_norm_env: str | None = Field(
         default=None,
         description="Statistics key of this env; default the env class's name (never wandb_name, which the "
@@ -164,7 +169,7 @@ class SharedRewardNormMixin:
         return AsyncSharedRewardNormalizer(
             self.reward_norm_env, config.reward_norm_redis_url, mode=config.reward_normalization,
             clip=config.reward_clip, warmup=config.reward_normalization_warmup,
-            namespace=config.reward_norm_namespace)
+            namespace=config.reward_norm_namespace, on_unavailable=config.reward_norm_on_unavailable)
 
     async def close_reward_normalizer(self) -> None:
         """Close the shared normalizer's connections (before the event loop that used it ends);

@@ -27,6 +27,7 @@ from shared_rewardnorm._core.formats import metrics_from_stats
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
 from shared_rewardnorm._core.normalizer_ops import NormalizerCore
+from shared_rewardnorm._core.outage import validate_on_unavailable
 from shared_rewardnorm._redis.connection import check_url, resolve_async_client, resolve_client, url_from_environment
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
 from shared_rewardnorm.integrations.batch_ids import GroupIds
@@ -43,6 +44,7 @@ class _Settings(TypedDict):
     clip: float | None
     warmup: int
     eps: float
+    on_unavailable: str
 
 
 def _is_async(func: Any) -> bool:
@@ -95,6 +97,9 @@ class SharedNormRewardFunc:
             async one), or ``None``: ``$SHARED_REWARDNORM_URL``, else the embedded store (local
             to the process, with a logged warning).
         mode, clip, warmup, eps, namespace: as for ``SharedRewardNormalizer``.
+        on_unavailable: as for ``SharedRewardNormalizer``, but ``"local"`` by default: a store
+            outage never ends a training step (the rewards are normalized against the last
+            shared statistics plus those seen since, merged once the store answers again).
 
     ``None`` and NaN rewards pass through untouched and are not counted. When TRL passes
     ``log_metric``, the wrapper reports ``reward_norm/<env>/count|mean|std|min|max``.
@@ -114,7 +119,7 @@ class SharedNormRewardFunc:
 
     def __init__(self, func: Callable[..., Any], env: str | None = None, redis: Any = None, *, mode: str = "zscore",
                  clip: float | None = 5.0, warmup: int = 10, eps: float = 1e-8,
-                 namespace: str = "rewardnorm") -> None:
+                 namespace: str = "rewardnorm", on_unavailable: str = "local") -> None:
         if not callable(func):
             raise TypeError(f"func must be a reward function, got {type(func).__name__}")
         name = _callable_name(func)
@@ -122,6 +127,7 @@ class SharedNormRewardFunc:
             raise TypeError(f"{type(func).__name__} has no __name__: pass env= to name its statistics")
         # Everything is checked now, before any call sends anything.
         NormalizerSettings.create(mode, clip, warmup, eps)
+        validate_on_unavailable(on_unavailable)
         self._env = validate_env(env if env is not None else name)
         validate_namespace(namespace)
         if isinstance(redis, str):
@@ -131,7 +137,7 @@ class SharedNormRewardFunc:
         else:
             (resolve_async_client if _is_async(func) else resolve_client)(redis)  # the right kind of client
         self._func, self._redis, self._namespace = func, redis, namespace
-        self._settings = _Settings(mode=mode, clip=clip, warmup=warmup, eps=eps)
+        self._settings = _Settings(mode=mode, clip=clip, warmup=warmup, eps=eps, on_unavailable=on_unavailable)
         self._norm: NormalizerCore | None = None
         # Async functions: one normalizer per event loop (made on first call).
         self._loops: PerLoop[AsyncSharedRewardNormalizer] | None = None

@@ -107,7 +107,8 @@ def test_stats_json_is_exact(cli: Any, seeded: StatsStore, namespace: str) -> No
     assert set(shown["envs"]) == set(values)
     for env, entry in shown["envs"].items():
         assert set(entry) == {"count", "mean", "m2", "std", "min", "max", "decayed", "half_life", "frozen",
-                              "merges", "updated_at"}
+                              "merges", "updated_at", "epoch", "origin"}
+        assert entry["origin"] == "merge" and entry["epoch"] == seeded.info(env).epoch
         assert_summary(entry, values[env])
         assert entry["mean"] == seeded.get(env).mean and entry["m2"] == seeded.get(env).m2  # exact
         assert entry["frozen"] is (env == "code") and entry["merges"] == (2 if env == "tool_use" else 1)
@@ -135,8 +136,8 @@ def test_stats_of_a_named_env_without_statistics_says_so_and_fails(cli: Any, see
 
 
 def break_two_envs(client: redis.Redis, namespace: str) -> None:
-    """A corrupt hash and a key of another type next to the seeded envs. A namespace's listing
-    (SCAN for hashes) finds only the first; the second is an env only when named."""
+    """A corrupt hash and a key of another type next to the seeded envs: both are named by the
+    commands that survey the namespace."""
     client.hset(f"{namespace}:{{broken}}", mapping={"count": "3", "mean": "zero", "m2": "0", "min": "0", "max": "0"})
     client.set(f"{namespace}:{{other}}", "not a hash")
 
@@ -150,7 +151,9 @@ def test_stats_of_a_namespace_shows_every_healthy_env_and_names_the_broken(
     assert code == 1
     shown = set(json.loads(out)["envs"]) if json_output else set(table_rows(out)) - {"aggregate"}
     assert shown == set(SEED_VALUES)
-    assert_one_error_line(err, "env 'broken'", "corrupt", "mean")
+    broken, other = err.strip().splitlines()
+    assert_one_error_line(broken, "env 'broken'", "corrupt", "mean")
+    assert_one_error_line(other, "env 'other'", "holds a non-hash value")
     code, out, err = cli("stats", "gsm8k", "broken", "other", *(["--json"] if json_output else []))
     assert code == 1
     shown = set(json.loads(out)["envs"]) if json_output else set(table_rows(out)) - {"aggregate"}
@@ -179,9 +182,10 @@ def test_export_writes_every_healthy_env_and_names_the_broken(cli: Any, seeded: 
     code, _, err = cli("export", str(path))
     assert code == 1
     assert set(json.loads(path.read_text())["envs"]) == set(SEED_VALUES)
-    exported, error = err.strip().splitlines()
+    exported, broken, other = err.strip().splitlines()
     assert exported.startswith(f"exported 3 envs of namespace {namespace!r}")
-    assert_one_error_line(error, "env 'broken' left out of the snapshot", "corrupt")
+    assert_one_error_line(broken, "env 'broken' left out of the snapshot", "corrupt")
+    assert_one_error_line(other, "env 'other' left out of the snapshot", "holds a non-hash value")
 
 
 @pytest.mark.real_redis
@@ -406,8 +410,8 @@ def test_configure_freeze_unfreeze_and_what_stats_shows(cli: Any, seeded: StatsS
 def test_stats_lists_configured_and_frozen_envs_without_statistics(cli: Any, seeded: StatsStore) -> None:
     """``stats`` shows every env ``envs`` and ``export`` list: a frozen or configured env with
     no statistics yet is a row, not nothing."""
-    assert cli("freeze", "new")[0] == 0
-    assert cli("configure", "decaying", "--half-life", "10")[0] == 0
+    assert cli("freeze", "new", "--create")[0] == 0
+    assert cli("configure", "decaying", "--half-life", "10", "--create")[0] == 0
     assert seeded.envs() == ["code", "decaying", "gsm8k", "new", "tool_use"]
     rows = table_rows(cli("stats")[1])
     assert set(rows) == {*seeded.envs(), "aggregate"}
@@ -426,3 +430,42 @@ def test_freeze_checks_every_name_before_the_first_change(cli: Any, seeded: Stat
     code, _, err = cli("freeze", "gsm8k", "bad{name}")
     assert code == 1 and "bad{name}" in err
     assert not seeded.info("gsm8k").frozen
+
+
+def test_commands_on_a_missing_env_need_create_and_change_nothing(cli: Any, seeded: StatsStore) -> None:
+    """freeze/unfreeze/configure of a mistyped env would create it; reset of one would succeed."""
+    for argv in (["freeze", "gsm8k", "gsm8kk"], ["unfreeze", "gsm8kk"], ["configure", "gsm8kk", "--half-life", "5"]):
+        code, _, err = cli(*argv)
+        assert code == 1
+        assert_one_error_line(err, "no env 'gsm8kk' in namespace", "add --create")
+    assert not seeded.info("gsm8k").frozen and "gsm8kk" not in seeded.envs()
+    code, _, err = cli("reset", "gsm8k", "gsm8kk", "--yes")
+    assert code == 1
+    assert_one_error_line(err, "no env 'gsm8kk'", "nothing was reset")
+    assert seeded.get("gsm8k").count > 0
+
+
+def test_reset_says_what_happens_to_the_frozen_flag_and_the_listing_agrees(cli: Any, seeded: StatsStore) -> None:
+    assert cli("freeze", "gsm8k")[0] == 0
+    code, out, _ = cli("reset", "gsm8k", "--yes")
+    assert code == 0 and "count 6 -> 0" in out and "still frozen: merges add nothing until `unfreeze`" in out
+    rows = table_rows(cli("stats")[1])
+    assert rows["gsm8k"][0] == "0" and rows["gsm8k"][7] == "yes"  # listed: frozen, with count 0
+    assert seeded.info("gsm8k").frozen
+
+
+def test_export_refuses_to_replace_a_file_with_an_empty_snapshot(cli: Any, seeded: StatsStore,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "backup.json"
+    assert cli("export", str(path))[0] == 0
+    good = path.read_text()
+    code, _, err = cli("--namespace", "mistyped", "export", str(path))
+    assert code == 1
+    assert_one_error_line(err, "namespace 'mistyped' has no envs to export", f"refusing to replace {path}", "--force")
+    assert path.read_text() == good
+    assert cli("--namespace", "mistyped", "export", str(path), "--force")[0] == 0
+    assert json.loads(path.read_text())["envs"] == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["backup.json"]  # no temporary file left
+    code, _, err = cli("export", str(tmp_path / "no-such-dir" / "x.json"))
+    assert code == 1
+    assert_one_error_line(err, f"cannot write {tmp_path / 'no-such-dir' / 'x.json'}", "No such file or directory")

@@ -294,7 +294,7 @@ def _close_stores() -> Iterator[None]:
 
 def envs_pattern(store: StatsStore) -> bytes:
     """The SCAN MATCH pattern ``envs()`` sends (the first request of its operation)."""
-    operation = store._envs_op()
+    operation = store._scan_envs_op()
     request = next(operation)
     operation.close()
     return request.pattern.encode("utf-8")
@@ -302,7 +302,7 @@ def envs_pattern(store: StatsStore) -> bytes:
 
 def envs_found(store: StatsStore, scanned: list[bytes]) -> list[str]:
     """What ``envs()`` makes of a SCAN reply."""
-    operation = store._envs_op()
+    operation = store._scan_envs_op()
     next(operation)
     try:
         operation.send(scanned)

@@ -37,7 +37,7 @@ def test_a_merge_stores_exactly_the_schema(backend: Any, namespace: str, raw_cli
     store = StatsStore(backend, namespace)
     store.update("env", [1.0, 2.0, 4.0])
     stored = {field.decode() for field in raw_client.hkeys(store.key("env"))}
-    assert stored == {*schema.STAT_FIELDS, *schema.ACTIVITY_FIELDS, *schema.DISPLAY_FIELDS}
+    assert stored == {*schema.STAT_FIELDS, *schema.ACTIVITY_FIELDS, *schema.IDENTITY_FIELDS, *schema.DISPLAY_FIELDS}
     store.configure("env", half_life=100)
     store.update("env", [3.0])
     store.freeze("env")

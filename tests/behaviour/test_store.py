@@ -54,8 +54,8 @@ def test_hash_is_readable_and_exact(backend: Any, namespace: str, raw_client: An
     values = [0.1, 0.2, 1 / 3, 2.0 / 7.0, 1e-300, 123456789.123456789]
     stats = store.update("precise", values)
     stored = {k.decode(): v.decode() for k, v in raw_client.hgetall(f"{namespace}:{{precise}}").items()}
-    assert set(stored) == {"count", "mean", "m2", "min", "max", "std", "merges", "updated_at"}
-    assert stored["count"] == "6" and stored["merges"] == "1"
+    assert set(stored) == {"count", "mean", "m2", "min", "max", "std", "merges", "updated_at", "epoch", "origin"}
+    assert stored["count"] == "6" and stored["merges"] == "1" and stored["origin"] == "merge"
     local = RunningStats.from_values(values)
     # Floats survive the trip through Lua exactly: the stored text parses to the same double.
     assert float(stored["mean"]) == local.mean == stats.mean
@@ -169,7 +169,9 @@ def test_replace_accepts_the_good_state(raw_client: Any, namespace: str) -> None
     """The cases above spoil a state that is valid: it is stored as given."""
     key = f"{namespace}:{{env}}"
     reply = raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1", GOOD_STATE)
-    assert reply.split() == ("2 1 0 1 1 " + GOOD_STATE).encode().split()
+    words = reply.split()
+    assert words[:-2] == ("2 1 0 1 1 " + GOOD_STATE).encode().split()
+    assert words[-1] == b"replace" and words[-2] == raw_client.hget(key, "epoch")  # a new, deliberate identity
 
 
 @pytest.mark.parametrize("ttl", ["99999999999999999999", str(MAX_BATCH_RECORD_TTL + 1), "0", "1.5", "-1", ""])
@@ -219,12 +221,17 @@ def test_configure_and_freeze_validate_their_arguments(raw_client: Any, namespac
 def test_scripts_accept_plain_text_from_redis_cli(raw_client: Any, namespace: str) -> None:
     key = f"{namespace}:{{env}}"
     merged = raw_client.eval(script_source("merge"), 1, key, "4 0.5 3 -1 1").split()
-    # totals, decayed (none: zeros), half_life 0, not frozen, 1 merge, updated_at, merged
-    assert merged[:11] == b"4 0.5 3 -1 1 0 0 0 0 0 1".split() and merged[12] == b"1"
+    # totals, decayed (none: zeros), half_life 0, not frozen, 1 merge, updated_at, epoch, origin, merged
+    assert merged[:11] == b"4 0.5 3 -1 1 0 0 0 0 0 1".split() and merged[13:] == [b"merge", b"1"]
     assert abs(int(merged[11]) - int(raw_client.hget(key, "updated_at"))) == 0
-    assert raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1") == b"2 1 0 1 1 0 0 0 0 0 0 0"
-    assert raw_client.eval(script_source("replace"), 1, key, "0 0 0 0 0") == b"0 0 0 0 0 0 0 0 0 0 0 0"
-    assert raw_client.exists(key) == 0
+    assert merged[12] == raw_client.hget(key, "epoch")
+    replaced = raw_client.eval(script_source("replace"), 1, key, "2 1 0 1 1").split()
+    assert replaced[:12] == b"2 1 0 1 1 0 0 0 0 0 0 0".split() and replaced[13] == b"replace"
+    assert int(replaced[12]) > int(merged[12])  # a new identity
+    emptied = raw_client.eval(script_source("replace"), 1, key, "0 0 0 0 0").split()
+    assert emptied[:12] == b"0 0 0 0 0 0 0 0 0 0 0 0".split() and emptied[13] == b"replace"
+    # a reset keeps the hash with its new identity only, so clients can tell it from a loss
+    assert set(raw_client.hkeys(key)) == {b"epoch", b"origin"}
 
 
 def test_scripts_check_their_arity(raw_client: Any, namespace: str) -> None:

@@ -258,3 +258,22 @@ def test_the_async_trl_wrapper_closes_its_normalizer_of_a_loop_still_running(
     in_loop(thread_loop, asyncio.sleep(0))
     assert wrapped.normalizer is not first and wrapped.normalizer.count == 4 and closed == [thread_loop]
     asyncio.run(wrapped.aclose())
+
+
+def test_a_store_outage_never_ends_a_training_step(namespace: str) -> None:
+    """on_unavailable="local" by default: with nothing listening, the wrapper still returns
+    rewards (raw during warmup, then normalized against the scores it has seen) and counts them."""
+    from tests.support.redis_servers import free_port
+
+    def accuracy(completions: list[str], **kwargs: Any) -> list[float]:
+        return [float(len(c)) for c in completions]
+
+    wrapped = SharedNormRewardFunc(accuracy, redis=f"redis://127.0.0.1:{free_port()}/0", namespace=namespace,
+                                   warmup=3)
+    assert wrapped(completions=["a", "bbb"]) == [1.0, 3.0]  # warming up: raw
+    second = wrapped(completions=["cc", "dddd"])  # against the 4 scores seen: mean 2.5, std sqrt(1.25)
+    assert second == pytest.approx([-0.5 / (math.sqrt(1.25) + 1e-8), 1.5 / (math.sqrt(1.25) + 1e-8)])
+    assert wrapped.normalizer is not None and wrapped.normalizer.degraded
+    with pytest.raises(ValueError, match=r"on_unavailable must be one of 'raise', 'local', got 'skip'"):
+        SharedNormRewardFunc(accuracy, on_unavailable="skip")
+    wrapped.close()

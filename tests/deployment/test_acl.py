@@ -306,9 +306,12 @@ def test_dashboard_cli_stats(server: Server, admin: redis.Redis, capsys: pytest.
         pytest.skip("shared_rewardnorm has no cli module")
     cli = importlib.import_module("shared_rewardnorm.cli")
     url = server.url("dashboard")
-    assert cli.main(["--url", url, "--namespace", NS, "stats"]) == 0
-    table = capsys.readouterr().out
+    # exit 1: the key of another type the fixture planted is named (the dashboard may read it)
+    assert cli.main(["--url", url, "--namespace", NS, "stats"]) == 1
+    shown = capsys.readouterr()
+    table = shown.out
     assert "gsm8k" in table and "math" in table and "aggregate" in table
+    assert "env 'wrongtype'" in shown.err and "holds a non-hash value" in shown.err
     assert cli.main(["--url", url, "--namespace", NS, "stats", "--json", "gsm8k"]) == 0
     assert '"gsm8k"' in capsys.readouterr().out
     assert acl_log(admin) == set()

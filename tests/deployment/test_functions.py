@@ -115,14 +115,18 @@ def test_functions_and_scripts_give_exactly_the_same_results(server: RedisServer
         assert with_functions._scripts.using_functions and not with_scripts._scripts.using_functions
 
         # Byte for byte the same hashes (std included), but for the server clock's updated_at
-        # (the two envs' last merges were not in the same millisecond), and the same replace.
+        # and epoch (the two envs' merges were not in the same millisecond), and the same replace.
         by_fn, by_ev = inspector.hgetall(with_functions.key("fn")), inspector.hgetall(with_scripts.key("ev"))
         stamps = [int(hash_.pop(b"updated_at")) for hash_ in (by_fn, by_ev)]
+        epochs = [int(hash_.pop(b"epoch")) for hash_ in (by_fn, by_ev)]
+        assert epochs[0] < epochs[1]
         assert by_fn == by_ev
         assert 0 <= stamps[1] - stamps[0] < 60_000
         checkpoint = RunningStats.from_values([1.5, -2.0, 8.25])
         assert with_functions.set("fn-set", checkpoint) == with_scripts.set("ev-set", checkpoint) == checkpoint
-        assert inspector.hgetall(with_functions.key("fn-set")) == inspector.hgetall(with_scripts.key("ev-set"))
+        set_fn, set_ev = inspector.hgetall(with_functions.key("fn-set")), inspector.hgetall(with_scripts.key("ev-set"))
+        assert set_fn.pop(b"epoch") < set_ev.pop(b"epoch")
+        assert set_fn == set_ev
         with_functions.reset("fn-set")
         assert with_functions.get("fn-set") == RunningStats()
         assert with_functions.retries == with_scripts.retries == 0

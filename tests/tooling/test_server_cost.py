@@ -38,7 +38,7 @@ def test_every_script_runs_and_each_table_is_printed(capsys: pytest.CaptureFixtu
         assert float(_row(output, label)[3]) > 0  # x no-op
     for label in ("parse + validate the argument", "read the hash: HMGET, validate, parse", "merge + record (total)"):
         assert _row(output, label)[1]
-    assert float(_row(output, "redis.call HMGET of the 12 fields")[1]) > 0
+    assert float(_row(output, "redis.call HMGET of the 14 fields")[1]) > 0
     assert float(_row(output, "merge + record")[1].replace(",", "")) > 0
     assert re.search(r"merge / HEAD merge, median of per-round ratios: \d+\.\d\d", output)
     assert "requests/s one core sustains" in output

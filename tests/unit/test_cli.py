@@ -90,18 +90,19 @@ def test_configure_and_freeze_usage_errors(capsys: pytest.CaptureFixture[str], a
 #: half-life, frozen, merged 42 s before.
 NOW = 1_700_000_042.0
 FOUND = {"b": EnvInfo(RunningStats(4, 3.0, 14.0, 1.0, 6.0), DecayedStats(3.5, 3.25, 9.5), 8.0, True, 2,
-                      1_700_000_000_000),
+                      1_700_000_000_000, 1_700_000_042_000_000 - 3 * 86_400_000_000, "merge"),
          "a": EnvInfo(RunningStats(1, 5.0, 0.0, 5.0, 5.0), merges=1, updated_at=1_700_000_042_000 - 7_200_000)}
 
 
-def test_the_stats_table_shows_totals_recent_statistics_flag_and_age() -> None:
+def test_the_stats_table_shows_totals_recent_statistics_flag_ages_and_identity() -> None:
     """std sqrt(14/4), recent std sqrt(9.5/3.5), and the aggregate of both (count 5, mean 3.4,
-    m2 14 + 0 + 2**2 * 4 * 1 / 5 = 17.2, std sqrt(17.2/5)) at six significant digits."""
+    m2 14 + 0 + 2**2 * 4 * 1 / 5 = 17.2, std sqrt(17.2/5)) at six significant digits; the age of
+    the last merge and of the statistics' identity (with how they were created)."""
     assert stats_table(FOUND, now=NOW).splitlines() == [
-        "env        count  mean      std  min  max  recent mean  recent std  frozen  age",
-        "a              1     5        0    5    5            -           -      no   2h",
-        "b              4     3  1.87083    1    6         3.25     1.64751     yes  42s",
-        "-------------------------------------------------------------------------------",
+        "env        count  mean      std  min  max  recent mean  recent std  frozen  age     created",
+        "a              1     5        0    5    5            -           -      no   2h           -",
+        "b              4     3  1.87083    1    6         3.25     1.64751     yes  42s  3d (merge)",
+        "-------------------------------------------------------------------------------------------",
         "aggregate      5   3.4  1.85472    1    6",
     ]
 
@@ -110,7 +111,9 @@ def test_stats_json_holds_every_field_exactly() -> None:
     shown = stats_json("ns", FOUND)
     assert json.loads(json.dumps(shown, allow_nan=False)) == shown  # strict JSON, every float round-trips
     assert list(shown["envs"]) == ["a", "b"]
-    assert shown["envs"]["b"] == {**FOUND["b"].to_dict(), "std": math.sqrt(14 / 4),
+    assert shown["envs"]["a"]["epoch"] is None and shown["envs"]["b"]["origin"] == "merge"
+    assert shown["envs"]["b"] == {**FOUND["b"].to_dict(), "epoch": FOUND["b"].epoch, "origin": "merge",
+                                  "std": math.sqrt(14 / 4),
                                   "decayed": {"weight": 3.5, "mean": 3.25, "m2": 9.5, "std": math.sqrt(9.5 / 3.5)}}
     aggregate = shown["aggregate"]
     assert (aggregate["count"], aggregate["min"], aggregate["max"]) == (5, 1.0, 6.0)

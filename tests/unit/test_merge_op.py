@@ -16,7 +16,7 @@ from shared_rewardnorm._core.store_ops import StoreCore
 def reply_for(stats: RunningStats, outcome: int) -> str:
     """A merge reply: the env's record in ENV_FIELDS order, then the outcome word."""
     return (f"{stats.count} {stats.mean!r} {stats.m2!r} {stats.min!r} {stats.max!r} 0 0 0 0 0 1 1700000000000 "
-            f"{outcome}")
+            f"1700000000000000 merge {outcome}")
 
 
 def finish(operation: Any, reply: Any) -> Any:

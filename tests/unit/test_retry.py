@@ -22,7 +22,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from shared_rewardnorm import FunctionsNotLoadedError, RetryPolicy, WrongTypeError
+from shared_rewardnorm import FunctionsNotLoadedError, RetryPolicy, StoreUnavailableError, WrongTypeError
 from shared_rewardnorm import retry as retry_module
 from shared_rewardnorm._core.requests import ReadStats, RunScript
 from shared_rewardnorm._core.store_ops import StoreCore
@@ -90,7 +90,8 @@ def test_bad_policies_are_refused(settings: dict[str, Any], match: str) -> None:
 def store(retry: RetryPolicy | None, functions: bool | None = False) -> StoreCore:
     """A core with the scripts of an unconnected client (registering scripts sends nothing)."""
     core = StoreCore("ns", retry=retry)
-    core._scripts = ClientScripts(redis.Redis(port=1), functions)
+    core._client = redis.Redis(port=1)
+    core._scripts = ClientScripts(core._client, functions)
     return core
 
 
@@ -103,20 +104,27 @@ MERGE_FREE = RunScript("configure", ("ns:{e}",), ("8",))
 def test_a_transient_failure_is_sent_again_after_the_policys_delay_until_the_tries_run_out(
         upper_bounds: list[tuple[float, float]], error: Exception) -> None:
     core = store(RetryPolicy(attempts=3, base=0.1, cap=1.0))
-    assert core._pause_before_resending(READ, error, 0) == 0.1
-    assert core._pause_before_resending(READ, error, 1) == 0.2
-    with pytest.raises(type(error)) as raised:
-        core._pause_before_resending(READ, error, 2)  # the third try was the last
-    assert raised.value is error and core.retries == 2
+    assert core._pause_before_resending(READ, error, 0, 0.0) == 0.1
+    assert core._pause_before_resending(READ, error, 1, 0.1) == 0.2
+    with pytest.raises(StoreUnavailableError, match=r"the store at localhost:1 is unavailable: .* \(after 3 tries in "
+                                                   r"0\.30 s; the request's fate is unknown\)") as raised:
+        core._pause_before_resending(READ, error, 2, 0.3)  # the third try was the last
+    assert raised.value.__cause__ is error and core.retries == 2
 
 
-@pytest.mark.parametrize(("retry", "error"), [(None, ConnectionError("refused")),
-                                              (RetryPolicy(), AuthenticationError("invalid password"))],
-                         ids=["no policy", "wrong password"])
-def test_failures_not_to_retry_are_raised_as_they_came(retry: RetryPolicy | None, error: Exception) -> None:
-    core = store(retry)
-    with pytest.raises(type(error)) as raised:
-        core._pause_before_resending(READ, error, 0)
+def test_without_a_policy_a_transient_failure_is_unavailable_at_once() -> None:
+    core = store(None)
+    error = ConnectionError("refused")
+    with pytest.raises(StoreUnavailableError, match=r"after 1 try in 0\.00 s") as raised:
+        core._pause_before_resending(READ, error, 0, 0.0)
+    assert raised.value.__cause__ is error and core.retries == 0
+
+
+def test_a_failure_no_retry_can_fix_is_raised_as_it_came() -> None:
+    core = store(RetryPolicy())
+    error = AuthenticationError("invalid password")
+    with pytest.raises(AuthenticationError) as raised:
+        core._pause_before_resending(READ, error, 0, 0.0)
     assert raised.value is error and core.retries == 0
 
 
@@ -124,25 +132,26 @@ def test_a_server_error_is_translated_by_its_request_and_not_retried() -> None:
     core = store(RetryPolicy())
     with pytest.raises(WrongTypeError, match=r"ns:\{e\}: holds a non-hash value"):
         core._pause_before_resending(READ, ResponseError("WRONGTYPE Operation against a key holding the wrong "
-                                                         "kind of value"), 0)
+                                                         "kind of value"), 0, 0.0)
     assert core.retries == 0
 
 
 def test_noscript_is_sent_again_at_once() -> None:
     core = store(RetryPolicy(), functions=False)
-    assert core._pause_before_resending(MERGE_FREE, NoScriptError("No matching script. Please use EVAL."), 0) == 0.0
+    noscript = NoScriptError("No matching script. Please use EVAL.")
+    assert core._pause_before_resending(MERGE_FREE, noscript, 0, 0.0) == 0.0
     assert core.retries == 0  # not a retry of a failure: the script's text goes with the next call
 
 
 def test_auto_mode_falls_back_to_evalsha_for_good_when_the_server_has_no_function() -> None:
     core = store(RetryPolicy(), functions=None)
     assert core._scripts.using_functions
-    assert core._pause_before_resending(MERGE_FREE, ResponseError("Function not found"), 0) == 0.0
+    assert core._pause_before_resending(MERGE_FREE, ResponseError("Function not found"), 0, 0.0) == 0.0
     assert not core._scripts.using_functions
 
 
 def test_functions_only_mode_says_how_to_load_the_missing_library() -> None:
     core = store(RetryPolicy(), functions=True)
     with pytest.raises(FunctionsNotLoadedError, match=r"load it once with StatsStore\(\.\.\.\)\.load_functions\(\)"):
-        core._pause_before_resending(MERGE_FREE, ResponseError("Function not found"), 0)
+        core._pause_before_resending(MERGE_FREE, ResponseError("Function not found"), 0, 0.0)
     assert core._scripts.using_functions

@@ -105,15 +105,20 @@ def test_a_key_of_another_type_among_many_is_a_wrong_type_error(core: StoreCore)
 SCANNED = [b"ns:{b}", b"ns:{a}", b"ns:{a}:batches:0123456789abcdef", b"ns:{x}y"]
 
 
-def test_envs_lists_the_stats_keys_the_scan_found(core: StoreCore) -> None:
-    requests, envs = drive(core._envs_op(), [SCANNED])
-    assert requests == [ScanKeys("ns:{*}")]
-    assert envs == ["a", "b"]
+RESET_ONLY = {b"epoch": b"1700000000000000", b"origin": b"replace"}
+
+
+def test_envs_lists_the_stats_keys_the_scan_found_that_hold_more_than_an_identity(core: StoreCore) -> None:
+    """The scan's stats keys are read: an env reset (its hash holds only its identity) is not listed."""
+    requests, envs = drive(core._envs_op(), [SCANNED, [RESET_ONLY, plain(1, 1.0, 0.0, 1.0, 1.0)]])
+    assert requests == [ScanKeys("ns:{*}"), ReadMany(("ns:{a}", "ns:{b}"))]
+    assert envs == ["b"]
 
 
 def test_envs_escapes_glob_characters_of_the_namespace() -> None:
-    requests, envs = drive(StoreCore("run[1]*")._envs_op(), [["run[1]*:{e}"]])  # a decoding client: str keys
-    assert requests == [ScanKeys("run\\[1\\]\\*:{*}")] and envs == ["e"]
+    requests, envs = drive(StoreCore("run[1]*")._envs_op(),
+                           [["run[1]*:{e}"], [plain(1, 1.0, 0.0, 1.0, 1.0)]])  # a decoding client: str keys
+    assert requests[0] == ScanKeys("run\\[1\\]\\*:{*}") and envs == ["e"]
 
 
 def test_all_reads_the_listed_envs_in_one_request_and_skips_the_vanished(core: StoreCore) -> None:
@@ -176,22 +181,23 @@ def test_survey_sorts_the_healthy_from_the_broken(core: StoreCore) -> None:
 
 def test_survey_of_the_namespace_scans_first_and_drops_the_vanished(core: StoreCore) -> None:
     requests, (found, broken) = drive(core._survey_op(None), [SCANNED, [{}, CONFIGURED]])
-    assert requests == [ScanKeys("ns:{*}"), ReadMany(("ns:{a}", "ns:{b}"))]
+    # Keys of any type: survey names a key of another type under an env's name.
+    assert requests == [ScanKeys("ns:{*}", hashes_only=False), ReadMany(("ns:{a}", "ns:{b}"))]
     assert (found, broken) == ({"b": CONFIGURED_INFO}, {})
 
 
 def test_survey_of_an_empty_namespace_sends_only_the_scan(core: StoreCore) -> None:
-    assert drive(core._survey_op(None), [[]]) == ([ScanKeys("ns:{*}")], ({}, {}))
+    assert drive(core._survey_op(None), [[]]) == ([ScanKeys("ns:{*}", hashes_only=False)], ({}, {}))
 
 
 # --- replace: set, reset, restore ---------------------------------------------------------------
 
 
 #: What replace.lua answers: the env in ENV_FIELDS order (totals, decayed, half_life, frozen,
-#: merges, updated_at).
-REPLACED = b"2 1.5 0.5 1 2 0 0 0 0 0 0 0"
+#: merges, updated_at, and the new identity: epoch and origin).
+REPLACED = b"2 1.5 0.5 1 2 0 0 0 0 0 0 0 1700000000000001 replace"
 #: ...and for the configured env: CONFIGURED's fields in that order.
-CONFIGURED_REPLY = b"4 3 14 1 6 3.5 3.25 9.5 8 1 2 1700000000000"
+CONFIGURED_REPLY = b"4 3 14 1 6 3.5 3.25 9.5 8 1 2 1700000000000 1700000000000002 replace"
 
 
 def test_set_sends_the_totals_and_returns_what_the_script_stored(core: StoreCore) -> None:
@@ -209,7 +215,7 @@ def test_set_refuses_what_is_not_running_stats_before_any_request(core: StoreCor
 
 
 def test_reset_replaces_with_empty_totals(core: StoreCore) -> None:
-    requests, stats = drive(core._reset_op("e"), [b"0 0 0 0 0 0 0 0 8 1 0 0"])
+    requests, stats = drive(core._reset_op("e"), [b"0 0 0 0 0 0 0 0 8 1 0 0 1700000000000003 replace"])
     assert requests == [RunScript("replace", ("ns:{e}",), (encode_stats(RunningStats()),))]
     assert stats == RunningStats()
 
