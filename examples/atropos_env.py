@@ -7,7 +7,10 @@ ordinary ``BaseEnv``.
 
     # the env's own Atropos CLI, against a real inference server and rollout API:
     python examples/atropos_env.py serve --env.reward_normalization zscore \\
-        --env.reward_norm_redis_url redis://redis-host:6379/0 --openai.base_url http://...
+        --env.reward_norm_redis_url redis://redis-host:6379/0 --openai.base_url http://... \\
+        --env.rollout_server_url http://api-host:8000
+
+    # the whole pipeline on this machine (API server, two envs, a trainer): atropos_pipeline.py
 
     # offline: two replicas of the env, a seeded random "policy" instead of a server, one store
     python examples/atropos_env.py demo [--redis-url redis://127.0.0.1:6379/0]
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import shutil
 import sys
 import tempfile
 import uuid
@@ -41,8 +46,16 @@ QUESTIONS = [(f"what is {NUMBERS[a]} plus {NUMBERS[b]}", NUMBERS[a + b + 1])
 
 
 def offline_tokenizer() -> str:
-    """A word-level tokenizer saved in a temp dir (no hub download)."""
-    return save_word_tokenizer(Path(tempfile.gettempdir()) / "shared-rewardnorm-word-tokenizer")
+    """A word-level tokenizer saved in a temp dir (no hub download). Replicas started together
+    each call this: the first to finish saving moves its copy into place, the others use it."""
+    target = Path(tempfile.gettempdir()) / "shared-rewardnorm-word-tokenizer"
+    if not (target / "tokenizer.json").exists():
+        fresh = save_word_tokenizer(tempfile.mkdtemp(prefix="shared-rewardnorm-word-tokenizer-"))
+        try:
+            os.rename(fresh, target)
+        except OSError:  # another replica's copy is there already
+            shutil.rmtree(fresh, ignore_errors=True)
+    return str(target)
 
 
 def score(reply: str, answer: str) -> float:

@@ -34,6 +34,7 @@ from shared_rewardnorm._core.normalization import NormalizerSettings
 from shared_rewardnorm._redis.connection import URL_VARIABLE, check_url
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
 from shared_rewardnorm.errors import RewardNormError
+from shared_rewardnorm.integrations.batch_ids import GroupIds
 from shared_rewardnorm.integrations.loops import PerLoop
 
 __all__ = ["SharedRewardNormConfig", "SharedRewardNormMixin"]
@@ -111,6 +112,10 @@ class SharedRewardNormMixin:
     bound) is then skipped by ``BaseEnv``'s ``ensure_scores_are_not_same`` check, as the
     reference did; groups whose raw scores are all equal still count in the statistics (they
     are real rewards of the env) and are skipped as before.
+
+    Each group's batch id is a digest of its token ids and raw scores, numbered among identical
+    groups (``integrations.batch_ids``): a group sent again after a call that raised (the same
+    tokens and scores) is counted once, two identical groups twice.
     """
 
     config: SharedRewardNormConfig
@@ -128,7 +133,14 @@ class SharedRewardNormMixin:
             raise TypeError(f"{type(self).__name__} needs a SharedRewardNormConfig (set env_config_cls and "
                             f"return one from config_init), got {type(config).__name__}")
         validate_env(self._reward_norm_env_name(config))
+        if config.wandb_name is None and type(self).name is not None:
+            # atroposlib 0.4.0's ``serve`` gives its default wandb_name (the env class's name) to
+            # its CLI model, not to the env config it builds, so the env would register with the
+            # API server as desired_name=null, be refused (422) and exit. Give the config the
+            # default serve meant to give it (an explicit --env.wandb_name still wins).
+            config = config.model_copy(update={"wandb_name": type(self).name})
         self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
+        self._reward_norm_ids = GroupIds()
         # A mixin: super() is BaseEnv at run time (the MRO check above), object to mypy.
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]
 
@@ -194,7 +206,8 @@ class SharedRewardNormMixin:
             # (so that it sends nothing) raises here first, and nothing enters the statistics.
             kept = [group for group in groups if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded)]
             for group in kept:
-                group["scores"] = await norm.normalize(group["scores"])
+                with self._reward_norm_ids.claim(self.reward_norm_env, group["tokens"], group["scores"]) as batch_id:
+                    group["scores"] = await norm.normalize(group["scores"], batch_id=batch_id)
         # BaseEnv's method (the mixin comes first in the MRO), which object lacks as far as mypy sees.
         return await super().handle_send_to_api(  # type: ignore[misc]
             scored_data, item, do_send_to_api, abort_on_any_max_length_exceeded)

@@ -1,19 +1,29 @@
-"""``PerLoop``: one asyncio normalizer per event loop, for adapters driven by loops they do not own.
+"""``PerLoop``: one asyncio normalizer per event loop, for adapters driven by loops they do not own;
+``LoopThread``: an event loop of the adapter's own, for callers that have none.
 
 An asyncio client belongs to the event loop it first ran in. The Atropos mixin and the TRL
 wrapper of an ``async`` reward function are called from whatever loop their host runs (Atropos's
 ``process`` mode, TRL's background loop, a test's ``asyncio.run``), so each keeps its normalizer
 keyed by the running loop and makes a new one when the loop changes. This module is that logic,
 written once, including what happens to the normalizer left behind.
+
+OpenRLHF calls a reward function from worker threads (``asyncio.to_thread``), one sample per
+call, many at once. Those threads run no loop, and a blocking store per thread would send one
+merge per sample; ``LoopThread`` runs one loop in a daemon thread of its own, on which the
+threads' calls meet and coalesce.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["PerLoop"]
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+
+__all__ = ["EnvNormalizers", "LoopThread", "PerLoop"]
 
 
 class _Closable(Protocol):
@@ -21,6 +31,7 @@ class _Closable(Protocol):
 
 
 T = TypeVar("T", bound=_Closable)
+R = TypeVar("R")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -77,3 +88,74 @@ class PerLoop(Generic[T]):
             await old.aclose()
         else:
             self._release(old, old_loop)
+
+
+class LoopThread(Generic[T]):
+    """An event loop in a daemon thread of its own, with one ``make()`` object living in it.
+
+    ``run(lambda obj: obj.method(...))`` runs a coroutine on that loop from any thread (not
+    from the loop's own thread) and returns its result; concurrent callers' coroutines run
+    concurrently there. The loop starts on first use, and again in a forked child (a thread
+    does not survive ``fork``). ``close()`` closes the object in its loop, stops the loop and
+    joins the thread, so no thread or connection of ours outlives it; the next ``run`` starts
+    afresh.
+    """
+
+    def __init__(self, make: Callable[[], T], name: str = "shared-rewardnorm-loop") -> None:
+        self._make, self._name = make, name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._value: T | None = None
+        self._pid = 0
+
+    def _started(self) -> tuple[asyncio.AbstractEventLoop, T]:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._value = self._make()  # made outside the loop: it opens nothing until used there
+            assert self._value is not None
+            return self._loop, self._value
+
+    def run(self, work: Callable[[T], Coroutine[Any, Any, R]]) -> R:
+        loop, value = self._started()
+        if self._thread is threading.current_thread():
+            raise RuntimeError("LoopThread.run called from its own loop: await the coroutine instead")
+        return asyncio.run_coroutine_threadsafe(work(value), loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread, value, pid = self._loop, self._thread, self._value, self._pid
+            self._loop = self._thread = self._value = None
+        if loop is None or thread is None or pid != os.getpid():
+            return  # nothing started, or started by the parent of this forked process
+        try:
+            if value is not None:
+                asyncio.run_coroutine_threadsafe(value.aclose(), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+
+class EnvNormalizers:
+    """What one event loop of an adapter uses when its samples belong to several envs (verl's
+    data sources): one coalescing asyncio store, and a normalizer per env on it, made on first
+    use with the same ``settings`` (``mode``, ``clip``, ``warmup``, ``eps``, ``statistics``)."""
+
+    def __init__(self, redis: Any, namespace: str, **settings: Any) -> None:
+        self.store = AsyncStatsStore(redis, namespace)
+        self._settings = settings
+        self.normalizers: dict[str, AsyncSharedRewardNormalizer] = {}
+
+    def normalizer(self, env: str) -> AsyncSharedRewardNormalizer:
+        norm = self.normalizers.get(env)
+        if norm is None:
+            norm = self.normalizers[env] = AsyncSharedRewardNormalizer(env, self.store, **self._settings)
+        return norm
+
+    async def aclose(self) -> None:
+        await self.store.aclose()

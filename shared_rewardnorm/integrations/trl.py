@@ -30,6 +30,7 @@ from shared_rewardnorm._core.normalizer_ops import NormalizerCore
 from shared_rewardnorm._core.outage import validate_on_unavailable
 from shared_rewardnorm._redis.connection import check_url, resolve_async_client, resolve_client, url_from_environment
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
+from shared_rewardnorm.integrations.batch_ids import GroupIds
 from shared_rewardnorm.integrations.loops import PerLoop
 from shared_rewardnorm.sync import SharedRewardNormalizer
 
@@ -59,6 +60,15 @@ def _callable_name(func: Any) -> str | None:
     while isinstance(func, functools.partial):
         func = func.func
     return getattr(func, "__name__", None)
+
+
+def _group(args: tuple[Any, ...], kwargs: dict[str, Any], values: list[Any]) -> tuple[Any, ...]:
+    """What identifies a call's group for its batch id: the trainer's global step (TRL passes
+    ``trainer_state``), the prompts, the completions and the rewards."""
+    step = getattr(kwargs.get("trainer_state"), "global_step", None)
+    prompts = kwargs.get("prompts", args[0] if args else None)
+    completions = kwargs.get("completions", args[1] if len(args) > 1 else None)
+    return step, prompts, completions, values
 
 
 def _is_reward(value: Any) -> bool:
@@ -94,6 +104,10 @@ class SharedNormRewardFunc:
     ``None`` and NaN rewards pass through untouched and are not counted. When TRL passes
     ``log_metric``, the wrapper reports ``reward_norm/<env>/count|mean|std|min|max``.
 
+    Each call's batch id is a digest of the trainer's global step (from TRL's ``trainer_state``),
+    the prompts, the completions and the rewards, numbered among identical calls
+    (``integrations.batch_ids``): calling again after a call that raised counts the group once.
+
     Copies: TRL and accelerate may pickle or deepcopy reward functions. The connection is not
     copied: a copy opens its own on first call. Pickling needs ``redis`` to be a URL or
     ``None`` (a live client cannot cross a process boundary); a deepcopy shares the client.
@@ -127,6 +141,7 @@ class SharedNormRewardFunc:
         self._norm: NormalizerCore | None = None
         # Async functions: one normalizer per event loop (made on first call).
         self._loops: PerLoop[AsyncSharedRewardNormalizer] | None = None
+        self._ids = GroupIds()
         self.__name__ = name if name is not None else self._env
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = getattr(func, "__doc__", None)
@@ -152,7 +167,10 @@ class SharedNormRewardFunc:
         rewards = self._func(*args, **kwargs)
         positions, values = self._split(rewards)
         norm = self._sync_normalizer()
-        normalized = norm.normalize(values) if values else []
+        normalized: list[float] = []
+        if values:
+            with self._ids.claim(self._env, *_group(args, kwargs, values)) as batch_id:
+                normalized = norm.normalize(values, batch_id=batch_id)
         return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 
     def _sync_normalizer(self) -> SharedRewardNormalizer:
@@ -193,16 +211,18 @@ class SharedNormRewardFunc:
                             f"{type(self._redis).__name__}: pass redis= as a URL (or None with "
                             "$SHARED_REWARDNORM_URL) for a reward function that crosses processes")
         state = dict(self.__dict__)
-        state["_norm"] = state["_loops"] = None
+        state["_norm"] = state["_loops"] = state["_ids"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._ids = GroupIds()  # a copy's store is its own, and so are its batches
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedNormRewardFunc:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)  # the same function and client; a fresh normalizer
         copy._norm = copy._loops = None
+        copy._ids = GroupIds()
         copy._settings = self._settings.copy()
         memo[id(self)] = copy
         return copy
@@ -222,7 +242,10 @@ class _AsyncSharedNormRewardFunc(SharedNormRewardFunc):
         rewards = await self._func(*args, **kwargs)
         positions, values = self._split(rewards)
         norm = self._async_normalizer()
-        normalized = await norm.normalize(values) if values else []
+        normalized: list[float] = []
+        if values:
+            with self._ids.claim(self._env, *_group(args, kwargs, values)) as batch_id:
+                normalized = await norm.normalize(values, batch_id=batch_id)
         return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 
     def _async_normalizer(self) -> AsyncSharedRewardNormalizer:

@@ -197,6 +197,44 @@ def test_none_follows_the_url_variable(monkeypatch: pytest.MonkeyPatch, real_red
     wrapped.close()
 
 
+def test_each_call_passes_a_batch_id_of_its_step_prompts_completions_and_rewards(
+        backend: Any, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that raised after its merge landed (a lost reply), made again with the same
+    inputs, counts once; an identical call after a success is a new group and counts again."""
+    from types import SimpleNamespace
+
+    from shared_rewardnorm.sync import SharedRewardNormalizer
+
+    original = SharedRewardNormalizer.normalize
+    sent: list[object] = []
+    lose_reply = [True]
+
+    def normalize(self: SharedRewardNormalizer, scores: Any, update: bool = True, *,
+                  batch_id: str | int | None = None) -> list[float]:
+        sent.append(batch_id)
+        out = original(self, scores, update, batch_id=batch_id)
+        if lose_reply.pop() if lose_reply else False:
+            raise redis.ConnectionError("reply lost after the merge landed")
+        return out
+
+    monkeypatch.setattr(SharedRewardNormalizer, "normalize", normalize)
+    wrapped = SharedNormRewardFunc(length_reward, redis=backend, namespace=namespace, warmup=0)
+    step = SimpleNamespace(global_step=3)
+    completions = ["a", "bb", "ccc", "dddd"]
+    with pytest.raises(redis.ConnectionError):
+        wrapped(prompts=PROMPTS, completions=completions, trainer_state=step)
+    wrapped(prompts=PROMPTS, completions=completions, trainer_state=step)
+    store = StatsStore(backend, namespace)
+    assert store.get("length_reward").count == 4
+    wrapped(prompts=PROMPTS, completions=completions, trainer_state=step)
+    assert store.get("length_reward").count == 8
+    wrapped(prompts=PROMPTS, completions=completions, trainer_state=SimpleNamespace(global_step=4))
+    assert store.get("length_reward").count == 12
+    assert sent[0] == sent[1] and sent[2] != sent[1] and sent[2][:-2] == sent[1][:-2]  # type: ignore[index]
+    assert sent[3][:-2] != sent[1][:-2]  # type: ignore[index]  # another step, another digest
+    wrapped.close()
+
+
 def test_the_async_trl_wrapper_closes_its_normalizer_of_a_loop_still_running(
         thread_loop: asyncio.AbstractEventLoop, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
