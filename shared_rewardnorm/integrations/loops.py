@@ -144,7 +144,8 @@ class LoopThread(Generic[T]):
 class EnvNormalizers:
     """What one event loop of an adapter uses when its samples belong to several envs (verl's
     data sources): one coalescing asyncio store, and a normalizer per env on it, made on first
-    use with the same ``settings`` (``mode``, ``clip``, ``warmup``, ``eps``, ``statistics``)."""
+    use with the same ``settings`` (``mode``, ``clip``, ``warmup``, ``eps``, ``statistics``,
+    ``on_unavailable``)."""
 
     def __init__(self, redis: Any, namespace: str, **settings: Any) -> None:
         self.store = AsyncStatsStore(redis, namespace)

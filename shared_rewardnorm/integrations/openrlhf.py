@@ -30,6 +30,7 @@ from typing import Any
 
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._core.outage import validate_on_unavailable
 from shared_rewardnorm._redis.connection import check_url, url_from_environment
 from shared_rewardnorm.integrations.batch_ids import GroupIds
 from shared_rewardnorm.integrations.loops import EnvNormalizers, LoopThread
@@ -79,6 +80,8 @@ class SharedNormRewardFunc:
         redis: a URL, or ``None``: ``$SHARED_REWARDNORM_URL``, else the embedded store (local to
             the process, with a logged warning).
         mode, clip, warmup, eps, namespace, statistics: as for ``SharedRewardNormalizer``.
+        on_unavailable: as for ``SharedRewardNormalizer``, but ``"local"`` by default: a store
+            outage never fails a reward call.
 
     The calls of all threads meet on one event loop of the wrapper's own (``loops.LoopThread``)
     and share one asyncio store, so concurrent per-sample calls coalesce into one script call.
@@ -89,14 +92,16 @@ class SharedNormRewardFunc:
 
     def __init__(self, func: Callable[..., Any], env: str | None = None, redis: str | None = None, *,
                  mode: str = "zscore", clip: float | None = 5.0, warmup: int = 10, eps: float = 1e-8,
-                 namespace: str = "rewardnorm", statistics: str = "total") -> None:
+                 namespace: str = "rewardnorm", statistics: str = "total", on_unavailable: str = "local") -> None:
         if not callable(func):
             raise TypeError(f"func must be a reward function, got {type(func).__name__}")
         name = getattr(func, "__name__", None)
         if env is None and name is None:
             raise TypeError(f"{type(func).__name__} has no __name__: pass env= to name its statistics")
-        settings = {"mode": mode, "clip": clip, "warmup": warmup, "eps": eps, "statistics": statistics}
+        settings = {"mode": mode, "clip": clip, "warmup": warmup, "eps": eps, "statistics": statistics,
+                    "on_unavailable": on_unavailable}
         NormalizerSettings.create(mode, clip, warmup, eps, statistics)
+        validate_on_unavailable(on_unavailable)
         self._env = validate_env(env if env is not None else name)
         validate_namespace(namespace)
         if redis is None:

@@ -32,6 +32,7 @@ from verl.experimental.reward_loop.reward_manager.registry import get_reward_man
 
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._core.outage import validate_on_unavailable
 from shared_rewardnorm._redis.connection import check_url, url_from_environment
 from shared_rewardnorm.integrations.batch_ids import GroupIds
 from shared_rewardnorm.integrations.loops import EnvNormalizers, PerLoop
@@ -59,6 +60,9 @@ class VerlOptions:
             not shared).
         namespace: the key prefix (runs sharing statistics use the same one).
         mode, clip, warmup, eps, statistics: as for ``SharedRewardNormalizer``.
+        on_unavailable: as for ``SharedRewardNormalizer``, but ``"local"`` by default: a store
+            outage never fails a reward computation (scores are normalized against the
+            worker's last shared view meanwhile, and merged once the store is back).
         env_key: the field of the sample's ``non_tensor_batch`` naming its env.
         env: one env name for every sample instead (``env_key`` is then not read).
     """
@@ -71,6 +75,7 @@ class VerlOptions:
     warmup: int = 10
     eps: float = 1e-8
     statistics: str = "total"
+    on_unavailable: str = "local"
     env_key: str = "data_source"
     env: str | None = None
 
@@ -102,6 +107,7 @@ class VerlOptions:
         if self.env is not None:
             validate_env(self.env)
         NormalizerSettings.create(self.mode, self.clip, self.warmup, self.eps, self.statistics)
+        validate_on_unavailable(self.on_unavailable)
 
 
 def _refuse_uncovered_paths(config: Any) -> None:
@@ -168,7 +174,8 @@ class SharedNormRewardManager(RewardManagerBase):  # type: ignore[misc]  # verl 
             url_from_environment()  # a malformed $SHARED_REWARDNORM_URL fails here, not at the first score
         o = self.options
         self._loops: PerLoop[EnvNormalizers] = PerLoop(lambda: EnvNormalizers(
-            o.url, o.namespace, mode=o.mode, clip=o.clip, warmup=o.warmup, eps=o.eps, statistics=o.statistics))
+            o.url, o.namespace, mode=o.mode, clip=o.clip, warmup=o.warmup, eps=o.eps, statistics=o.statistics,
+            on_unavailable=o.on_unavailable))
         self._ids = GroupIds()
 
     def env_of(self, data: Any) -> str:

@@ -192,3 +192,25 @@ def test_torch_rewards_come_back_as_tensors_openrlhf_turns_into_experiences(name
         assert output["scores"].item() == pytest.approx(min(max(raw, 0), 1))
         assert output["extra_logs"]["raw_reward"].flatten()[0].item() == pytest.approx(raw)
     assert StatsStore(None, namespace).get("tensor_reward").count == 8
+
+
+def test_a_store_outage_never_fails_a_reward_call(namespace: str) -> None:
+    """on_unavailable="local" by default: with nothing listening, calls still return rewards
+    (raw in warmup, then normalized against the samples the wrapper has seen) and never raise;
+    a bad choice is refused before anything is sent."""
+    from tests.support.redis_servers import free_port
+
+    reward_func = SharedNormRewardFunc(exact_words, redis=f"redis://127.0.0.1:{free_port()}/0", namespace=namespace,
+                                       warmup=3)
+    try:
+        outputs = [reward_func([f"q: {words}"], ["q:"], ["four"]) for words in ("four", "four five", "five")]
+        rewards = [float(output["rewards"][0]) for output in outputs]
+        assert rewards[:2] == pytest.approx([0.9, 0.8])  # warming up: raw
+        seen = [0.9, 0.8, -0.1]  # the third is normalized against the three the wrapper saw
+        mean = sum(seen) / 3
+        std = (sum((v - mean) ** 2 for v in seen) / 3) ** 0.5
+        assert rewards[2] == pytest.approx((-0.1 - mean) / (std + 1e-8))
+    finally:
+        reward_func.close()
+    with pytest.raises(ValueError, match=r"on_unavailable must be one of 'raise', 'local', got 'skip'"):
+        SharedNormRewardFunc(exact_words, on_unavailable="skip", namespace=namespace)
