@@ -10,7 +10,7 @@
 -- stops before it writes anything.
 
 -- The stats schema, named once for Lua (shared_rewardnorm/_core/schema.py names it once for Python;
--- tests/test_schema.py checks that both agree). Every list of fields below derives from these.
+-- tests/behaviour/test_schema.py checks that both agree). Every list of fields below derives from these.
 -- The totals, in the order operations receive and return them:
 local STAT_FIELDS = {'count', 'mean', 'm2', 'min', 'max'}
 -- The decayed statistics (total weight, weighted mean, weighted sum of squared deviations),
@@ -33,7 +33,7 @@ local DISPLAY_FIELDS = {'std'}
 -- Everything an env's hash holds that is read back, in the order of reads and replies, and the
 -- fields after the totals (decay, configuration, activity): an env's "state". Spelled as
 -- elements of the groups above rather than built by loops: a script (EVALSHA) builds these
--- on every call, and loops over a table of groups cost about twice as much (tests/test_schema.py
+-- on every call, and loops over a table of groups cost about twice as much (tests/behaviour/test_schema.py
 -- checks both against _core/schema.py, so a field added to a group and not here fails there).
 local STATE_FIELDS = {DECAY_FIELDS[1], DECAY_FIELDS[2], DECAY_FIELDS[3], CONFIG_FIELDS[1], CONFIG_FIELDS[2],
   ACTIVITY_FIELDS[1], ACTIVITY_FIELDS[2]}

@@ -123,7 +123,7 @@ DEFAULT_BATCH_RECORD_TTL = 86_400
 #: network acknowledges within milliseconds).
 DEFAULT_REPLICA_TIMEOUT = 1.0
 #: Ten years: far beyond any use, and within what Redis accepts for SET ... EX. merge.lua refuses
-#: a longer one itself (its MAX_RECORD_TTL, the same number: tests/test_store.py checks it).
+#: a longer one itself (stats_lib.lua's MAX_RECORD_TTL, the same number: tests/unit/test_ledger.py checks it).
 MAX_BATCH_RECORD_TTL = 10 * 365 * 86_400
 
 
