@@ -201,6 +201,22 @@ class Trainer:
             got.append(batch)
         return got
 
+    def wait_for_envs(self, count: int, timeout: float) -> None:
+        """Until ``count`` envs have registered with the API server (its ``/status-env`` answers
+        for env id ``count - 1``), so that every env takes part however slowly it started."""
+        deadline = time.monotonic() + timeout
+        while not self._registered(count - 1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} envs registered within {timeout} s")
+            time.sleep(0.2)
+
+    def _registered(self, env_id: int) -> bool:
+        try:
+            http("GET", f"{self.api}/status-env", {"env_id": env_id})
+        except (OSError, ValueError):  # not registered yet: the server answers 500
+            return False
+        return True
+
     def queued(self) -> int:
         """Groups the API server holds that no batch has taken yet."""
         return int(http("GET", f"{self.api}/status")["queue_size"])
@@ -272,6 +288,7 @@ def run_pipeline(redis_url: str | None, namespace: str, batches: int, workdir: s
                          # policy outpaces this trainer, so the limit is lifted here.
                          "--env.max_batches_offpolicy", "1000"],
                         stdout=out, stderr=subprocess.STDOUT, env=env))
+            trainer.wait_for_envs(len(logs), timeout=240)
             pulled = trainer.pull(batches, timeout=240)
             stub.pause()
             # Quiet: no group answered but not yet through its env's handler. The envs' handlers
