@@ -456,7 +456,9 @@ def test_async_concurrent_coroutines_merge_exactly(cluster: RedisCluster, client
     assert result["envs"] == sorted(envs)
     assert result["all"] == result["get_many"] == result["restored"] == result["copied"]
     assert_exact(result["aggregate"], [v for _, values in jobs for v in values])
-    assert set(result["metrics"]) == {f"reward_norm/{env}/{stat}" for env in envs for stat in STATS}
+    # The envs were normalized through this store, so each also carries its degraded flag (0: healthy).
+    assert set(result["metrics"]) == {f"reward_norm/{env}/{stat}" for env in envs for stat in (*STATS, "degraded")}
+    assert all(result["metrics"][f"reward_norm/{env}/degraded"] == 0.0 for env in envs)
     for env in envs:
         assert result["metrics"][f"reward_norm/{env}/count"] == float(len(sent[env]))
 
