@@ -206,7 +206,7 @@ class SharedNormRewardFunc:
         self._ids = GroupIds()
         self._prompt_source = _validate_prompt_ids(prompt_ids)
         self._prompts: PromptStats | AsyncPromptStats | None = None
-        self._gate = OutageGate(f"prompt statistics of {self._env!r}", logger)
+        self._gate = self._new_gate()
         self.__name__ = name if name is not None else self._env
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = getattr(func, "__doc__", None)
@@ -227,6 +227,9 @@ class SharedNormRewardFunc:
         """The normalizer of the latest call (``None`` before the first); its ``stats`` are the
         shared statistics that call saw."""
         return self._norm
+
+    def _new_gate(self) -> OutageGate:
+        return OutageGate(f"prompt statistics of {self._env!r}", logger)
 
     @property
     def prompt_stats(self) -> PromptStats | AsyncPromptStats | None:
@@ -295,19 +298,20 @@ class SharedNormRewardFunc:
                             f"{type(self._redis).__name__}: pass redis= as a URL (or None with "
                             "$SHARED_REWARDNORM_URL) for a reward function that crosses processes")
         state = dict(self.__dict__)
-        state["_norm"] = state["_loops"] = state["_ids"] = state["_prompts"] = None
+        state["_norm"] = state["_loops"] = state["_ids"] = state["_prompts"] = state["_gate"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._ids = GroupIds()  # a copy's store is its own, and so are its batches
+        self._gate = self._new_gate()  # and its outages
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedNormRewardFunc:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)  # the same function and client; a fresh normalizer
         copy._norm = copy._loops = copy._prompts = None
         copy._ids = GroupIds()
-        copy._gate = OutageGate(f"prompt statistics of {self._env!r}", logger)
+        copy._gate = copy._new_gate()
         copy._settings = self._settings.copy()
         memo[id(self)] = copy
         return copy

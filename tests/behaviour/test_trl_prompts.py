@@ -170,3 +170,16 @@ def test_recording_resumes_when_the_store_answers(backend: Any, namespace: str,
     messages = [r.getMessage() for r in caplog.records if r.name == "shared_rewardnorm.trl"]
     assert len(messages) == 2 and "2 prompt call(s) were skipped" in messages[1]
     wrapped.close()
+
+
+def test_a_pickled_copy_keeps_recording_under_the_same_ids(url: str | None, namespace: str) -> None:
+    import pickle
+
+    wrapped = SharedNormRewardFunc(pass_fail, redis=url, namespace=namespace, prompt_ids="id")
+    wrapped(prompts=["p"], completions=["42"], id=["a"])
+    copy = pickle.loads(pickle.dumps(wrapped))
+    assert "prompt_ids='id'" in repr(copy)
+    copy(prompts=["p"], completions=["0"], id=["a"])
+    assert_recorded(url, namespace, "pass_fail", {"a": (2, 2, 0.5, 0.5)})
+    wrapped.close()
+    copy.close()
