@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._core.prompt_ops import validate_prompt_ids
 from shared_rewardnorm._redis.connection import URL_VARIABLE, check_url
 from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
 from shared_rewardnorm.aio.prompts import AsyncPromptStats
@@ -282,9 +283,13 @@ class SharedRewardNormMixin:
         default ``reward_norm_on_unavailable="local"`` normalizes against the last shared
         statistics plus the scores seen since (merged once the store answers); with ``"raise"``
         the error propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores
-        never go out in place of normalized ones."""
+        never go out in place of normalized ones. With ``reward_norm_prompt_stats``, each
+        counted group's raw scores are then recorded under ``prompt_id_of(item)``, with the
+        group's batch id; a store failure there is logged and skipped (``OutageGate``)."""
         norm = self.reward_normalizer
         prompt_id = self.prompt_id_of(item) if self.config.reward_norm_prompt_stats else None
+        if prompt_id is not None:  # a bad id fails the group before anything is counted
+            validate_prompt_ids([prompt_id], f"{type(self).__name__}.prompt_id_of(item)")
         if norm is not None or prompt_id is not None:
             groups = scored_data if isinstance(scored_data, list) else [scored_data]
             # Every group is checked before any is counted: a group that makes BaseEnv raise

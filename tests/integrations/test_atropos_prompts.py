@@ -201,3 +201,19 @@ def test_an_unreachable_store_sends_raw_groups_when_only_prompts_are_recorded(
     warnings = [r.getMessage() for r in caplog.records if r.name == "shared_rewardnorm.atropos"]
     assert len(warnings) == 1 and "StoreUnavailableError" in warnings[0]
 
+
+
+def test_a_bad_prompt_id_fails_the_group_before_anything_is_counted(tokenizer_dir: str, namespace: str) -> None:
+    env = prompt_env(tokenizer_dir, namespace, reward_normalization="zscore", reward_norm_prompt_stats=True)
+    raised: list[BaseException] = []
+
+    async def work() -> None:
+        try:
+            await env.handle_send_to_api({"tokens": [[5] * 3] * 4, "masks": [[5] * 3] * 4,
+                                          "scores": [0.0, 1.0, 0.5, 0.2]}, {"prompt": ""})
+        except ValueError as exc:
+            raised.append(exc)
+
+    drive([env], work())
+    assert len(raised) == 1 and "PromptEnv.prompt_id_of(item)[0] is empty" in str(raised[0])
+    assert env.sent == [] and StatsStore(None, namespace).get("groups_env").count == 0
