@@ -73,8 +73,9 @@ def advantage_shares(per_func: dict[str, list[float]], group: int, weights: dict
 
 
 def train(model_dir: str, out_dir: str, reward_funcs: list[Any], steps: int, scale_rewards: str,
-          seed: int = 0) -> Any:
-    """A few GRPO steps on CPU; returns the trainer."""
+          seed: int = 0, columns: dict[str, list[Any]] | None = None) -> Any:
+    """A few GRPO steps on CPU; returns the trainer. ``columns``: more dataset columns (one value
+    per prompt of ``PROMPTS * 4``), which TRL passes to the reward functions by name."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -84,7 +85,7 @@ def train(model_dir: str, out_dir: str, reward_funcs: list[Any], steps: int, sca
                         report_to=[], save_strategy="no", use_cpu=True, seed=seed, scale_rewards=scale_rewards,
                         disable_tqdm=True, temperature=1.0)
     trainer = GRPOTrainer(model=model_dir, reward_funcs=reward_funcs, args=config,
-                          train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
+                          train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4, **(columns or {})}),
                           processing_class=AutoTokenizer.from_pretrained(model_dir))
     trainer.train()
     return trainer

@@ -18,6 +18,11 @@ every node) through Redis instead of kept per process::
 Every scored group reaches the trainer through ``BaseEnv.handle_send_to_api``, from ``serve``
 and from ``process`` alike, so that is the one place the mixin hooks; ``wandb_log`` gets the
 shared statistics' metrics.
+
+With ``reward_norm_prompt_stats`` on, the same hook also records each group's raw scores under
+its item's id (``prompt_id_of``) in the env's ``AsyncPromptStats``, and ``keep_prompt`` /
+``select_prompts`` let ``get_next_item`` skip prompts outside a difficulty range, from what every
+replica recorded.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from pydantic import Field, field_validator, model_validator
 
 from shared_rewardnorm._core.inputs import validate_env, validate_namespace
 from shared_rewardnorm._core.normalization import NormalizerSettings
+from shared_rewardnorm._core.prompt_ops import validate_prompt_ids
 from shared_rewardnorm._redis.connection import URL_VARIABLE, check_url
-from shared_rewardnorm.aio import AsyncSharedRewardNormalizer
+from shared_rewardnorm.aio import AsyncSharedRewardNormalizer, AsyncStatsStore
+from shared_rewardnorm.aio.prompts import AsyncPromptStats
 from shared_rewardnorm.errors import RewardNormError
 from shared_rewardnorm.integrations.batch_ids import GroupIds
 from shared_rewardnorm.integrations.loops import PerLoop
+from shared_rewardnorm.integrations.prompt_ids import OutageGate, hash_id
 
 __all__ = ["SharedRewardNormConfig", "SharedRewardNormMixin"]
 
@@ -74,6 +82,12 @@ class SharedRewardNormConfig(BaseEnvConfig):
         default=None,
         description="Statistics key of this env; default the env class's name (never wandb_name, which the "
                     "API server suffixes per replica)")
+    reward_norm_prompt_stats: bool = Field(
+        default=False,
+        description="Also record each scored group's raw scores per prompt (AsyncPromptStats of the same env, "
+                    "store and namespace), under the item's id (prompt_id_of: a hash of repr(item) unless the "
+                    "env overrides it), for keep_prompt/select_prompts; works with reward_normalization='none' "
+                    "too. A store outage skips the recording, never the group")
 
     @field_validator("reward_norm_redis_url")
     @classmethod
@@ -116,6 +130,10 @@ class SharedRewardNormMixin:
     Each group's batch id is a digest of its token ids and raw scores, numbered among identical
     groups (``integrations.batch_ids``): a group sent again after a call that raised (the same
     tokens and scores) is counted once, two identical groups twice.
+
+    Per-prompt statistics (``reward_norm_prompt_stats=True``): each counted group's raw scores
+    go to ``AsyncPromptStats(env).update([prompt_id_of(item)] * n, scores, batch_id=<the group's
+    batch id>)``, after its normalization; ``keep_prompt``/``select_prompts`` read them back.
     """
 
     config: SharedRewardNormConfig
@@ -141,6 +159,10 @@ class SharedRewardNormMixin:
             config = config.model_copy(update={"wandb_name": type(self).name})
         self._reward_norm_loops: PerLoop[AsyncSharedRewardNormalizer] = PerLoop(self._make_reward_normalizer)
         self._reward_norm_ids = GroupIds()
+        # Without a normalizer (reward_normalization="none"), the prompt statistics' own store.
+        self._reward_norm_stores: PerLoop[AsyncStatsStore] = PerLoop(self._make_prompt_store)
+        self._reward_norm_prompts: AsyncPromptStats | None = None
+        self._reward_norm_gate = OutageGate(f"prompt statistics of {self._reward_norm_env_name(config)!r}", logger)
         # A mixin: super() is BaseEnv at run time (the MRO check above), object to mypy.
         super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]
 
@@ -172,9 +194,72 @@ class SharedRewardNormMixin:
             namespace=config.reward_norm_namespace, on_unavailable=config.reward_norm_on_unavailable)
 
     async def close_reward_normalizer(self) -> None:
-        """Close the shared normalizer's connections (before the event loop that used it ends);
-        a later use opens new ones."""
+        """Close the shared normalizer's connections, and the prompt statistics' (before the
+        event loop that used them ends); a later use opens new ones."""
+        self._reward_norm_prompts = None  # it runs on one of the stores closed here
+        await self._reward_norm_stores.aclose()
         await self._reward_norm_loops.aclose()
+
+    # --- per-prompt statistics ------------------------------------------------------------------
+
+    def _make_prompt_store(self) -> AsyncStatsStore:
+        return AsyncStatsStore(self.config.reward_norm_redis_url, self.config.reward_norm_namespace)
+
+    @property
+    def prompt_stats(self) -> AsyncPromptStats | None:
+        """The env's per-prompt statistics, or ``None`` when ``reward_norm_prompt_stats`` is off.
+
+        They run on the normalizer's store (the same Redis, namespace, retries and event loop)
+        or, with ``reward_normalization="none"``, on a store of their own made the same way."""
+        if not self.config.reward_norm_prompt_stats:
+            return None
+        norm = self.reward_normalizer
+        store = norm.store if norm is not None else self._reward_norm_stores.get()
+        prompts = self._reward_norm_prompts
+        if prompts is None or prompts.store is not store:  # first use, or another event loop
+            prompts = self._reward_norm_prompts = AsyncPromptStats(self.reward_norm_env, store)
+        return prompts
+
+    def prompt_id_of(self, item: Any) -> str | None:
+        """The prompt id under which the groups of ``item`` are recorded (``None``: not recorded).
+
+        By default a digest of ``repr(item)`` (``integrations.prompt_ids.hash_id``), the same on
+        every replica for equal items. Override it when items carry an id of their own (a dataset
+        index: ``return str(item["idx"])``) or when their ``repr`` is not stable (it holds a memory
+        address). ``BaseEnv`` passes ``item`` with every group; a group sent without one
+        (``item=None``) is not recorded."""
+        return None if item is None else hash_id(item)
+
+    async def select_prompts(self, prompt_ids: Any, *, low: float = 0.0, high: float = 1.0) -> list[str]:
+        """The distinct ``prompt_ids`` (first-seen order) worth a rollout: those whose mean raw
+        score, over every replica's groups, lies strictly between ``low`` and ``high``, and those
+        never seen (``AsyncPromptStats.select``). The defaults drop prompts every group so far
+        solved (mean 1) or failed (mean 0) with pass/fail scores. Every id is kept when
+        ``reward_norm_prompt_stats`` is off or the store cannot be read (logged once per outage)."""
+        ids = list(dict.fromkeys(prompt_ids))
+        prompts = self.prompt_stats
+        if prompts is None:
+            return ids
+        return await self._reward_norm_gate.acall(lambda: prompts.select(ids, low=low, high=high), ids)
+
+    async def keep_prompt(self, prompt_id: str, *, low: float = 0.0, high: float = 1.0) -> bool:
+        """Whether one prompt is worth a rollout (see ``select_prompts``), for a ``get_next_item``
+        that draws prompts one at a time::
+
+            async def get_next_item(self):
+                while True:
+                    item = self.next_from_dataset()
+                    if await self.keep_prompt(self.prompt_id_of(item), low=0.0, high=1.0):
+                        return item
+        """
+        return bool(await self.select_prompts([prompt_id], low=low, high=high))
+
+    async def _record_prompt(self, prompt_id: str, scores: list[float], batch_id: str) -> None:
+        """One group's raw scores under its prompt, best effort (see ``OutageGate``)."""
+        prompts = self.prompt_stats
+        if prompts is not None:
+            await self._reward_norm_gate.acall(
+                lambda: prompts.update([prompt_id] * len(scores), scores, batch_id=batch_id), None)
 
     def _passes_base_env_checks(self, group: Any, abort_on_any_max_length_exceeded: bool) -> bool:
         """Whether ``BaseEnv.handle_send_to_api`` keeps ``group`` (before its equal-scores check):
@@ -198,16 +283,25 @@ class SharedRewardNormMixin:
         default ``reward_norm_on_unavailable="local"`` normalizes against the last shared
         statistics plus the scores seen since (merged once the store answers); with ``"raise"``
         the error propagates (``BaseEnv.handle_env`` logs it) and nothing is sent: raw scores
-        never go out in place of normalized ones."""
+        never go out in place of normalized ones. With ``reward_norm_prompt_stats``, each
+        counted group's raw scores are then recorded under ``prompt_id_of(item)``, with the
+        group's batch id; a store failure there is logged and skipped (``OutageGate``)."""
         norm = self.reward_normalizer
-        if norm is not None:
+        prompt_id = self.prompt_id_of(item) if self.config.reward_norm_prompt_stats else None
+        if prompt_id is not None:  # a bad id fails the group before anything is counted
+            validate_prompt_ids([prompt_id], f"{type(self).__name__}.prompt_id_of(item)")
+        if norm is not None or prompt_id is not None:
             groups = scored_data if isinstance(scored_data, list) else [scored_data]
             # Every group is checked before any is counted: a group that makes BaseEnv raise
             # (so that it sends nothing) raises here first, and nothing enters the statistics.
             kept = [group for group in groups if self._passes_base_env_checks(group, abort_on_any_max_length_exceeded)]
             for group in kept:
-                with self._reward_norm_ids.claim(self.reward_norm_env, group["tokens"], group["scores"]) as batch_id:
-                    group["scores"] = await norm.normalize(group["scores"], batch_id=batch_id)
+                raw = list(group["scores"])
+                with self._reward_norm_ids.claim(self.reward_norm_env, group["tokens"], raw) as batch_id:
+                    if norm is not None:
+                        group["scores"] = await norm.normalize(raw, batch_id=batch_id)
+                    if prompt_id is not None:
+                        await self._record_prompt(prompt_id, raw, batch_id)
         # BaseEnv's method (the mixin comes first in the MRO), which object lacks as far as mypy sees.
         return await super().handle_send_to_api(  # type: ignore[misc]
             scored_data, item, do_send_to_api, abort_on_any_max_length_exceeded)
@@ -224,3 +318,4 @@ class SharedRewardNormMixin:
             except (redis.RedisError, RewardNormError) as exc:  # RewardNormError: a corrupt hash, say
                 logger.warning("reward_norm metrics for %r not logged this step: %s", self.reward_norm_env, exc)
         await super().wandb_log(wandb_metrics)  # type: ignore[misc]  # BaseEnv's, as in handle_send_to_api
+
