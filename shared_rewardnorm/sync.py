@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from shared_rewardnorm._core.normalizer_ops import NormalizerCore
-from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Once, Operation, Request
+from shared_rewardnorm._core.requests import ClientRequest, Done, MergeBatch, Once, Operation, Request, advance
 from shared_rewardnorm._core.store_ops import (
     DEFAULT,
     DEFAULT_BATCH_RECORD_TTL,
@@ -219,18 +219,13 @@ class StatsStore(StoreCore):
         reply: Any = None
         error: BaseException | None = None
         while True:
+            step = advance(operation, reply, error)
+            if isinstance(step, Done):
+                return step.value
+            error = None
             try:
-                if error is None:
-                    request = operation.send(reply)
-                else:  # the operation may handle it (a normalizer answering locally) or re-raise it
-                    failure, error = error, None
-                    request = operation.throw(failure)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            try:
-                reply = self._send(request)
-            except BaseException as exc:  # a cancelled or interrupted call too
+                reply = self._send(step)
+            except BaseException as exc:  # a cancelled or interrupted call too: the operation judges it
                 error = exc
 
     def _send(self, request: Request) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -22,9 +22,21 @@ from shared_rewardnorm._redis.scripts import ClientScripts, function_library, tr
 from shared_rewardnorm.errors import WrongTypeError
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ClientRequest", "LoadFunctions", "MergeBatch", "Once", "Operation", "ReadCommands", "ReadMany",
-           "ReadStats",
-           "Request", "RunScript", "ScanKeys"]
+__all__ = [
+    "ClientRequest",
+    "Done",
+    "LoadFunctions",
+    "MergeBatch",
+    "Once",
+    "Operation",
+    "ReadCommands",
+    "ReadMany",
+    "ReadStats",
+    "Request",
+    "RunScript",
+    "ScanKeys",
+    "advance",
+]
 
 T = TypeVar("T")
 
@@ -187,3 +199,21 @@ class Once:
 Request = ClientRequest | MergeBatch | Once
 #: An operation: yields requests, receives their replies, returns its result.
 Operation = Generator[Request, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """What ``advance`` returns once the operation has finished: its result."""
+
+    value: T
+
+
+def advance(operation: Operation[T], reply: Any, error: BaseException | None) -> Request | Done[T]:
+    """One step of driving an operation, as every driver does it (both shells' ``run`` and
+    ``served.single_tries``): hand it the reply to its last request, or throw in the error that
+    sending it raised (the operation may handle it, say a normalizer answering locally, or
+    re-raise it); return its next request, or ``Done`` with its result."""
+    try:
+        return operation.send(reply) if error is None else operation.throw(error)
+    except StopIteration as done:
+        return Done(done.value)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from shared_rewardnorm._core.formats import metrics_from_info
 from shared_rewardnorm._core.outage import view_with
-from shared_rewardnorm._core.requests import Once, Operation
+from shared_rewardnorm._core.requests import Done, Once, Operation, advance
 from shared_rewardnorm.envinfo import EnvInfo
 from shared_rewardnorm.stats import RunningStats
 
@@ -126,15 +126,11 @@ def single_tries(operation: Operation[Any]) -> Operation[Any]:
     reply: Any = None
     error: BaseException | None = None
     while True:
+        step = advance(operation, reply, error)
+        if isinstance(step, Done):
+            return step.value
+        error = None
         try:
-            if error is None:
-                request = operation.send(reply)
-            else:
-                failure, error = error, None
-                request = operation.throw(failure)
-        except StopIteration as done:
-            return done.value
-        try:
-            reply = yield request if isinstance(request, Once) else Once(request)
+            reply = yield step if isinstance(step, Once) else Once(step)
         except BaseException as exc:  # handed to the operation, as the shells do
             error = exc

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from shared_rewardnorm._core.requests import ClientRequest, MergeBatch, Once, Operation, Request
+from shared_rewardnorm._core.requests import ClientRequest, Done, MergeBatch, Once, Operation, Request, advance
 from shared_rewardnorm._core.store_ops import (
     DEFAULT,
     DEFAULT_BATCH_RECORD_TTL,
@@ -174,18 +174,13 @@ class AsyncStatsStore(StoreCore):
         reply: Any = None
         error: BaseException | None = None
         while True:
+            step = advance(operation, reply, error)
+            if isinstance(step, Done):
+                return step.value
+            error = None
             try:
-                if error is None:
-                    request = operation.send(reply)
-                else:  # the operation may handle it (a normalizer answering locally) or re-raise it
-                    failure, error = error, None
-                    request = operation.throw(failure)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            try:
-                reply = await self._send(request)
-            except BaseException as exc:  # a cancelled or interrupted call too
+                reply = await self._send(step)
+            except BaseException as exc:  # a cancelled or interrupted call too: the operation judges it
                 error = exc
 
     async def _send(self, request: Request) -> Any:
