@@ -36,9 +36,7 @@ if mode == 'buckets' and #ARGV == 3 then
 end
 if mode == 'ids' and #ARGV >= 2 and #ARGV % 2 == 0 then
   local settings
-  settings, err = read_prompt_settings(key)
-  if err then return err end
-  err = check_bucket_count(key, settings, ARGV[2])
+  settings, err = read_prompt_set(key, ARGV[2])
   if err then return err end
   local keys = {}
   for i = 3, #ARGV, 2 do

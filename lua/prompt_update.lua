@@ -33,9 +33,7 @@ local key = KEYS[1]
 local prefix, err = prompt_bucket_prefix(key)
 if err then return err end
 local settings
-settings, err = read_prompt_settings(key)
-if err then return err end
-err = check_bucket_count(key, settings, ARGV[1])
+settings, err = read_prompt_set(key, ARGV[1])
 if err then return err end
 local record, claimed
 record, err, claimed = claim_batch(key, KEYS[2], ARGV[2], ARGV[3])

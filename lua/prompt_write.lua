@@ -20,9 +20,7 @@ local key = KEYS[1]
 local prefix, err = prompt_bucket_prefix(key)
 if err then return err end
 local settings
-settings, err = read_prompt_settings(key)
-if err then return err end
-err = check_bucket_count(key, settings, ARGV[1])
+settings, err = read_prompt_set(key, ARGV[1])
 if err then return err end
 if ARGV[4] ~= '0' and ARGV[4] ~= '1' then
   return error_for('INVALID', key, 'replace must be 0 or 1, got ' .. quoted(ARGV[4]))

@@ -685,15 +685,20 @@ local function read_prompt_settings(key)
   return settings
 end
 
--- Check the bucket count a client computed its buckets with (ARGV text) against the set's.
-local function check_bucket_count(key, settings, text)
-  local buckets, err = parse_bucket_count(key, text, 'INVALID')
-  if err then return err end
+-- The settings of the prompt set at `key` (read_prompt_settings), after checking the bucket
+-- count the client computed its buckets with (ARGV text) against the set's: how every call that
+-- names buckets starts.
+local function read_prompt_set(key, text)
+  local settings, err = read_prompt_settings(key)
+  if err then return nil, err end
+  local buckets
+  buckets, err = parse_bucket_count(key, text, 'INVALID')
+  if err then return nil, err end
   if buckets ~= settings.buckets then
-    return error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made for '
-      .. quoted(text) .. ' (read the settings again)')
+    return nil, error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made '
+      .. 'for ' .. quoted(text) .. ' (read the settings again)')
   end
-  return nil
+  return settings
 end
 
 -- The bucket key of a prompt from the client's bucket number (text), checked against the count.
