@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import redis
 
-from shared_rewardnorm import AsyncPromptStats, CorruptStatsError, PromptInfo, PromptStats, RetryPolicy, StatsStore
+from shared_rewardnorm import (
+    AsyncPromptStats,
+    CorruptStatsError,
+    InvalidStatsError,
+    PromptInfo,
+    PromptStats,
+    RetryPolicy,
+    StatsStore,
+)
 from shared_rewardnorm._core.prompt_ops import bucket_key, bucket_of
 from tests.support.drop_proxy import DropProxy
 from tests.support.prompt_oracle import OFFSET, DefinitionOracle, assert_matches
@@ -104,6 +112,20 @@ def test_a_retry_under_the_same_batch_id_counts_once(backend: Any, namespace: st
     assert [info.count for info in prompts.get(["a", "b"]) if info] == [1, 1]
     with pytest.raises(ValueError, match="batch_id 'step-1' was already used"):
         prompts.update(["a", "b"], [0.0, 0.0], batch_id="step-1")
+
+
+def test_a_call_made_for_another_bucket_count_is_refused_and_writes_nothing(backend: Any, namespace: str) -> None:
+    """A client that read the settings before another changed the (empty) set's bucket count is
+    told to read them again by every call that names buckets: update, seed and forget."""
+    stale = PromptStats("math", backend, namespace=namespace)
+    stale.get(["x"])  # reads the default bucket count
+    PromptStats("math", backend, namespace=namespace).configure(decay=1.0, buckets=64)
+    refused = r"the prompt set has 64 buckets, the call was made for \"16384\" \(read the settings again\)"
+    for call in (lambda: stale.update(["x"], [1.0]), lambda: stale.seed(["x"], [0.5], [2.0]),
+                 lambda: stale.forget(["x"])):
+        with pytest.raises(InvalidStatsError, match=refused):
+            call()
+    assert PromptStats("math", backend, namespace=namespace).get(["x"]) == [None]
 
 
 def test_forget_export_and_restore(backend: Any, raw_client: Any, namespace: str) -> None:
