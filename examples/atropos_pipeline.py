@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -180,10 +180,12 @@ class Trainer:
                                          "num_steps": 1000})
         http("GET", f"{api}/batch")  # the first pull starts the run: envs may register from now on
 
-    def pull(self, batches: int, timeout: float) -> list[list[dict[str, Any]]]:
+    def pull(self, batches: int, timeout: float,
+             until: Callable[[], bool] | None = None) -> list[list[dict[str, Any]]]:
+        """At least ``batches`` batches, and more until ``until()`` holds (if given)."""
         got: list[list[dict[str, Any]]] = []
         deadline = time.monotonic() + timeout
-        while len(got) < batches:
+        while len(got) < batches or (until is not None and not until()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the trainer got {len(got)} of {batches} batches within {timeout} s")
             batch = http("GET", f"{self.api}/batch")["batch"]
@@ -256,7 +258,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def run_pipeline(redis_url: str | None, namespace: str, batches: int, workdir: str, *,
                  env_script: Path = EXAMPLES / "atropos_env.py", env_vars: dict[str, str] | None = None,
-                 quiet_timeout: float = 60) -> PipelineRun:
+                 quiet_timeout: float = 60, until: Callable[[], bool] | None = None) -> PipelineRun:
     """Start everything, let the trainer pull ``batches`` batches, then pause the inference
     stand-in and wait until every group it answered has gone through an env (the envs'
     handlers have finished), so that what the envs normalized is exactly what was answered."""
@@ -289,7 +291,7 @@ def run_pipeline(redis_url: str | None, namespace: str, batches: int, workdir: s
                          "--env.max_batches_offpolicy", "1000"],
                         stdout=out, stderr=subprocess.STDOUT, env=env))
             trainer.wait_for_envs(len(logs), timeout=240)
-            pulled = trainer.pull(batches, timeout=240)
+            pulled = trainer.pull(batches, timeout=240, until=until)
             stub.pause()
             # Quiet: no group answered but not yet through its env's handler. The envs' handlers
             # post every group they keep to the API server; wait until the answered count stops
