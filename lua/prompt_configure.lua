@@ -7,10 +7,15 @@
 --          first prompt is written with another count (prompts would be looked up in the wrong
 --          bucket): forget the set first.
 --
+-- ARGV[3]  (optional) 'replace': give the set a new identity of origin 'replace' (a restore, so
+--          that clients tell it from a loss); without it a set without an identity gets one of
+--          origin 'configure' when this call writes.
+--
 -- A new decay applies from the next visit of each prompt on: weights already stored keep the
--- decay of the visits that made them. Returns "<decay> <buckets> <changed>" (changed: 1 or 0).
+-- decay of the visits that made them. Returns "<decay> <buckets> <changed> <epoch> <origin>"
+-- (changed: 1 or 0; epoch '0' and origin '-' for a set without an identity).
 
-local err = check_arity('prompt_configure', KEYS, ARGV, {1, 2})
+local err = check_arity('prompt_configure', KEYS, ARGV, {1, 2, 1, 3})
 if err then return err end
 local key = KEYS[1]
 local _, prefix_err = prompt_bucket_prefix(key)
@@ -43,7 +48,16 @@ if ARGV[2] ~= '' then
     fields[#fields + 1] = string.format('%d', buckets)
   end
 end
+local renew = ARGV[3] ~= nil
+if renew and ARGV[3] ~= 'replace' then
+  return error_for('INVALID', key, 'the third argument must be replace, got ' .. quoted(ARGV[3]))
+end
 if #fields > 0 then
   redis.call('HSET', key, unpack(fields))
+  redis.call('PERSIST', key)  -- (a forgotten set's tombstone becomes the settings)
 end
-return string.format('%.17g %d %d', settings.decay, settings.buckets, #fields > 0 and 1 or 0)
+if #fields > 0 or renew then
+  stamp_prompt_set(key, settings, renew and 'replace' or 'configure', renew)
+end
+return string.format('%.17g %d %d %s %s', settings.decay, settings.buckets, (#fields > 0 or renew) and 1 or 0,
+  settings.epoch or '0', settings.origin or '-')

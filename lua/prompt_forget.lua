@@ -5,7 +5,10 @@
 --          id (ARGV[3], ARGV[4], ...): those prompts are deleted.
 --          'buckets': ARGV[2] and ARGV[3] a range first..last of bucket numbers, at most 1024
 --          buckets: those buckets are deleted (UNLINK: freed in the background).
---          'settings': the settings hash is deleted (after every bucket, to forget a whole set).
+--          'settings': the settings hash is deleted, with the marks of a heal of its identity
+--          (after every bucket, to forget a whole set), and replaced by a tombstone: only a new
+--          identity of origin 'forget', expiring after TOMBSTONE_TTL seconds unless a write
+--          makes it the settings of a new set.
 -- Returns the number of prompts (ids) or keys (buckets, settings) deleted.
 --
 -- Deleting a whole set is several calls (each bounded), not one atomic step.
@@ -19,7 +22,18 @@ if #KEYS ~= 1 then
   return error_for('INVALID', key, 'prompt_forget expects 1 key, got ' .. #KEYS)
 end
 if mode == 'settings' and #ARGV == 1 then
-  return redis.call('DEL', key)
+  local epoch
+  epoch, err = read_key(key, 'hash', 'HGET', 'epoch')  -- (not the settings: a corrupt set can be forgotten)
+  if err then return err end
+  if epoch then
+    redis.call('UNLINK', key .. ':healed:' .. epoch)
+  end
+  local deleted = redis.call('DEL', key)
+  -- What stays is a tombstone: a new identity of origin 'forget', so that clients still running
+  -- take the deletion for deliberate rather than for a loss to heal; it expires unless written to.
+  stamp_prompt_set(key, {}, 'forget', true)
+  redis.call('EXPIRE', key, TOMBSTONE_TTL)
+  return deleted
 end
 if mode == 'buckets' and #ARGV == 3 then
   local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])

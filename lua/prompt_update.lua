@@ -15,9 +15,11 @@
 -- the stored weight and m2 by rho, then adds its rewards with weight 1 each (the weighted Chan
 -- update, as merge.lua's decayed statistics). visits and count are never decayed.
 --
--- Returns an array: first the outcome ('1' merged, '0' merged before: nothing changed), then for
--- each prompt in argument order its record before this call ('' for a prompt never seen); for a
--- call merged before, the records as they are now.
+-- Returns an array: the outcome ('1' merged, '0' merged before: nothing changed), the set's
+-- epoch and origin ('0' and '-' for a set without them), then for each prompt in argument order
+-- its record before this call ('' for a prompt never seen); for a call merged before, the
+-- records as they are now. The first write into a set without an identity gives it one
+-- (origin 'update').
 --
 -- Errors (nothing is written when one is raised): REWARDNORM_INVALID (an argument),
 -- REWARDNORM_WRONGTYPE (a key of another type), REWARDNORM_CORRUPT (a stored record, naming the
@@ -41,7 +43,7 @@ if err then return err end
 
 local rho = settings.decay
 local prompts = (#ARGV - 3) / 5
-local reply = {claimed and '1' or '0'}
+local reply = {claimed and '1' or '0', '', ''}
 local writes = {}
 for i = 0, prompts - 1 do
   local at = 4 + 5 * i
@@ -60,7 +62,7 @@ for i = 0, prompts - 1 do
   local stored
   stored, err = read_key(bucket_key, 'hash', 'HGET', id)
   if err then return err end
-  reply[i + 2] = stored or ''
+  reply[i + 4] = stored or ''
   if claimed then
     local new
     if stored then
@@ -93,10 +95,13 @@ end
 if claimed then
   if not settings.stored then  -- the first write fixes the set's bucket count
     redis.call('HSET', key, 'buckets', ARGV[1])
+    redis.call('PERSIST', key)  -- (a forgotten set's tombstone becomes the settings)
   end
+  stamp_prompt_set(key, settings, 'update')
   for i = 1, #writes, 3 do
     redis.call('HSET', writes[i], writes[i + 1], writes[i + 2])
   end
   store_batch_record(KEYS[2], record, ARGV[3])
 end
+reply[2], reply[3] = settings.epoch or '0', settings.origin or '-'
 return reply

@@ -551,12 +551,25 @@ end
 -- sign and biased exponent in the first two characters, the 52 fraction bits in the other nine),
 -- so every double round-trips exactly in a third of the room of '%.17g'. The weight is written
 -- only when it differs from the count (a prompt set with decay): otherwise it is the count.
+--
+-- The set's identity, as an env's (IDENTITY_FIELDS): the settings hash's `epoch` (server
+-- microseconds when the set was created) and `origin`: 'update', 'configure' or 'seed' (the
+-- first write of that kind created it), 'replace' (a restore) or 'forget' (a whole set deleted:
+-- both deliberate), or 'reseed' (a client found the set lost and began putting back the
+-- records it knew, prompt_write's heal mode). A
+-- client that knew one epoch and finds another of a creating origin, or none, knows the set was
+-- lost (shared_rewardnorm/_core/prompt_outage.py).
 
 local PROMPT_SETTINGS_SUFFIX = ':prompts'
 local PROMPT_BUCKET_INFIX = ':p:'
 local DEFAULT_PROMPT_BUCKETS = 16384
 local MAX_PROMPT_BUCKETS = 1048576
 local TWO_52 = 4503599627370496
+local PROMPT_ORIGINS = {update = true, configure = true, seed = true, replace = true, reseed = true, forget = true}
+-- Seconds a heal's marks (which prompts were put back, prompt_write.lua) outlive its last use,
+-- and a forgotten set's tombstone (prompt_forget.lua) lives unless written to.
+local HEAL_MARK_TTL = 86400
+local TOMBSTONE_TTL = 86400
 
 -- The 11 characters of a double (see above); x must be finite.
 local function encode_double(x)
@@ -671,9 +684,17 @@ end
 -- The prompt set's settings: {decay = number, buckets = number, stored = bool (whether the
 -- settings hash has its bucket count)}, or nil plus an error reply.
 local function read_prompt_settings(key)
-  local stored, err = read_key(key, 'hash', 'HMGET', 'decay', 'buckets')
+  local stored, err = read_key(key, 'hash', 'HMGET', 'decay', 'buckets', IDENTITY_FIELDS[1], IDENTITY_FIELDS[2])
   if err then return nil, err end
-  local settings = {decay = 1, buckets = DEFAULT_PROMPT_BUCKETS, stored = stored[2] ~= false}
+  local settings = {decay = 1, buckets = DEFAULT_PROMPT_BUCKETS, stored = stored[2] ~= false,
+    epoch = stored[3] or false, origin = stored[4] or false}
+  if settings.epoch or settings.origin then
+    if not settings.epoch or not string.find(settings.epoch, '^[0-9]+$') or string.len(settings.epoch) > 16
+        or not PROMPT_ORIGINS[settings.origin] then
+      return nil, error_for('CORRUPT', key, 'the identity must be an epoch (digits) and an origin (update, '
+        .. 'configure, seed, replace, forget or reseed), got ' .. quoted(settings.epoch) .. ' ' .. quoted(settings.origin))
+    end
+  end
   if stored[1] then
     settings.decay, err = parse_decay(key, stored[1], 'CORRUPT')
     if err then return nil, err end
@@ -685,9 +706,18 @@ local function read_prompt_settings(key)
   return settings
 end
 
+-- Give the prompt set at `key` an identity of `origin` if it has none (the write that creates
+-- it), or always with `renew` (a restore); `settings` (read_prompt_settings) follows.
+local function stamp_prompt_set(key, settings, origin, renew)
+  if settings.epoch and not renew then return end
+  local _, time = server_time()
+  settings.epoch, settings.origin = epoch_of(time), origin
+  redis.call('HSET', key, IDENTITY_FIELDS[1], settings.epoch, IDENTITY_FIELDS[2], origin)
+end
+
 -- The settings of the prompt set at `key` (read_prompt_settings), after checking the bucket
--- count the client computed its buckets with (ARGV text) against the set's: how every call that
--- names buckets starts.
+-- count the client computed its buckets with (ARGV text) against the set's (a set that has none
+-- stored takes the call's): how every call that names buckets starts.
 local function read_prompt_set(key, text)
   local settings, err = read_prompt_settings(key)
   if err then return nil, err end
@@ -695,8 +725,11 @@ local function read_prompt_set(key, text)
   buckets, err = parse_bucket_count(key, text, 'INVALID')
   if err then return nil, err end
   if buckets ~= settings.buckets then
-    return nil, error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made '
-      .. 'for ' .. quoted(text) .. ' (read the settings again)')
+    if settings.stored then
+      return nil, error_for('INVALID', key, 'the prompt set has ' .. settings.buckets .. ' buckets, the call was made '
+        .. 'for ' .. quoted(text) .. ' (read the settings again)')
+    end
+    settings.buckets = buckets  -- a set without a count (new, or lost): the first write fixes it
   end
   return settings
 end

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from shared_rewardnorm.envinfo import DecayedStats, EnvInfo
 from shared_rewardnorm.stats import RunningStats
 
-__all__ = ["ON_UNAVAILABLE", "RECONNECT_INTERVAL", "LocalFallback", "Owed", "decayed_after",
+__all__ = ["ON_UNAVAILABLE", "RECONNECT_INTERVAL", "Breaker", "LocalFallback", "Owed", "decayed_after",
            "validate_on_unavailable", "view_with"]
 
 #: The accepted values of ``on_unavailable=``.
@@ -85,8 +85,9 @@ def view_with(known: EnvInfo, pending: RunningStats) -> EnvInfo:
                    decayed=decayed_after(known.decayed, known.half_life, pending))
 
 
-class LocalFallback:
-    """The owed batches and the circuit breaker of one normalizer (see the module docstring).
+class Breaker:
+    """The circuit breaker of one client of an unreachable store (see the module docstring): at
+    most one call per ``interval`` seconds tries the store; the others answer locally.
 
     Args:
         env: the env's name, for the log lines.
@@ -99,20 +100,12 @@ class LocalFallback:
         self._env = env
         self._clock = clock
         self._interval = interval
-        #: Whether the store is unreachable as far as this normalizer knows.
+        #: Whether the store is unreachable as far as this client knows.
         self.degraded = False
         #: Outages met so far (each logged once).
         self.outages = 0
         self._since = 0.0
         self._next_try = 0.0
-        self._sent: list[Owed] = []
-        self._unsent = RunningStats()
-        self._prefix = f"srn-owed:{secrets.token_hex(8)}"
-        self._numbers = itertools.count(1)
-
-    def batch_id(self) -> str:
-        """A new batch id of this normalizer's own (for a merge the caller did not name)."""
-        return f"{self._prefix}:{next(self._numbers)}"
 
     def claim(self) -> bool:
         """Whether this call may use the store: always while healthy; while degraded, if the
@@ -131,26 +124,62 @@ class LocalFallback:
         """Whether a call that may use the store should try it once only (the store is down)."""
         return self.degraded
 
-    def failed(self, error: BaseException, known: EnvInfo) -> None:
-        """The store could not be reached: open the breaker (logging the outage's first
-        failure once)."""
+    def _trip(self) -> bool:
+        """The store could not be reached: open the breaker; whether this starts an outage (the
+        caller logs it once)."""
         now = self._clock()
         self._next_try = now + self._interval
         if self.degraded:
-            return
+            return False
         self.degraded = True
         self.outages += 1
         self._since = now
-        logger.warning("shared_rewardnorm: env %r: the store is unavailable (%s); normalizing locally from the "
-                       "last shared statistics seen (count %d) and the samples normalized since, and trying the "
-                       "store again every %g s", self._env, error, known.stats.count, self._interval)
+        return True
+
+    def _close(self) -> float | None:
+        """The store answers and nothing is owed: close the breaker; the outage's length in
+        seconds if there was one (the caller logs it)."""
+        if not self.degraded:
+            return None
+        self.degraded = False
+        return self._clock() - self._since
+
+
+class LocalFallback(Breaker):
+    """The owed batches and the circuit breaker of one normalizer (see the module docstring).
+
+    Args:
+        env: the env's name, for the log lines.
+        clock: a monotonic clock in seconds (a seam for tests).
+        interval: seconds between two tries of an unreachable store.
+    """
+
+    def __init__(self, env: str, clock: Callable[[], float] = time.monotonic,
+                 interval: float = RECONNECT_INTERVAL) -> None:
+        super().__init__(env, clock, interval)
+        self._sent: list[Owed] = []
+        self._unsent = RunningStats()
+        self._prefix = f"srn-owed:{secrets.token_hex(8)}"
+        self._numbers = itertools.count(1)
+
+    def batch_id(self) -> str:
+        """A new batch id of this normalizer's own (for a merge the caller did not name)."""
+        return f"{self._prefix}:{next(self._numbers)}"
+
+    def failed(self, error: BaseException, known: EnvInfo) -> None:
+        """The store could not be reached: open the breaker (logging the outage's first
+        failure once)."""
+        if self._trip():
+            logger.warning("shared_rewardnorm: env %r: the store is unavailable (%s); normalizing locally from the "
+                           "last shared statistics seen (count %d) and the samples normalized since, and trying the "
+                           "store again every %g s", self._env, error, known.stats.count, self._interval)
 
     def recovered(self) -> None:
         """The store answered and every owed batch is paid: close the breaker."""
-        if self.degraded:
+        seconds = self._close()
+        if seconds is not None:
             logger.info("shared_rewardnorm: env %r: the store answers again after %.1f s; the samples "
-                        "normalized locally are merged", self._env, self._clock() - self._since)
-        self.degraded = False
+                        "normalized locally are merged", self._env, seconds)
 
     def owe(self, stats: RunningStats, batch_id: str | None = None, *, sent: bool = False) -> None:
         """Owe a batch: sent (its fate unknown) or named by the caller, it keeps its id; a

@@ -15,6 +15,7 @@ and ``AsyncPromptStats`` as an operation (a generator of requests) that the stor
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import zlib
@@ -22,12 +23,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared_rewardnorm._core.identity import ON_LOST
 from shared_rewardnorm._core.inputs import MAX_NAME_LENGTH, coerce_scores, validate_batch_id, validate_env
 from shared_rewardnorm._core.keys import stats_key
+from shared_rewardnorm._core.outage import validate_on_unavailable
+from shared_rewardnorm._core.prompt_info import PromptInfo
+from shared_rewardnorm._core.prompt_outage import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_OWED,
+    IDENTITY_NONE,
+    PromptCache,
+    PromptFallback,
+    PromptVerdict,
+    Summary,
+    judge_prompt_set,
+    older_then,
+    visited,
+)
 from shared_rewardnorm._core.protocol import as_text
 from shared_rewardnorm._core.requests import Operation, ReadCommands, RunScript
+from shared_rewardnorm._core.served import single_tries
 from shared_rewardnorm._core.store_ops import StoreCore
-from shared_rewardnorm.errors import CorruptStatsError, WrongTypeError
+from shared_rewardnorm.errors import CorruptStatsError, StoreUnavailableError, WrongTypeError
 from shared_rewardnorm.stats import MAX_COUNT, summarize
 
 __all__ = [
@@ -58,6 +75,9 @@ WRITE_CHUNK = 1000
 FORGET_CHUNK = 1024
 
 _SETTINGS_SUFFIX = ":prompts"
+_IDENTITY = ("epoch", "origin")
+
+logger = logging.getLogger("shared_rewardnorm")
 _BUCKET_INFIX = ":p:"
 _ZERO = 48  # the codec's digits are the 64 characters from '0' (ASCII 48) to 'o'
 _FRACTION = (1 << 52) - 1
@@ -102,29 +122,6 @@ def decode_double(text: str, at: int = 0) -> float | None:
     for char in chunk[2:]:
         fraction = fraction << 6 | (ord(char) - _ZERO)
     return float(_DOUBLE.unpack(_BITS.pack(high << 52 | fraction))[0])
-
-
-@dataclass(frozen=True, slots=True)
-class PromptInfo:
-    """One prompt's statistics: ``visits`` (calls that held it), ``count`` (its rewards, not
-    decayed), ``weight`` (the sum of their weights: ``count`` without decay), the weighted
-    ``mean`` and ``m2`` (the weighted sum of squared deviations from it). A seeded prompt has
-    ``visits == count == 0`` and the prior's weight and mean."""
-
-    visits: int
-    count: int
-    weight: float
-    mean: float
-    m2: float
-
-    @property
-    def std(self) -> float:
-        """The weighted standard deviation, ``sqrt(m2 / weight)`` (0 without weight)."""
-        return math.sqrt(self.m2 / self.weight) if self.weight > 0 else 0.0
-
-    def to_list(self) -> list[float | int]:
-        """``[visits, count, weight, mean, m2]``, as snapshots hold it."""
-        return [self.visits, self.count, self.weight, self.mean, self.m2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +213,31 @@ class PromptCore:
     """One env's prompt set: its keys, the cached settings, and the operations (see the module
     docstring). ``store`` is the ``StatsStore``/``AsyncStatsStore`` that runs them."""
 
-    def __init__(self, env: str, store: StoreCore) -> None:
+    def __init__(self, env: str, store: StoreCore, on_unavailable: Any = "raise", on_lost: Any = "reseed",
+                 cache_size: Any = DEFAULT_CACHE_SIZE, max_owed: Any = DEFAULT_MAX_OWED) -> None:
         self._env = validate_env(env)
+        validate_on_unavailable(on_unavailable)
+        if on_lost not in ON_LOST:
+            raise ValueError(f"on_lost must be one of {', '.join(map(repr, ON_LOST))}, got {on_lost!r}")
+        for name, value in (("cache_size", cache_size), ("max_owed", max_owed)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         self._store_core = store
         self._key = settings_key(store.namespace, self._env)
         self._settings: PromptSettings | None = None
         #: Whether the latest read found the bucket count stored (fixed by a write or configure).
         self._buckets_fixed = False
+        self._on_lost = on_lost
+        #: The records this client saw last (local answers in an outage; what it puts back after a loss).
+        self._cache = PromptCache(cache_size)
+        #: With on_unavailable="local": the owed calls and the breaker; else None.
+        self._fallback = PromptFallback(self._env, max_owed) if on_unavailable == "local" else None
+        #: The set's epoch as last seen (None: none seen), and the epochs seen replaced.
+        self._epoch: str | None = None
+        self._retired: set[str] = set()
+        #: Losses of the set this client noticed, and prompts it put back.
+        self.losses = 0
+        self.healed = 0
 
     @property
     def env(self) -> str:
@@ -234,14 +249,109 @@ class PromptCore:
         """The settings hash, ``<namespace>:{<env>}:prompts``."""
         return self._key
 
+    @property
+    def on_unavailable(self) -> str:
+        """``"raise"`` (an unreachable store raises ``StoreUnavailableError``) or ``"local"``
+        (updates are kept and reads answered from the records seen, until it answers again)."""
+        return "raise" if self._fallback is None else "local"
+
+    @property
+    def degraded(self) -> bool:
+        """Whether this client answers locally because its store is unreachable."""
+        return self._fallback is not None and self._fallback.degraded
+
+    @property
+    def owed(self) -> int:
+        """Update calls kept for the store while it was unreachable, not yet acknowledged."""
+        return 0 if self._fallback is None else self._fallback.owed
+
+    @property
+    def dropped(self) -> int:
+        """Owed update calls dropped (the oldest, beyond ``max_owed``) during outages."""
+        return 0 if self._fallback is None else self._fallback.dropped
+
+    @property
+    def cached(self) -> int:
+        """Prompts whose records this client remembers (at most ``cache_size``)."""
+        return len(self._cache)
+
+    def metrics(self) -> dict[str, float]:
+        """``prompts/<env>/degraded|owed|dropped|losses|healed``, from this client's own state
+        (no network): for a trainer's logger."""
+        prefix = f"prompts/{self._env}"
+        return {f"{prefix}/degraded": float(self.degraded), f"{prefix}/owed": float(self.owed),
+                f"{prefix}/dropped": float(self.dropped), f"{prefix}/losses": float(self.losses),
+                f"{prefix}/healed": float(self.healed)}
+
+    # -- identity, loss and healing (_core/prompt_outage.py) ----------------------------------
+
+    def _observed_op(self, found: tuple[str, str]) -> Operation[bool]:
+        """Compare the set's identity in a reply with the one last seen; a loss is logged and,
+        with ``on_lost="reseed"``, healed from the cache. Returns whether the cache was put back
+        (its records now precede what the store held)."""
+        verdict = judge_prompt_set(self._epoch, found, self._retired)
+        if verdict is PromptVerdict.STALE:
+            return False
+        healed = False
+        if verdict is PromptVerdict.REPLACED:
+            logger.info("shared_rewardnorm: the prompt set of env %r was replaced deliberately (a restore or a "
+                        "forget); "
+                        "forgetting the %d records this client remembered", self._env, len(self._cache))
+            self._cache.clear()
+        elif verdict is not PromptVerdict.SAME:
+            if verdict is PromptVerdict.LOST:
+                self.losses += 1
+                logger.error("shared_rewardnorm: the prompt set of env %r was lost (the server came back empty, "
+                             "failed over to a replica without it, was flushed or evicted it): %s; %s", self._env,
+                             "it is gone" if found == IDENTITY_NONE else f"recreated ({found[1]}) since",
+                             f"putting back the {len(self._cache)} records this client remembers"
+                             if self._on_lost == "reseed" else 'on_lost="log": not repairing it')
+            else:
+                logger.warning("shared_rewardnorm: the prompt set of env %r was lost and another client is putting "
+                               "it back; adding the records this client remembers that it has not", self._env)
+            if self._on_lost == "reseed":
+                found = yield from self._heal_op(found)
+                healed = True
+        self._adopt(found)
+        return healed
+
+    def _adopt(self, found: tuple[str, str]) -> None:
+        epoch = None if found == IDENTITY_NONE else found[0]
+        if self._epoch is not None and epoch != self._epoch:
+            self._retired.add(self._epoch)
+        self._epoch = epoch
+
+    def _heal_op(self, found: tuple[str, str]) -> Operation[tuple[str, str]]:
+        """Put the cache's records back (``prompt_write``'s heal mode, ``WRITE_CHUNK`` per call),
+        restoring the set's decay first; returns the identity the set has after."""
+        records = self._cache.items()
+        if not records:
+            return found
+        settings = self._settings or PromptSettings()
+        if settings.decay != 1.0:
+            yield RunScript("prompt_configure", (self._key,), ("%.17g" % settings.decay, ""))
+        identity = found
+        for start in range(0, len(records), WRITE_CHUNK):
+            reply = yield from self._write_op(dict(records[start:start + WRITE_CHUNK]), f"heal:{found[0]}", None)
+            outcome, identity = as_text(reply[0]), (as_text(reply[1]), as_text(reply[2]))
+            if outcome == "moved":  # changed again since: the next reply tells what it is
+                logger.warning("shared_rewardnorm: the prompt set of env %r changed while it was being put back; "
+                               "stopping", self._env)
+                return identity
+            self.healed += int(reply[3])
+            found = identity
+        logger.error("shared_rewardnorm: the prompt set of env %r: %d records put back so far by this client",
+                     self._env, self.healed)
+        return identity
+
     # -- settings ---------------------------------------------------------------------------
 
     def _settings_op(self) -> Operation[PromptSettings]:
         """Read the settings (and remember them: the bucket count never changes while the set
         holds prompts, and every write checks it)."""
-        replies = yield ReadCommands((("HMGET", self._key, "decay", "buckets"),))
+        replies = yield ReadCommands((("HMGET", self._key, "decay", "buckets", *_IDENTITY),))
         _raise_errors([self._key], replies)
-        decay, buckets = (None if value is None else as_text(value) for value in replies[0])
+        decay, buckets, epoch, origin = (None if value is None else as_text(value) for value in replies[0])
         try:
             settings = PromptSettings(1.0 if decay is None else _decay(float(decay)),
                                       DEFAULT_BUCKETS if buckets is None else _buckets(int(buckets)))
@@ -249,6 +359,7 @@ class PromptCore:
             raise CorruptStatsError(f"corrupt prompt settings {self._key}: {exc}", key=self._key) from None
         self._settings = settings
         self._buckets_fixed = buckets is not None
+        yield from self._observed_op((epoch or IDENTITY_NONE[0], origin or IDENTITY_NONE[1]))
         return settings
 
     def _known_settings_op(self) -> Operation[PromptSettings]:
@@ -256,11 +367,14 @@ class PromptCore:
             return (yield from self._settings_op())
         return self._settings
 
-    def _configure_op(self, decay: Any, buckets: Any) -> Operation[tuple[PromptSettings, bool]]:
+    def _configure_op(self, decay: Any, buckets: Any, renew: bool = False) -> Operation[tuple[PromptSettings, bool]]:
+        """Set the decay and bucket count; ``renew`` (a restore) gives the set a new identity of
+        origin ``replace``, so that its clients adopt it rather than take it for a loss."""
         args = ("" if decay is None else "%.17g" % _decay(decay), "" if buckets is None else str(_buckets(buckets)))
-        reply = as_text((yield RunScript("prompt_configure", (self._key,), args)))
+        reply = as_text((yield RunScript("prompt_configure", (self._key,), (*args, "replace") if renew else args)))
         words = reply.split()
         self._settings = PromptSettings(float(words[0]), int(words[1]))
+        yield from self._observed_op((words[3], words[4]))
         return self._settings, words[2] == "1"
 
     # -- writes -----------------------------------------------------------------------------
@@ -282,17 +396,18 @@ class PromptCore:
         return reply
 
     def _update_op(self, prompt_ids: Any, rewards: Any, batch_id: Any = None
-                   ) -> Operation[tuple[list[str], dict[str, tuple[int, float, float]], list[PromptInfo | None]]]:
+                   ) -> Operation[tuple[list[str], dict[str, Summary], list[PromptInfo | None]]]:
         """Merge a call's rewards (one visit per distinct prompt). Returns the ids, the rewards
         grouped by prompt as (count, mean, m2) in first-seen order, and each distinct prompt's
-        record from before the call (``None``: never seen)."""
+        record from before the call (``None``: never seen); with the store unreachable and
+        ``on_unavailable="local"``, the call is owed and the records are this client's view."""
         ids = validate_prompt_ids(prompt_ids)
         values = _numbers(rewards, "rewards", len(ids))
-        validate_batch_id(batch_id)
+        name = validate_batch_id(batch_id)
         grouped: dict[str, list[float]] = {}
         for prompt_id, value in zip(ids, values, strict=True):
             grouped.setdefault(prompt_id, []).append(value)
-        summaries: dict[str, tuple[int, float, float]] = {}
+        summaries: dict[str, Summary] = {}
         for prompt_id, group in grouped.items():
             if len(group) == 1:
                 summaries[prompt_id] = (1, group[0], 0.0)
@@ -303,20 +418,59 @@ class PromptCore:
                 summaries[prompt_id] = (stats.count, stats.mean, stats.m2)
         if not summaries:
             return ids, summaries, []
+        fallback = self._fallback
+        if fallback is None:
+            return ids, summaries, (yield from self._send_update_op(summaries, name))
+        name = name if name is not None else fallback.batch_id()
+        if fallback.claim():
+            operation = self._paid_then(self._send_update_op(summaries, name))
+            try:
+                before = yield from (single_tries(operation) if fallback.probing else operation)
+            except StoreUnavailableError as exc:
+                fallback.failed(exc)
+            else:
+                fallback.recovered()
+                return ids, summaries, before
+        before_local = [fallback.view(prompt_id, self._cache) for prompt_id in summaries]
+        fallback.owe(summaries, name, self._cache, (self._settings or PromptSettings()).decay)
+        return ids, summaries, before_local
+
+    def _paid_then(self, operation: Operation[Any]) -> Operation[Any]:
+        """Send the owed calls, oldest first (each under its id: counted once), then ``operation``."""
+        fallback = self._fallback
+        assert fallback is not None
+        while (owed := fallback.next_owed()) is not None:
+            yield from self._send_update_op(owed.summaries, owed.batch_id)
+            fallback.paid(owed)
+        return (yield from operation)
+
+    def _send_update_op(self, summaries: dict[str, Summary], name: str | None) -> Operation[list[PromptInfo | None]]:
+        """One prompt_update call; returns the records from before it, as this client sees them
+        (after healing a loss the reply showed, the records put back come first), and
+        remembers the records after it."""
         settings = yield from self._known_settings_op()
         tail: list[str] = []
         for prompt_id, (count, mean, m2) in summaries.items():
             tail += (str(bucket_of(prompt_id, settings.buckets)), prompt_id, "%d" % count, "%.17g" % mean,
                      "%.17g" % m2)
-        request = self._write("prompt_update", settings.buckets, (), tail, batch_id,
-                              f"{len(ids)} rewards for {len(summaries)} prompts")
+        request = self._write("prompt_update", settings.buckets, (), tail, name,
+                              f"{sum(summary[0] for summary in summaries.values())} rewards for "
+                              f"{len(summaries)} prompts")
         reply = self._reply_of_write((yield request))
+        remembered = {prompt_id: self._cache.get(prompt_id) for prompt_id in summaries}
+        healed = yield from self._observed_op((as_text(reply[1]), as_text(reply[2])))
+        merged_now = as_text(reply[0]) == "1"
         before: list[PromptInfo | None] = []
-        for prompt_id, (index, stored) in zip(summaries, enumerate(reply[1:]), strict=True):
-            text = as_text(stored)
-            before.append(parse_record(bucket_key(self._key, int(request.args[3 + 5 * index])), prompt_id, text)
-                          if text else None)
-        return ids, summaries, before
+        for index, (prompt_id, summary) in enumerate(summaries.items()):
+            text = as_text(reply[3 + index])
+            stored = (parse_record(bucket_key(self._key, int(request.args[3 + 5 * index])), prompt_id, text)
+                      if text else None)
+            older = remembered[prompt_id]
+            if healed and older is not None:
+                stored = older_then(older, stored, settings.decay)
+            before.append(stored)
+            self._cache.put(prompt_id, visited(stored, summary, settings.decay) if merged_now else stored)
+        return before
 
     def _advantages_op(self, prompt_ids: Any, rewards: Any, batch_id: Any = None) -> Operation[list[float]]:
         ids, summaries, before = yield from self._update_op(prompt_ids, rewards, batch_id)
@@ -344,16 +498,23 @@ class PromptCore:
     def _write_records_op(self, records: dict[str, PromptInfo], replace: bool, batch_id: Any) -> Operation[int]:
         if not records:
             return 0
+        reply = yield from self._write_op(records, "1" if replace else "0", batch_id)
+        yield from self._observed_op((as_text(reply[1]), as_text(reply[2])))
+        for prompt_id, info in records.items():
+            self._cache.put(prompt_id, info)
+        return len(records)
+
+    def _write_op(self, records: dict[str, PromptInfo], mode: str, batch_id: Any) -> Operation[Any]:
+        """One prompt_write call of ``mode`` (``0`` seed, ``1`` replace, ``heal:<epoch>``); its reply."""
         settings = yield from self._known_settings_op()
         tail: list[str] = []
         for prompt_id, info in records.items():
             tail += (str(bucket_of(prompt_id, settings.buckets)), prompt_id, "%d" % info.visits, "%d" % info.count,
                      "%.17g" % info.weight, "%.17g" % info.mean, "%.17g" % info.m2)
-        request = self._write("prompt_write", settings.buckets, (), ["1" if replace else "0", *tail], batch_id,
+        request = self._write("prompt_write", settings.buckets, (), [mode, *tail], batch_id,
                               f"{len(records)} prompt records")
-        # (the replace flag sits after the record lifetime: ARGV[4])
-        self._reply_of_write((yield request))
-        return len(records)
+        # (the mode sits after the record lifetime: ARGV[4])
+        return self._reply_of_write((yield request))
 
     def _forget_op(self, prompt_ids: Any) -> Operation[int]:
         if prompt_ids is not None:
@@ -381,19 +542,48 @@ class PromptCore:
         distinct = list(dict.fromkeys(ids))
         if not distinct:
             return []
+        fallback = self._fallback
+        found: dict[str, PromptInfo | None] | None = None
+        if fallback is None:
+            found = yield from self._read_op(distinct)
+        else:
+            if fallback.claim():
+                operation = self._paid_then(self._read_op(distinct))
+                try:
+                    found = yield from (single_tries(operation) if fallback.probing else operation)
+                except StoreUnavailableError as exc:
+                    fallback.failed(exc)
+                else:
+                    fallback.recovered()
+            if found is None:
+                found = {prompt_id: fallback.view(prompt_id, self._cache) for prompt_id in distinct}
+        assert found is not None
+        return [found[prompt_id] for prompt_id in ids]
+
+    def _read_op(self, distinct: list[str]) -> Operation[dict[str, PromptInfo | None]]:
+        """The records of ``distinct`` ids: one HMGET per bucket and one of the set's identity, in
+        one round trip; remembered in the cache."""
         settings = yield from self._known_settings_op()
         by_bucket: dict[int, list[str]] = {}
         for prompt_id in distinct:
             by_bucket.setdefault(bucket_of(prompt_id, settings.buckets), []).append(prompt_id)
         keys = [bucket_key(self._key, bucket) for bucket in by_bucket]
-        replies = yield ReadCommands(tuple(("HMGET", key, *members)
-                                           for key, members in zip(keys, by_bucket.values(), strict=True)))
-        _raise_errors(keys, replies)
+        replies = yield ReadCommands((*(("HMGET", key, *members) for key, members in
+                                        zip(keys, by_bucket.values(), strict=True)),
+                                      ("HMGET", self._key, *_IDENTITY)))
+        _raise_errors([*keys, self._key], replies)
+        epoch, origin = (None if value is None else as_text(value) for value in replies[-1])
+        healed = yield from self._observed_op((epoch or IDENTITY_NONE[0], origin or IDENTITY_NONE[1]))
         found: dict[str, PromptInfo | None] = {}
-        for key, members, reply in zip(keys, by_bucket.values(), replies, strict=True):
+        for key, members, reply in zip(keys, by_bucket.values(), replies[:-1], strict=True):
             for prompt_id, stored in zip(members, reply, strict=True):
-                found[prompt_id] = None if stored is None else parse_record(key, prompt_id, as_text(stored))
-        return [found[prompt_id] for prompt_id in ids]
+                info = None if stored is None else parse_record(key, prompt_id, as_text(stored))
+                older = self._cache.get(prompt_id)
+                if healed and older is not None:
+                    info = older_then(older, info, settings.decay)
+                found[prompt_id] = info
+                self._cache.put(prompt_id, info)
+        return found
 
     def _select_op(self, prompt_ids: Any, low: Any, high: Any) -> Operation[list[str]]:
         bounds = _numbers([low, high], "bounds (low, high)", 2)
@@ -439,7 +629,7 @@ class PromptCore:
         settings, records = parse_prompt_snapshot(snapshot)
         yield from self._settings_op()
         # A target whose bucket count is fixed keeps it: the ids are bucketed for it here.
-        yield from self._configure_op(settings.decay, None if self._buckets_fixed else settings.buckets)
+        yield from self._configure_op(settings.decay, None if self._buckets_fixed else settings.buckets, renew=True)
         written = 0
         items = list(records.items())
         for start in range(0, len(items), WRITE_CHUNK):

@@ -142,7 +142,12 @@ def test_forget_export_and_restore(backend: Any, raw_client: Any, namespace: str
     with pytest.raises(ValueError, match="already uses 64 buckets"):
         prompts.configure(buckets=128)
     prompts.forget()
-    assert [key for key in raw_client.scan_iter(f"{namespace}*") if b":batches:" not in key] == []
+    # what stays is a tombstone of the set's identity (running clients adopt it, not heal), expiring in a day
+    assert [key for key in raw_client.scan_iter(f"{namespace}*") if b":batches:" not in key] == [
+        prompts.key.encode()]
+    tombstone = raw_client.hgetall(prompts.key)
+    assert set(tombstone) == {b"epoch", b"origin"} and tombstone[b"origin"] == b"forget"
+    assert 86000 < raw_client.ttl(prompts.key) <= 86400
     copy = PromptStats("math", StatsStore(backend, namespace + "-copy"))
     copy.configure(buckets=32)
     assert copy.restore(snapshot) == 500
