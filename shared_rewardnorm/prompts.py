@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared_rewardnorm._core.prompt_ops import READ_CHUNK, PromptCore, PromptInfo, PromptSettings
+from shared_rewardnorm._core.prompt_outage import DEFAULT_CACHE_SIZE, DEFAULT_MAX_OWED
 from shared_rewardnorm.sync import StatsStore
 
 __all__ = ["PromptInfo", "PromptSettings", "PromptStats"]
@@ -35,15 +36,32 @@ class PromptStats(PromptCore):
             batch ledger).
         namespace: the key prefix (ignored when ``redis`` is a ``StatsStore``).
         cluster: with a URL, connect to a Redis Cluster through that node.
+        on_unavailable: what a call does once the store's retry policy is spent: ``"raise"``
+            raises ``StoreUnavailableError``; ``"local"`` keeps training going: ``update`` and
+            ``advantages`` are kept (at most ``max_owed`` calls) and sent exactly once when the
+            store answers, and the reads answer from the records this client has seen (a
+            prompt it never saw is unknown). One call per second tries the store meanwhile.
+        on_lost: what to do when a reply shows the set this client knew was lost (the server
+            came back empty, a failover to a replica without it, a flush, eviction):
+            ``"reseed"`` logs an ERROR and puts back the records this client remembers, merged
+            before what the prompts gathered since (the first client to put a prompt back
+            wins); ``"log"`` only logs it. A restore or a forget is deliberate, never a loss.
+        cache_size: how many prompts' records this client remembers, most recently seen first
+            (for ``on_unavailable="local"`` and ``on_lost="reseed"``; 0: none).
+        max_owed: the most update calls kept through an outage; beyond it the oldest is
+            dropped and counted (``dropped``).
 
     Prompt ids are non-empty strings of at most 256 characters (a dataset index as ``str``, or
     a hash of the prompt text); ids of at most 64 bytes keep the compact storage.
     """
 
-    def __init__(self, env: str, redis: Any = None, *, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+    def __init__(self, env: str, redis: Any = None, *, namespace: str = "rewardnorm", cluster: bool = False,
+                 on_unavailable: str = "raise", on_lost: str = "reseed", cache_size: int = DEFAULT_CACHE_SIZE,
+                 max_owed: int = DEFAULT_MAX_OWED) -> None:
+        self.validate_options(on_unavailable, on_lost, cache_size, max_owed)
         self._owns_store = not isinstance(redis, StatsStore)
         self._store = StatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store)
+        super().__init__(env, self._store, on_unavailable, on_lost, cache_size, max_owed)
 
     @property
     def store(self) -> StatsStore:

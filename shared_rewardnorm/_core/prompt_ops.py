@@ -216,12 +216,7 @@ class PromptCore:
     def __init__(self, env: str, store: StoreCore, on_unavailable: Any = "raise", on_lost: Any = "reseed",
                  cache_size: Any = DEFAULT_CACHE_SIZE, max_owed: Any = DEFAULT_MAX_OWED) -> None:
         self._env = validate_env(env)
-        validate_on_unavailable(on_unavailable)
-        if on_lost not in ON_LOST:
-            raise ValueError(f"on_lost must be one of {', '.join(map(repr, ON_LOST))}, got {on_lost!r}")
-        for name, value in (("cache_size", cache_size), ("max_owed", max_owed)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        self.validate_options(on_unavailable, on_lost, cache_size, max_owed)
         self._store_core = store
         self._key = settings_key(store.namespace, self._env)
         self._settings: PromptSettings | None = None
@@ -238,6 +233,16 @@ class PromptCore:
         #: Losses of the set this client noticed, and prompts it put back.
         self.losses = 0
         self.healed = 0
+
+    @staticmethod
+    def validate_options(on_unavailable: Any, on_lost: Any, cache_size: Any, max_owed: Any) -> None:
+        """Check the fault options (the shells call this before they create a store)."""
+        validate_on_unavailable(on_unavailable)
+        if on_lost not in ON_LOST:
+            raise ValueError(f"on_lost must be one of {', '.join(map(repr, ON_LOST))}, got {on_lost!r}")
+        for name, value in (("cache_size", cache_size), ("max_owed", max_owed)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
     @property
     def env(self) -> str:
@@ -374,7 +379,11 @@ class PromptCore:
         reply = as_text((yield RunScript("prompt_configure", (self._key,), (*args, "replace") if renew else args)))
         words = reply.split()
         self._settings = PromptSettings(float(words[0]), int(words[1]))
-        yield from self._observed_op((words[3], words[4]))
+        if renew:  # this client's own replacement: adopted without a word, the old records dropped
+            self._cache.clear()
+            self._adopt((words[3], words[4]))
+        else:
+            yield from self._observed_op((words[3], words[4]))
         return self._settings, words[2] == "1"
 
     # -- writes -----------------------------------------------------------------------------
@@ -525,7 +534,10 @@ class PromptCore:
             args = ["ids", str(settings.buckets)]
             for prompt_id in ids:
                 args += (str(bucket_of(prompt_id, settings.buckets)), prompt_id)
-            return int((yield RunScript("prompt_forget", (self._key,), tuple(args))))
+            deleted = int((yield RunScript("prompt_forget", (self._key,), tuple(args))))
+            for prompt_id in ids:
+                self._cache.put(prompt_id, None)
+            return deleted
         settings = yield from self._settings_op()
         deleted = 0
         for first in range(0, settings.buckets, FORGET_CHUNK):
@@ -533,6 +545,8 @@ class PromptCore:
             deleted += int((yield RunScript("prompt_forget", (self._key,), ("buckets", str(first), str(last)))))
         deleted += int((yield RunScript("prompt_forget", (self._key,), ("settings",))))
         self._settings = None
+        self._cache.clear()  # this client's own forget: it knows no set now (the tombstone is adopted silently)
+        self._adopt(IDENTITY_NONE)
         return deleted
 
     # -- reads ------------------------------------------------------------------------------

@@ -91,16 +91,18 @@ def _server_options(parsed: SentinelURL, options: dict[str, Any]) -> dict[str, A
     return {"db": parsed.db, "username": parsed.username, "password": parsed.password, **options}
 
 
-def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
+def _sentinel_options(options: dict[str, Any], asyncio: bool = False) -> dict[str, Any]:
     """How the Sentinels are queried: the servers' timeouts, no credentials, and no retry of
     one Sentinel (redis-py would back off for seconds on each before asking the next): the
-    store's retry policy asks them all again."""
+    store's retry policy asks them all again. An asyncio client gets redis-py's asyncio
+    ``Retry`` (it converts a sync one with a warning)."""
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     names = ("socket_timeout", "socket_connect_timeout")
     timeouts: dict[str, Any] = {name: options[name] for name in names if name in options}
-    return {**timeouts, "retry": Retry(NoBackoff(), 0)}
+    return {**timeouts, "retry": (AsyncRetry if asyncio else Retry)(NoBackoff(), 0)}
 
 
 def sentinel_client(url: str, **options: Any) -> Any:
@@ -118,7 +120,7 @@ def async_sentinel_client(url: str, **options: Any) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
     parsed = parse_sentinel_url(url)
-    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=_sentinel_options(options))
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=_sentinel_options(options, asyncio=True))
     return sentinel.master_for(parsed.service, **_server_options(parsed, options))
 
 

@@ -10,18 +10,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from shared_rewardnorm._core.prompt_ops import READ_CHUNK, PromptCore, PromptInfo, PromptSettings
+from shared_rewardnorm._core.prompt_outage import DEFAULT_CACHE_SIZE, DEFAULT_MAX_OWED
 from shared_rewardnorm.aio.store import AsyncStatsStore
 
 __all__ = ["AsyncPromptStats"]
 
 
 class AsyncPromptStats(PromptCore):
-    """See ``PromptStats``; ``redis`` takes what ``AsyncStatsStore`` takes, or an ``AsyncStatsStore``."""
+    """See ``PromptStats`` (the same arguments); ``redis`` takes what ``AsyncStatsStore`` takes, or
+    an ``AsyncStatsStore``."""
 
-    def __init__(self, env: str, redis: Any = None, *, namespace: str = "rewardnorm", cluster: bool = False) -> None:
+    def __init__(self, env: str, redis: Any = None, *, namespace: str = "rewardnorm", cluster: bool = False,
+                 on_unavailable: str = "raise", on_lost: str = "reseed", cache_size: int = DEFAULT_CACHE_SIZE,
+                 max_owed: int = DEFAULT_MAX_OWED) -> None:
+        self.validate_options(on_unavailable, on_lost, cache_size, max_owed)
         self._owns_store = not isinstance(redis, AsyncStatsStore)
         self._store = AsyncStatsStore(redis, namespace, cluster=cluster) if self._owns_store else redis
-        super().__init__(env, self._store)
+        super().__init__(env, self._store, on_unavailable, on_lost, cache_size, max_owed)
 
     @property
     def store(self) -> AsyncStatsStore:

@@ -210,14 +210,17 @@ class SharedRewardNormMixin:
         """The env's per-prompt statistics, or ``None`` when ``reward_norm_prompt_stats`` is off.
 
         They run on the normalizer's store (the same Redis, namespace, retries and event loop)
-        or, with ``reward_normalization="none"``, on a store of their own made the same way."""
+        or, with ``reward_normalization="none"``, on a store of their own made the same way, with
+        ``reward_norm_on_unavailable`` too: with ``"local"`` an outage's groups are kept and
+        recorded once the store answers."""
         if not self.config.reward_norm_prompt_stats:
             return None
         norm = self.reward_normalizer
         store = norm.store if norm is not None else self._reward_norm_stores.get()
         prompts = self._reward_norm_prompts
         if prompts is None or prompts.store is not store:  # first use, or another event loop
-            prompts = self._reward_norm_prompts = AsyncPromptStats(self.reward_norm_env, store)
+            prompts = self._reward_norm_prompts = AsyncPromptStats(
+                self.reward_norm_env, store, on_unavailable=self.config.reward_norm_on_unavailable)
         return prompts
 
     def prompt_id_of(self, item: Any) -> str | None:

@@ -6,12 +6,13 @@ under the id of the prompt they answer. Two things are the same in both, so they
 * ``hash_id(value)``: the id of a prompt no dataset column names, a digest of its ``repr`` (the
   same in every process and every run, unlike ``hash()``), 32 hex digits;
 * ``OutageGate``: prompt statistics are an aid to training, never a reason to stop it. The
-  adapters run with ``on_unavailable="local"`` by default, so a store outage must not end a
-  rollout or a training step through the prompt calls either. A prompt call that fails for a
-  store reason is logged (once per outage, not once per call) and skipped, and the calls of the
-  next ``pause`` seconds are skipped without trying, so an outage costs at most one store
-  timeout (the ``RetryPolicy``'s, ~5 s by default) per pause rather than one per group. What is
-  skipped is not replayed: per-prompt statistics miss the groups of an outage.
+  adapters give their ``PromptStats`` their own ``on_unavailable`` (``"local"`` by default),
+  so through an outage the prompt updates are kept and merged exactly once when the store
+  answers, and reads answer from the records seen. What still fails for a store reason (with
+  ``"raise"``, a corrupt record, a refused command) is logged (once per outage, not once per
+  call) and skipped, and the calls of the next ``pause`` seconds are skipped without trying,
+  so it costs at most one store timeout (the ``RetryPolicy``'s, ~5 s by default) per pause
+  rather than one per group. What the gate skips is not replayed.
 """
 
 from __future__ import annotations

@@ -256,7 +256,8 @@ class SharedNormRewardFunc:
                 if ids is not None:
                     prompts = self._prompts
                     if not isinstance(prompts, PromptStats) or prompts.store is not norm.store:
-                        prompts = self._prompts = PromptStats(self._env, norm.store)
+                        prompts = self._prompts = PromptStats(self._env, norm.store,
+                                                        on_unavailable=self._settings["on_unavailable"])
                     self._gate.call(lambda: prompts.update(ids, values, batch_id=batch_id), None)
         return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 
@@ -340,7 +341,8 @@ class _AsyncSharedNormRewardFunc(SharedNormRewardFunc):
                 if ids is not None:
                     prompts = self._prompts
                     if not isinstance(prompts, AsyncPromptStats) or prompts.store is not norm.store:
-                        prompts = self._prompts = AsyncPromptStats(self._env, norm.store)
+                        prompts = self._prompts = AsyncPromptStats(self._env, norm.store,
+                                                             on_unavailable=self._settings["on_unavailable"])
                     await self._gate.acall(lambda: prompts.update(ids, values, batch_id=batch_id), None)
         return self._finish(rewards, positions, norm, normalized, kwargs.get("log_metric"))
 

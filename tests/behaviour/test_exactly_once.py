@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -211,7 +212,7 @@ def test_async_lost_replies_never_double_count(real_redis_url: str, namespace: s
     with DropProxy(port_of(real_redis_url), drop_rate=0.05, seed=3, hold=hold) as proxy:
 
         async def run() -> tuple[int, int]:
-            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+            client = redis.asyncio.Redis.from_url(proxy.url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0))
             policy = FAST_RETRY if who_retries == "store" else None
             store = AsyncStatsStore(client, namespace, retry=policy)
             norm = AsyncSharedRewardNormalizer("env", store, warmup=3)
@@ -242,7 +243,7 @@ def test_coalesced_lost_replies_never_double_count(real_redis_url: str, namespac
     with DropProxy(port_of(real_redis_url), drop_rate=0.08, seed=11, hold=hold) as proxy:
 
         async def run() -> tuple[int, int, int]:
-            client = redis.asyncio.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+            client = redis.asyncio.Redis.from_url(proxy.url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0))
             policy = FAST_RETRY if who_retries == "store" else None
             store = AsyncStatsStore(client, namespace, retry=policy, functions=False)
             norm = AsyncSharedRewardNormalizer("env", store, warmup=3)

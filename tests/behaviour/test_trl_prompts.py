@@ -131,17 +131,21 @@ def test_settings_are_checked_when_wrapping_and_ids_before_sending(backend: Any,
     wrapped.close()
 
 
-def test_a_prompt_store_outage_never_fails_a_call_and_is_logged_once(namespace: str,
+def test_a_prompt_store_outage_never_fails_a_call_and_keeps_the_groups(namespace: str,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     wrapped = SharedNormRewardFunc(pass_fail, redis=dead, namespace=namespace, warmup=0, prompt_ids="hash")
-    with caplog.at_level(logging.WARNING, logger="shared_rewardnorm.trl"):
+    with caplog.at_level(logging.WARNING, logger="shared_rewardnorm"):
         for _ in range(3):
             out = wrapped(prompts=["p", "p"], completions=["42", "0"])
             assert len(out) == 2 and all(math.isfinite(value) for value in out)
-    warnings = [r for r in caplog.records if r.name == "shared_rewardnorm.trl"]
-    assert len(warnings) == 1 and "prompt statistics are skipped" in warnings[0].getMessage()
-    assert "StoreUnavailableError" in warnings[0].getMessage()
+    # on_unavailable="local" (the wrapper's default) reaches the prompt statistics too: the
+    # groups are kept for the store, not skipped, and the outage is logged once
+    prompts = wrapped.prompt_stats
+    assert prompts is not None and prompts.on_unavailable == "local" and prompts.degraded and prompts.owed == 3
+    outages = [r.getMessage() for r in caplog.records if "prompt statistics answer from the records" in r.getMessage()]
+    assert len(outages) == 1, outages
+    assert not [r for r in caplog.records if r.name == "shared_rewardnorm.trl"]  # nothing skipped
     wrapped.close()
 
 

@@ -69,3 +69,25 @@ def test_the_asyncio_twin_on_the_cluster(cluster: RedisCluster, namespace: str) 
             return info.count
 
     assert asyncio.run(run()) == 20
+
+
+def test_a_lost_set_is_healed_on_the_cluster(cluster: RedisCluster, namespace: str) -> None:
+    """The heal's marks key sits in the env's slot too: the heal is one script on one node."""
+    client = ClusterClient.from_url(cluster.url)
+    a = PromptStats("heal-env", cluster.url, namespace=namespace, cluster=True)
+    b = PromptStats("heal-env", cluster.url, namespace=namespace, cluster=True)
+    a.update(["p1", "p2"], [1.0, 0.0])
+    b.update(["p2", "p3"], [1.0, 1.0])
+    for key in list(client.scan_iter(match=f"{namespace}:{{heal-env}}*", count=1000)):
+        client.delete(key)
+    a.update(["p1"], [1.0])
+    b.update(["p4"], [0.0])
+    assert [(info.visits, info.count) if info else None for info in a.get(["p1", "p2", "p3", "p4"])] == [
+        (2, 2), (1, 1), (1, 1), (1, 1)]  # p2 from a's record only: each prompt put back once
+    assert (a.healed, b.healed) == (2, 1)
+    keys = list(client.scan_iter(match=f"{namespace}:{{heal-env}}*", count=1000))
+    assert any(b":healed:" in key for key in keys) and len({client.keyslot(key) for key in keys}) == 1
+    a.forget()
+    a.close()
+    b.close()
+    client.close()
