@@ -11,7 +11,9 @@ and reports:
 - server time: ``INFO commandstats`` (usec of EVALSHA) over ``--calls`` updates of 256 distinct
   existing prompts each, per call and per prompt, beside a no-op EVALSHA's;
 - reading the whole set with ``PromptStats.items`` (wall time, and the longest single command
-  the server ran, from ``INFO commandstats`` of HGETALL).
+  the server ran, from ``INFO commandstats`` of HGETALL);
+- where a prompt's time goes (scripts doing one part of the work each), and the floor of the
+  storage alone in this layout and in one big hash (the trade between memory and commands).
 
 Prints what it measured; asserts nothing.
 """
@@ -82,6 +84,70 @@ def parts(client: redis.Redis, key: str, batches: list[list[str]], buckets: int)
             script(keys=[key], args=args)
         count, usec = command_usec(client, "evalsha")
         rows.append([name, f"{usec / count / BATCH:.2f}"])
+    return rows
+
+
+#: The storage floor of a 256-prompt update in two layouts, with none of prompt_update's work but
+#: the reads and writes: a C codec (Redis's ``struct``, which the embedded store's Lua lacks), no
+#: argument checks, no merge arithmetic. ARGV: (bucket, id) pairs; KEYS[1] the bucket prefix.
+FLOOR_PER_PROMPT = """
+for i = 1, #ARGV, 2 do
+  local k = KEYS[1] .. ARGV[i]
+  local a, b, c, d, e = struct.unpack('<ddddd', redis.call('HGET', k, ARGV[i + 1]))
+  redis.call('HSET', k, ARGV[i + 1], struct.pack('<ddddd', a + 1, b + 1, c + 1, d, e))
+end
+return 1
+"""
+#: One HMGET and one HSET for all of a call's prompts (possible only when they share one hash).
+FLOOR_ONE_HASH = """
+local fields = {}
+for i = 2, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
+local values = redis.call('HMGET', KEYS[1] .. '0', unpack(fields))
+local writes = {}
+for j = 1, #fields do
+  local a, b, c, d, e = struct.unpack('<ddddd', values[j])
+  writes[#writes + 1] = fields[j]
+  writes[#writes + 1] = struct.pack('<ddddd', a + 1, b + 1, c + 1, d, e)
+end
+redis.call('HSET', KEYS[1] .. '0', unpack(writes))
+return 1
+"""
+
+
+def floors(client: redis.Redis, ids: list[str], batches: list[list[str]]) -> list[list[str]]:
+    """Memory per prompt and server time per prompt of the bare storage (FLOOR_* above) in the
+    layout prompt_update uses (16,384 listpack buckets, a command per prompt) and in one big
+    hash (hashtable encoding: one HMGET and one HSET per call)."""
+    import struct
+    import zlib
+
+    record = struct.pack("<ddddd", 3, 4, 4, 0.5, 0.25)  # 40 B: visits, count, weight, mean, m2
+    rows = []
+    for name, buckets, body in (("16,384 listpack buckets, HGET + HSET per prompt", 16384, FLOOR_PER_PROMPT),
+                                ("one hash (hashtable), one HMGET + one HSET per call", 1, FLOOR_ONE_HASH)):
+        prefix = f"floor-{buckets}:"
+        client.execute_command("MEMORY", "PURGE")
+        before = int(client.info("memory")["used_memory"])
+        pipe = client.pipeline(transaction=False)
+        for index, prompt_id in enumerate(ids):
+            pipe.hset(f"{prefix}{zlib.crc32(prompt_id.encode()) % buckets}", prompt_id, record)
+            if index % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        memory = (int(client.info("memory")["used_memory"]) - before) / len(ids)
+        encoding = client.object("encoding", f"{prefix}0")
+        script = client.register_script(body)
+        calls = [[word for prompt_id in batch for word in (str(zlib.crc32(prompt_id.encode()) % buckets), prompt_id)]
+                 for batch in batches]
+        script(keys=[prefix], args=calls[0])
+        client.config_resetstat()
+        for args in calls:
+            script(keys=[prefix], args=args)
+        count, usec = command_usec(client, "evalsha")
+        rows.append([name, f"{memory:.1f} B ({encoding.decode() if isinstance(encoding, bytes) else encoding})",
+                     f"{usec / count / BATCH:.2f}"])
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.unlink(key)
     return rows
 
 
@@ -169,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         ])
         out.heading("Where the time of a prompt goes (same server, same buckets, per prompt)")
         out.table(["part", "usec per prompt"], parts(client, prompts.key, batches[:200], settings.buckets))
+        out.heading("The storage floor: reads and writes alone, in two layouts (40 B binary records, struct codec)")
+        out.table(["layout", "memory per prompt", "usec per prompt"], floors(client, ids, batches[:300]))
         out.heading("Machine")
         out.table(["", ""], machine_rows(client, server.url))
         client.close()

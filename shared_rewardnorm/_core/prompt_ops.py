@@ -229,6 +229,7 @@ class PromptCore:
         self._fallback = PromptFallback(self._env, max_owed) if on_unavailable == "local" else None
         #: The set's epoch as last seen (None: none seen), and the epochs seen replaced.
         self._epoch: str | None = None
+        self._origin: str | None = None
         self._retired: set[str] = set()
         #: Losses of the set this client noticed, and prompts it put back.
         self.losses = 0
@@ -325,6 +326,13 @@ class PromptCore:
         if self._epoch is not None and epoch != self._epoch:
             self._retired.add(self._epoch)
         self._epoch = epoch
+        self._origin = None if epoch is None else found[1]
+
+    @property
+    def identity(self) -> tuple[str, str] | None:
+        """The set's identity (epoch: server microseconds when it was created; origin: how) as of
+        this client's last round trip, or ``None`` (none seen: the set holds nothing yet)."""
+        return None if self._epoch is None or self._origin is None else (self._epoch, self._origin)
 
     def _heal_op(self, found: tuple[str, str]) -> Operation[tuple[str, str]]:
         """Put the cache's records back (``prompt_write``'s heal mode, ``WRITE_CHUNK`` per call),

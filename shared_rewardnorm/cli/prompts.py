@@ -26,6 +26,12 @@ __all__ = ["add_prompt_commands", "summarize_prompts"]
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
+#: What each origin of a prompt set's identity says (docs/operations/persistence-and-failover.md).
+ORIGIN_MEANINGS = {"update": "created by its first update", "configure": "created by configure-prompts",
+                   "seed": "created by a seed", "replace": "restored", "forget": "forgotten; a tombstone",
+                   "reseed": "lost and put back by its clients"}
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if q > 0 else ordered[0]
 
@@ -52,7 +58,9 @@ def add_prompt_commands(commands: Any, command: Callable[..., argparse.ArgumentP
             prompts = PromptStats(args.env, store)
             settings = prompts.settings()
             items = list(prompts.items())
-        summary = {"env": args.env, "decay": settings.decay, "buckets": settings.buckets, **summarize_prompts(items)}
+        epoch, origin = prompts.identity or (None, None)
+        summary = {"env": args.env, "decay": settings.decay, "buckets": settings.buckets, "epoch": epoch,
+                   "origin": origin, **summarize_prompts(items)}
         ordered = sorted(items, key=lambda item: (item[1].mean, item[0]))
         if args.hardest:
             summary["hardest"] = [[prompt_id, info.to_list()] for prompt_id, info in ordered[:args.hardest]]
@@ -63,6 +71,8 @@ def add_prompt_commands(commands: Any, command: Callable[..., argparse.ArgumentP
             return 0
         print(f"{args.env}: {summary['prompts']} prompts, {summary['visits']} visits, {summary['rewards']} rewards "
               f"(decay {settings.decay:g}, {settings.buckets} buckets)")
+        if epoch is not None:
+            print(f"  identity  epoch {epoch} (origin {origin}: {ORIGIN_MEANINGS.get(str(origin), origin)})")
         if items:
             quantiles = "  ".join(f"{q}: {value:.4g}" for q, value in summary["mean_quantiles"].items())
             print(f"  means by quantile  {quantiles}")

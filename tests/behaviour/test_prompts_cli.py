@@ -24,10 +24,12 @@ def test_the_prompt_commands(real_redis_url: str, namespace: str, tmp_path: Path
     assert main(["prompts", "math", "--hardest", "1", "--easiest", "1", *where]) == 0
     out = capsys.readouterr().out
     assert "math: 3 prompts, 3 visits, 5 rewards (decay 0.5, 16384 buckets)" in out
+    assert f"identity  epoch {prompts.identity[0]} (origin configure: created by configure-prompts)" in out
     assert "hardest:\n    'hard': mean 0" in out and "easiest:\n    'easy': mean 1" in out
     assert main(["prompts", "math", "--json", "--hardest", "2", *where]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["prompts"] == 3 and summary["mean_quantiles"]["0.5"] == 0.5
+    assert (summary["epoch"], summary["origin"]) == (prompts.identity[0], "configure")
     assert [prompt_id for prompt_id, _ in summary["hardest"]] == ["hard", "mid"]
     assert main(["configure-prompts", "math", "--decay", "1.5", *where]) == 1
     assert "decay must be a number in (0, 1]" in capsys.readouterr().err
