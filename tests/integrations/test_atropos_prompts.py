@@ -195,13 +195,20 @@ def test_an_unreachable_store_sends_raw_groups_when_only_prompts_are_recorded(
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = prompt_env(tokenizer_dir, namespace, dead, reward_norm_prompt_stats=True)
     items = [{"prompt": f"p{i}", "scores": [0.1 * i, 1.0, 0.5, -0.2]} for i in range(3)]
+    seen: list[tuple[bool, int]] = []
+
+    async def work() -> None:
+        await run_items(env, [dict(item) for item in items])
+        prompts = env.prompt_stats  # (inside the loop: the env closes its stores when driven to the end)
+        assert prompts is not None
+        seen.append((prompts.degraded, prompts.owed))
+
     with caplog.at_level(logging.WARNING, logger="shared_rewardnorm"):
-        drive([env], run_items(env, [dict(item) for item in items]))
+        drive([env], work())
     assert [group["scores"] for group in env.sent] == [item["scores"] for item in items]
     # reward_norm_on_unavailable="local" (the default) reaches the prompt statistics: the groups
     # are kept for the store (sent exactly once when it answers), and the outage is logged once
-    prompts = env._reward_norm_prompts  # (the one its event loop used)
-    assert prompts is not None and prompts.degraded and prompts.owed == 3
+    assert seen == [(True, 3)]
     outages = [r.getMessage() for r in caplog.records if "prompt statistics answer from the records" in r.getMessage()]
     assert len(outages) == 1, outages
     assert not [r for r in caplog.records if r.name == "shared_rewardnorm.atropos"]  # nothing skipped
