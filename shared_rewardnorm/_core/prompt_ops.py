@@ -341,8 +341,9 @@ class PromptCore:
         if not records:
             return found
         settings = self._settings or PromptSettings()
-        if settings.decay != 1.0:
-            yield RunScript("prompt_configure", (self._key,), ("%.17g" % settings.decay, ""))
+        if settings.decay != 1.0:  # (on a set found gone this gives it an identity: heal for that one)
+            words = as_text((yield RunScript("prompt_configure", (self._key,), ("%.17g" % settings.decay, "")))).split()
+            found = (words[3], words[4])
         identity = found
         for start in range(0, len(records), WRITE_CHUNK):
             reply = yield from self._write_op(dict(records[start:start + WRITE_CHUNK]), f"heal:{found[0]}", None)
@@ -370,9 +371,10 @@ class PromptCore:
                                       DEFAULT_BUCKETS if buckets is None else _buckets(int(buckets)))
         except ValueError as exc:
             raise CorruptStatsError(f"corrupt prompt settings {self._key}: {exc}", key=self._key) from None
+        # A loss is healed with the settings this client knew (a lost set reads as the defaults).
+        yield from self._observed_op((epoch or IDENTITY_NONE[0], origin or IDENTITY_NONE[1]))
         self._settings = settings
         self._buckets_fixed = buckets is not None
-        yield from self._observed_op((epoch or IDENTITY_NONE[0], origin or IDENTITY_NONE[1]))
         return settings
 
     def _known_settings_op(self) -> Operation[PromptSettings]:
@@ -649,6 +651,7 @@ class PromptCore:
         """Write a snapshot's prompts (replacing those with the same ids) and its decay, in calls
         of ``WRITE_CHUNK`` prompts; the whole snapshot is validated first."""
         settings, records = parse_prompt_snapshot(snapshot)
+        self._cache.clear()  # the restore replaces what this client knew: nothing to put back first
         yield from self._settings_op()
         # A target whose bucket count is fixed keeps it: the ids are bucketed for it here.
         yield from self._configure_op(settings.decay, None if self._buckets_fixed else settings.buckets, renew=True)
